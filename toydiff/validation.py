@@ -1,0 +1,116 @@
+"""Argument checks shared by every module that takes the denoiser contract's (x, sigma, cond).
+
+Each check raises a ValueError/TypeError that names the argument and says what was expected, so bad
+input fails loudly at the boundary instead of turning into NaN three functions later.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_batch",
+    "check_points",
+    "as_sigma",
+    "sigma_like",
+    "as_cond",
+    "check_weight",
+    "check_positive_int",
+]
+
+
+def check_batch(x: Any, name: str = "x") -> Tensor:
+    """A floating tensor [N, ...] with N >= 1 and finite entries."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [N, ...], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape [N, ...] with N >= 1, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def check_points(x: Any, dim: int = 2, name: str = "x") -> Tensor:
+    """A floating tensor [N, dim] of finite points."""
+    x = check_batch(x, name)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape [N, {dim}], got {tuple(x.shape)}")
+    return x
+
+
+def as_sigma(sigma: Any, n: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float64,
+             name: str = "sigma") -> Tensor:
+    """Noise levels as a tensor [n]: a float, a 0-d tensor, or a tensor broadcastable to [n]; finite and >= 0."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor broadcastable to [N], got {type(sigma).__name__}")
+    s = torch.as_tensor(sigma, dtype=dtype, device=device)
+    # accept a scalar, [N] or [N, 1, ..., 1] (the image convention); anything else is ambiguous
+    if s.numel() == 1:
+        s = s.reshape(1)
+    elif s.numel() != n or s.ndim == 0 or s.shape[0] != n:
+        raise ValueError(f"{name} must be a scalar or have shape [{n}], got {tuple(s.shape)}")
+    s = s.reshape(-1)
+    if not torch.isfinite(s).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    if (s < 0).any():
+        raise ValueError(f"{name} must be >= 0, got a minimum of {s.min().item():g}")
+    return s.expand(n)
+
+
+def sigma_like(sigma: Tensor, x: Tensor) -> Tensor:
+    """Reshape sigma [N] to [N, 1, ..., 1] so it broadcasts against x [N, ...]."""
+    return sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+def as_cond(cond: Any, n: int, num_classes: int | None, *, device: torch.device | None = None,
+            name: str = "cond") -> Tensor | None:
+    """Class labels as int64 [n] in [-1, num_classes) (-1 = no condition), or None for an unconditional batch.
+
+    An int is broadcast to the batch. Float or bool tensors are refused rather than silently cast.
+    """
+    if cond is None:
+        return None
+    if isinstance(cond, bool):
+        raise TypeError(f"{name} must be an int64 tensor [N] or None, got bool")
+    if isinstance(cond, int):
+        cond = torch.full((n,), cond, dtype=torch.long, device=device)
+    if not isinstance(cond, Tensor):
+        raise TypeError(f"{name} must be an int64 tensor [N] or None, got {type(cond).__name__}")
+    if cond.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor of class labels, got dtype {cond.dtype}")
+    cond = cond.to(torch.long)
+    if cond.ndim == 0:
+        cond = cond.expand(n)
+    if cond.ndim != 1 or cond.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}], got {tuple(cond.shape)}")
+    if cond.numel() and ((cond < -1).any() or (num_classes is not None and (cond >= num_classes).any())):
+        hi = "num_classes - 1" if num_classes is None else str(num_classes - 1)
+        raise ValueError(f"{name} labels must lie in [-1, {hi}] (-1 = no condition), got "
+                         f"min {cond.min().item()} max {cond.max().item()}")
+    return cond
+
+
+def check_weight(w: Any, name: str = "w") -> float:
+    """A finite, non-negative guidance weight."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) and not (isinstance(w, Tensor) and w.numel() == 1):
+        raise TypeError(f"{name} must be a real number, got {type(w).__name__}")
+    w = float(w)
+    if not math.isfinite(w):
+        raise ValueError(f"{name} must be finite, got {w}")
+    if w < 0:
+        raise ValueError(f"{name} must be >= 0, got {w}")
+    return w
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An int >= 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
