@@ -1,0 +1,203 @@
+"""Noise schedules and samplers for any denoiser D(x, sigma, cond), in the EDM formulation x = x0 + sigma n.
+
+All samplers integrate from sigma_max down to 0 along a decreasing schedule sigma_0 > ... > sigma_{N-1} > sigma_N = 0
+(Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", Sec. 3-4):
+
+    probability-flow ODE   dx/dsigma = (x - D(x; sigma)) / sigma                              (EDM Eq. 3)
+    reverse SDE            dx = -2 sigma s(x; sigma) dsigma + sqrt(2 sigma) dw,  s = (D - x) / sigma^2
+
+The VP/DDPM view (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps) is the same process with sigma = sqrt((1 - abar)/abar)
+and x scaled by sqrt(abar), so DDPM and DDIM run here on sigmas too; `ddpm_sigmas` gives the discrete
+schedule of Ho et al. 2020 to run them on their own time steps.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .validation import as_cond, check_batch, check_positive_int, check_weight
+
+__all__ = ["edm_sigmas", "vp_sigmas", "ddpm_sigmas", "SCHEDULES", "METHODS", "sample"]
+
+
+def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    """EDM schedule (Karras et al. 2022, Eq. 5) with a final 0: [steps + 1] float64.
+
+    sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  sigma_N = 0.
+    """
+    steps = check_positive_int(steps, "steps")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+def vp_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, beta_d: float = 19.9,
+              beta_min: float = 0.1) -> Tensor:
+    """The continuous VP schedule of Song et al. 2021 as in EDM Table 1: sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1),
+    t uniform between the times of sigma_max and sigma_min: [steps + 1] float64 with a final 0."""
+    steps = check_positive_int(steps, "steps")
+
+    def t_of(sigma: float) -> float:  # inverse of sigma(t): solve beta_d t^2 / 2 + beta_min t = log(1 + sigma^2)
+        c = math.log1p(sigma ** 2)
+        return (math.sqrt(beta_min ** 2 + 2 * beta_d * c) - beta_min) / beta_d
+
+    t = torch.linspace(t_of(sigma_max), t_of(sigma_min), steps, dtype=torch.float64)
+    sigmas = torch.expm1(0.5 * beta_d * t ** 2 + beta_min * t).sqrt()
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+def ddpm_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf, num_train_steps: int = 1000,
+                beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """The discrete linear-beta schedule of Ho et al. 2020, `steps` time steps evenly spaced over the
+    `num_train_steps` training steps (as DDIM, Song et al. 2021, does), as sigmas with a final 0.
+
+    abar_t = prod_{i<=t} (1 - beta_i),  sigma_t = sqrt((1 - abar_t) / abar_t). Steps outside
+    [sigma_min, sigma_max] are dropped (by default none are).
+    """
+    steps = check_positive_int(steps, "steps")
+    betas = torch.linspace(beta_start, beta_end, num_train_steps, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    all_sigmas = ((1 - abar) / abar).sqrt()
+    idx = torch.linspace(num_train_steps - 1, 0, steps, dtype=torch.float64).round().long()
+    sigmas = all_sigmas[idx]
+    sigmas = sigmas[(sigmas >= sigma_min) & (sigmas <= sigma_max)]
+    if sigmas.numel() == 0:
+        raise ValueError("no DDPM time step lies within [sigma_min, sigma_max]")
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigmas, "ddpm": ddpm_sigmas}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One step of each method: (denoiser, x, sigma, sigma_next, cond, noise) -> x_next. `noise()` draws N(0, I).
+
+def _heun_step(D, x, s, s_next, cond, noise):
+    """EDM Algorithm 1: Euler step, then the trapezoidal correction (skipped on the last step to 0)."""
+    d = (x - D(x, s, cond)) / s                                   # dx/dsigma at sigma
+    x_next = x + (s_next - s) * d
+    if s_next > 0:
+        d_next = (x_next - D(x_next, s_next, cond)) / s_next
+        x_next = x + (s_next - s) * 0.5 * (d + d_next)
+    return x_next
+
+
+def _euler_step(D, x, s, s_next, cond, noise):
+    """Euler on the probability-flow ODE: x' = x + (sigma' - sigma)(x - D)/sigma."""
+    return x + (s_next - s) * (x - D(x, s, cond)) / s
+
+
+def _euler_maruyama_step(D, x, s, s_next, cond, noise):
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, Eq. 6 with sigma(t) = t; EDM Eq. 6 with beta = 1/sigma):
+    x' = x + 2 (sigma - sigma')/sigma (D - x) + sqrt(2 sigma (sigma - sigma')) n.  The last step to 0 is the ODE's."""
+    denoised = D(x, s, cond)
+    if s_next == 0:
+        return denoised
+    return x + 2 * (s - s_next) / s * (denoised - x) + math.sqrt(2 * s * (s - s_next)) * noise()
+
+
+def _ddim_update(x, denoised, s, s_next, eta, noise):
+    """DDIM (Song et al. 2021, Eq. 12) in sigma space: keep the predicted noise eps = (x - D)/sigma for a part
+    sigma_down of the next level and draw fresh noise for sigma_up, sigma_down^2 + sigma_up^2 = sigma'^2, with
+    sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)  (eta = 1: DDPM ancestral sampling, Ho et al. 2020, Eq. 11)."""
+    if s_next == 0:
+        return denoised
+    s_up = eta * s_next * math.sqrt(max(0.0, 1 - (s_next / s) ** 2))
+    s_down = math.sqrt(s_next ** 2 - s_up ** 2)
+    x_next = denoised + s_down * (x - denoised) / s
+    return x_next + s_up * noise() if s_up > 0 else x_next
+
+
+def _ddim_step(D, x, s, s_next, cond, noise, eta=0.0):
+    return _ddim_update(x, D(x, s, cond), s, s_next, eta, noise)
+
+
+METHODS: dict[str, Callable] = {
+    "heun": _heun_step,
+    "euler": _euler_step,
+    "euler_maruyama": _euler_maruyama_step,
+    "ddpm": partial(_ddim_step, eta=1.0),
+    "ddim": _ddim_step,
+}
+
+
+@torch.no_grad()
+def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=None, *, method: str = "heun",
+           steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+           schedule: str | Tensor = "edm", eta: float = 0.0, generator: torch.Generator | None = None,
+           return_trajectory: bool = False, progress: bool = False, dtype: torch.dtype = torch.float32,
+           device: torch.device | str | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Draw samples by integrating from sigma_max to 0 with any denoiser D(x, sigma, cond) (guided or not).
+
+    Args:
+        denoiser: D(x, sigma, cond) -> x0_hat, e.g. a mixture, a network or `guidance.guided(...)`.
+        shape_or_noise: a shape such as (n, 2): the start is sigma_max * N(0, I) drawn from `generator`;
+            or a tensor, taken as the start x at sigma_max as it is.
+        cond: int64 labels [N] (-1 = null), an int for the whole batch, or None.
+        method: "heun" (EDM Alg. 1, 2 evaluations a step but the last), "euler", "euler_maruyama"
+            (reverse SDE), "ddpm" (ancestral), "ddim" (with `eta`, 0 = deterministic).
+        steps: number of noise levels before the final 0 (= denoiser evaluations, but for heun).
+        sigma_min, sigma_max, rho: the schedule's range (and EDM's rho).
+        schedule: "edm" (Karras et al. Eq. 5), "vp" (Song et al.), "ddpm" (Ho et al.'s discrete steps, clipped
+            to [sigma_min, sigma_max]) or an explicit decreasing tensor of sigmas ending in 0.
+        eta: DDIM stochasticity (only for method="ddim").
+        generator: torch.Generator for the start noise and every stochastic step: same seed, same samples.
+        return_trajectory: also return x at every level, [steps + 1, *shape] (x at sigma_i, the last at 0).
+        progress: show a tqdm bar over the steps.
+    Returns:
+        samples [*shape], and the trajectory when asked.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable D(x, sigma, cond), got {type(denoiser).__name__}")
+    sigmas = _schedule(schedule, steps, sigma_min, sigma_max, rho)
+    eta = check_weight(eta, "eta")
+    if isinstance(shape_or_noise, Tensor):
+        x = check_batch(shape_or_noise, "shape_or_noise").clone()
+    elif isinstance(shape_or_noise, (tuple, list, torch.Size)) and len(shape_or_noise) >= 1 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_or_noise):
+        dev = device if device is not None else (generator.device if generator is not None else "cpu")
+        x = torch.randn(tuple(shape_or_noise), generator=generator, dtype=dtype, device=dev) * sigmas[0].item()
+    else:
+        raise ValueError(f"shape_or_noise must be a shape tuple of positive ints or a tensor, got {shape_or_noise!r}")
+    cond = as_cond(cond, x.shape[0], None, device=x.device)
+
+    def noise() -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    step = partial(_ddim_step, eta=eta) if method == "ddim" else METHODS[method]
+    trajectory = [x] if return_trajectory else None
+    levels = sigmas.tolist()
+    for i in tqdm(range(len(levels) - 1), desc=f"sampling ({method})", disable=not progress, leave=False):
+        s, s_next = levels[i], levels[i + 1]
+        x = step(denoiser, x, s, s_next, cond, noise)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"sampling diverged (non-finite values) at sigma={s_next:g} (step {i + 1})")
+        if trajectory is not None:
+            trajectory.append(x)
+    return (x, torch.stack(trajectory)) if return_trajectory else x
+
+
+def _schedule(schedule: str | Tensor, steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """The decreasing sigmas [M + 1] (last = 0) to integrate along, validated."""
+    if isinstance(schedule, Tensor):
+        sigmas = schedule.detach().to(torch.float64, copy=True).reshape(-1).cpu()
+        if sigmas.numel() < 2 or sigmas[-1] != 0 or not (sigmas[:-1] > 0).all() or not (sigmas.diff() < 0).all():
+            raise ValueError("schedule must be a strictly decreasing tensor of positive sigmas ending in 0")
+        return sigmas
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a tensor")
+    sigma_min, sigma_max = check_weight(sigma_min, "sigma_min"), check_weight(sigma_max, "sigma_max")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if schedule == "edm":
+        check_weight(rho, "rho")
+        return edm_sigmas(steps, sigma_min, sigma_max, rho)
+    return SCHEDULES[schedule](steps, sigma_min, sigma_max)
