@@ -1,0 +1,178 @@
+"""Guidance against its formulas on exact denoisers, on 2D points and image-shaped tensors."""
+import math
+
+import pytest
+import torch
+
+from toydiff import guidance as G
+
+
+@pytest.fixture
+def batch(gen):
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5
+    sigma = torch.rand(64, generator=gen, dtype=torch.float64) * 2 + 0.05
+    cond = torch.randint(0, 3, (64,), generator=gen)
+    return x, sigma, cond
+
+
+def _cfg_formula(mix, x, sigma, cond, w):
+    # D_w = x + sigma^2 (w s(x|c) + (1 - w) s(x))
+    s = sigma[:, None] ** 2
+    return x + s * (w * mix.score(x, sigma, cond) + (1 - w) * mix.score(x, sigma))
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5, 4.0])
+def test_cfg_is_tilted_score(three, batch, w):
+    x, sigma, cond = batch
+    torch.testing.assert_close(G.guided(three, G.CFG(w))(x, sigma, cond), _cfg_formula(three, x, sigma, cond, w),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_classifier_guidance_with_exact_posterior_is_cfg(three, batch, w):
+    # Bayes: grad log p(c|x) = s(x|c) - s(x)
+    x, sigma, cond = batch
+    cfg = _cfg_formula(three, x, sigma, cond, w)
+    on_uncond = G.ClassifierGuidance(three.class_log_posterior, scale=w, unconditional=True)
+    on_cond = G.ClassifierGuidance(three.class_log_posterior, scale=w - 1)
+    torch.testing.assert_close(G.guided(three, on_uncond)(x, sigma, cond), cfg, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(G.guided(three, on_cond)(x, sigma, cond), cfg, rtol=1e-5, atol=1e-5)
+
+
+def test_autoguidance_with_itself_is_noop_and_formula(three, tree_mix, batch):
+    x, sigma, cond = batch
+    torch.testing.assert_close(G.guided(three, G.AutoGuidance(three, 3.0))(x, sigma, cond), three(x, sigma, cond))
+    # a "guide" that is a different model: D_w = D_g + w (D_main - D_g)
+    def guide(x, s, c):
+        return three(x, s, c) * 0.8
+    d = three(x, sigma, cond)
+    torch.testing.assert_close(G.guided(three, G.AutoGuidance(guide, 2.0))(x, sigma, cond), 0.8 * d + 2.0 * (0.2 * d))
+
+
+def test_autoguidance_unconditional(three, batch):
+    x, sigma, _ = batch
+    out = G.guided(three, G.AutoGuidance(lambda x, s, c: three(x, s, c) * 0.5, 2.0))(x, sigma, None)
+    torch.testing.assert_close(out, 1.5 * three(x, sigma, None))
+
+
+def test_score_scaling(three, batch):
+    x, sigma, cond = batch
+    expected = x + 2.0 * sigma[:, None] ** 2 * three.score(x, sigma, cond)
+    torch.testing.assert_close(G.guided(three, G.ScoreScaling(2.0))(x, sigma, cond), expected)
+
+
+def test_no_guidance(three, batch):
+    x, sigma, cond = batch
+    torch.testing.assert_close(G.guided(three, G.NoGuidance())(x, sigma, cond), three(x, sigma, cond))
+
+
+class CountingImageDenoiser:
+    """A linear 'denoiser' on [N, 3, H, W] whose output depends on the label: lets us check shapes and calls."""
+
+    def __init__(self):
+        self.calls, self.batch_sizes = 0, []
+
+    def __call__(self, x, sigma, cond):
+        self.calls += 1
+        self.batch_sizes.append(x.shape[0])
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        shift = torch.zeros(x.shape[0], dtype=x.dtype) if cond is None else (cond + 1).to(x.dtype)
+        return x / (1 + s ** 2) + 0.1 * shift.reshape(-1, 1, 1, 1)
+
+
+def test_cfg_is_shape_agnostic_and_batched(gen):
+    den = CountingImageDenoiser()
+    x = torch.randn(5, 3, 8, 8, generator=gen)
+    cond = torch.tensor([0, 1, 2, 3, -1])
+    out = G.guided(den, G.CFG(3.0))(x, 0.7, cond)
+    assert den.calls == 1 and den.batch_sizes == [10]          # both branches in ONE forward
+    d1, d0 = den(x, torch.full((5,), 0.7), cond), den(x, torch.full((5,), 0.7), torch.full_like(cond, -1))
+    torch.testing.assert_close(out, d0 + 3.0 * (d1 - d0))
+    torch.testing.assert_close(out[4], d1[4])                    # null rows are left unguided
+
+
+def test_cfg_uses_twin_head_protocol(gen):
+    class Twin:
+        def __init__(self):
+            self.pairs = 0
+
+        def __call__(self, x, sigma, cond):
+            raise AssertionError("CFG must use denoise_pair")
+
+        def denoise_pair(self, x, sigma, cond):
+            self.pairs += 1
+            return x * 2, x
+
+    twin = Twin()
+    x = torch.randn(4, 2, generator=gen)
+    torch.testing.assert_close(G.guided(twin, G.CFG(1.5))(x, 1.0, torch.zeros(4, dtype=torch.long)), 2.5 * x)
+    assert twin.pairs == 1
+
+
+def test_interval_turns_guidance_off_outside(three, batch):
+    x, _, cond = batch
+    sigma = torch.linspace(0.01, 3.0, 64, dtype=torch.float64)
+    out = G.guided(three, G.CFG(3.0, interval=(0.5, 2.0)))(x, sigma, cond)
+    inside = (sigma > 0.5) & (sigma <= 2.0)
+    torch.testing.assert_close(out[inside], _cfg_formula(three, x, sigma, cond, 3.0)[inside])
+    torch.testing.assert_close(out[~inside], three(x, sigma, cond)[~inside])
+    # entirely outside: the guide is never evaluated
+    den = CountingImageDenoiser()
+    G.guided(den, G.CFG(3.0, interval=(0.5, 2.0)))(torch.randn(2, 3, 4, 4), 5.0, torch.tensor([0, 1]))
+    assert den.batch_sizes == [2]
+
+
+def test_weight_schedule_callable(three, batch):
+    x, sigma, cond = batch
+    out = G.guided(three, G.CFG(lambda s: 1 + s))(x, sigma, cond)
+    w = (1 + sigma)[:, None]
+    s2 = sigma[:, None] ** 2
+    torch.testing.assert_close(out, x + s2 * (w * three.score(x, sigma, cond) + (1 - w) * three.score(x, sigma)))
+
+
+def test_rescale_formula(three, batch):
+    x, sigma, cond = batch
+    phi = 0.7
+    cfg = _cfg_formula(three, x, sigma, cond, 3.0)
+    pos = three(x, sigma, cond)
+    rescaled = cfg * pos.std(1, unbiased=False, keepdim=True) / cfg.std(1, unbiased=False, keepdim=True)
+    out = G.guided(three, G.CFG(3.0, rescale=phi))(x, sigma, cond)
+    torch.testing.assert_close(out, phi * rescaled + (1 - phi) * cfg)
+
+
+def test_ho_salimans_conversion():
+    assert G.from_ho_salimans(0.0) == 1.0 and G.to_ho_salimans(4.0) == 3.0
+    assert G.to_ho_salimans(G.from_ho_salimans(0.3)) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="w_hs"):
+        G.from_ho_salimans(-2.0)
+
+
+@pytest.mark.parametrize("make, err, word", [
+    (lambda: G.CFG(float("nan")), ValueError, "w"),
+    (lambda: G.CFG(-1.0), ValueError, "w"),
+    (lambda: G.CFG("2"), TypeError, "w"),
+    (lambda: G.CFG(2.0, interval=(2.0, 1.0)), ValueError, "interval"),
+    (lambda: G.CFG(2.0, rescale=1.5), ValueError, "rescale"),
+    (lambda: G.AutoGuidance("not a model", 2.0), TypeError, "guide"),
+    (lambda: G.ClassifierGuidance(None, 1.0), TypeError, "classifier"),
+    (lambda: G.guided(lambda x, s, c: x, "cfg"), TypeError, "guidance"),
+])
+def test_bad_construction(make, err, word):
+    with pytest.raises(err, match=word):
+        make()
+
+
+def test_cfg_needs_labels(three):
+    with pytest.raises(ValueError, match="cond"):
+        G.guided(three, G.CFG(2.0))(torch.zeros(3, 2), 0.5, None)
+
+
+def test_guide_of_other_shape_is_refused(three):
+    bad_guide = G.AutoGuidance(lambda x, s, c: torch.zeros(x.shape[0], 3), 2.0)
+    with pytest.raises(ValueError, match="guide"):
+        G.guided(three, bad_guide)(torch.zeros(3, 2), 0.5, torch.zeros(3, dtype=torch.long))
+
+
+def test_bad_schedule_output(three):
+    with pytest.raises(ValueError, match="w\\(sigma\\)"):
+        G.guided(three, G.CFG(lambda s: s * math.nan))(torch.zeros(3, 2), 0.5, torch.zeros(3, dtype=torch.long))
