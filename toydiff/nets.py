@@ -1,0 +1,308 @@
+"""Small MLP denoisers with EDM preconditioning, and wrappers that turn other parametrizations into denoisers.
+
+Every class here obeys the denoiser contract of DESIGN.md: ``D(x, sigma, cond) -> x0_hat`` with x [N, dim],
+sigma a float / 0-d / [N] tensor (>= 0), cond int64 [N] in [-1, num_classes) (-1 = null) or None (all null).
+
+Preconditioning (Karras et al. 2022, "Elucidating the Design Space...", Table 1), sd = sigma_data:
+    c_skip  = sd^2 / (s^2 + sd^2)         c_out = s sd / sqrt(s^2 + sd^2)
+    c_in    = 1 / sqrt(s^2 + sd^2)        c_noise = log(s) / 4
+    D(x; s, c) = c_skip x + c_out F(c_in x, c_noise, c)
+so that the network input c_in x and the training target of F both have unit variance at every s, and F = 0
+(the zero-initialised output layer) is the Wiener filter of N(0, sd^2 I) data.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .validation import as_cond, as_sigma, check_batch, check_points, check_positive_int
+
+__all__ = [
+    "SIGMA_TINY", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
+    "count_parameters", "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
+    "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v",
+]
+
+# sigma is clamped at SIGMA_TINY wherever it is divided by or logged (c_noise = log(s)/4, the energy head's
+# sd/s); c_skip -> 1 and c_out -> 0 are evaluated at the true sigma, so D(x; 0) == x exactly.
+SIGMA_TINY = 1e-6
+
+Denoiser = Callable[[Tensor, Any, Any], Tensor]
+
+
+class MLPDenoiser(nn.Module):
+    """EDM-preconditioned MLP denoiser (Karras et al. 2022, Table 1) for points in R^dim.
+
+    F(x_in, c_noise, c): [x_in, fourier(c_noise)] -> Linear -> (+ class embedding) -> depth hidden layers of
+    ``width`` SiLU units -> Linear (zero init). The class embedding has num_classes + 1 rows; the last is the
+    learned null label used for cond == -1 / None (Ho & Salimans 2022). num_classes = 0: unconditional model.
+    Weights are drawn from ``seed`` inside a forked RNG, so the same arguments give the same model.
+    """
+
+    def __init__(self, dim: int = 2, num_classes: int = 0, width: int = 64, depth: int = 4, sigma_data: float = 0.5,
+                 num_freqs: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
+        check_positive_int(num_freqs, "num_freqs")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0 = unconditional), got {num_classes!r}")
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a finite float > 0, got {sigma_data!r}")
+        self.config = dict(dim=dim, num_classes=num_classes, width=width, depth=depth, sigma_data=float(sigma_data),
+                           num_freqs=num_freqs, seed=seed)
+        self.dim, self.num_classes, self.sigma_data = dim, num_classes, float(sigma_data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            # random Fourier features of c_noise: sqrt(2) cos(2 pi (f c_noise + phi)), f ~ N(0, 1), phi ~ U[0, 1)
+            self.register_buffer("freqs", torch.randn(num_freqs))
+            self.register_buffer("phases", torch.rand(num_freqs))
+            self._build(dim, width, depth, num_freqs)
+
+    def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
+        self.inp = nn.Linear(dim + num_freqs, width)
+        self.emb = nn.Embedding(self.num_classes + 1, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.out = nn.Linear(width, self._out_features())
+        nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
+
+    def _out_features(self) -> int:
+        return self.dim
+
+    # ---- contract plumbing ------------------------------------------------------------------------------
+    def _args(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Validated (x [N, dim], sigma [N, 1] in x's dtype, label index [N] with null -> num_classes)."""
+        x = check_points(x, self.dim)
+        s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype).unsqueeze(1)
+        c = as_cond(cond, x.shape[0], self.num_classes, device=x.device)
+        idx = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device) if c is None \
+            else torch.where(c < 0, self.num_classes, c)
+        return x, s, idx
+
+    def _precond(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        sd2, s2 = self.sigma_data ** 2, s * s
+        c_skip = sd2 / (s2 + sd2)
+        c_out = s * self.sigma_data * (s2 + sd2).rsqrt()
+        c_in = (s2 + sd2).rsqrt()
+        c_noise = s.clamp_min(SIGMA_TINY).log() / 4
+        return c_skip, c_out, c_in, c_noise
+
+    def trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
+        """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
+        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))  # [N, num_freqs]
+        h = self.inp(torch.cat([x_in, four], dim=1)) + self.emb(idx)
+        for layer in self.hidden:
+            h = layer(F.silu(h))
+        return F.silu(h)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        """D(x; sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)  (EDM eq. 7)."""
+        x, s, idx = self._args(x, sigma, cond)
+        c_skip, c_out, c_in, c_noise = self._precond(s)
+        return c_skip * x + c_out * self.out(self.trunk(c_in * x, c_noise, idx))
+
+
+class EnergyMLPDenoiser(MLPDenoiser):
+    """Energy-head denoiser: the network is a scalar log-density, the score its x-gradient.
+
+    log p(x; s, c) ~= E = -|x|^2 / (2 (s^2 + sd^2)) + (sd / s) f(c_in x, c_noise, c)   (up to a constant)
+    score = grad_x E = -x / (s^2 + sd^2) + c_in (sd / s) grad_{x_in} f
+    D = x + s^2 score = c_skip x + c_out grad_{x_in} f
+    i.e. EDM preconditioning with F = grad_{x_in} f; f = 0 at init (zero output layer), so the initial score is
+    that of N(0, (s^2 + sd^2) I). This is the parametrization of the toy model of Karras et al. 2024
+    ("Guiding a diffusion model with a bad version of itself"), where a density is needed for the figures.
+    The gradient is taken with autograd under torch.enable_grad (so torch.no_grad callers work); the graph is
+    kept (create_graph) only when the caller has grad enabled, i.e. when training.
+    """
+
+    def _out_features(self) -> int:
+        return 1
+
+    def log_density(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        """Unnormalized log p(x; sigma, cond) [N] (sigma clamped at SIGMA_TINY for the sd/s factor)."""
+        x, s, idx = self._args(x, sigma, cond)
+        _, _, c_in, c_noise = self._precond(s)
+        f = self.out(self.trunk(c_in * x, c_noise, idx))
+        return (-0.5 * x.square().sum(1, keepdim=True) * c_in ** 2 + self.sigma_data / s.clamp_min(SIGMA_TINY) * f)[:, 0]
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        x, s, idx = self._args(x, sigma, cond)
+        c_skip, c_out, c_in, c_noise = self._precond(s)
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x_in = c_in * x
+            if not x_in.requires_grad:
+                x_in = x_in.detach().requires_grad_(True)
+            f = self.out(self.trunk(x_in, c_noise, idx))
+            (grad,) = torch.autograd.grad(f.sum(), x_in, create_graph=create_graph)
+        return c_skip * x + c_out * grad
+
+
+class TwinHeadMLPDenoiser(MLPDenoiser):
+    """One trunk, a conditional and an unconditional head (for CFG from a single trunk forward).
+
+    trunk(c_in x, c_noise): depth - 1 SiLU layers, no label. Heads (one hidden layer each):
+        F_cond   = out_c(silu(lin_c(h) + emb(c)))      F_uncond = out_u(silu(lin_u(h)))
+    ``__call__`` uses F_cond where cond >= 0 and F_uncond where cond == -1 / None, so condition dropout
+    (Ho & Salimans 2022) trains both heads; ``denoise_pair`` returns both from one trunk pass.
+    """
+
+    def __init__(self, dim: int = 2, num_classes: int = 1, width: int = 64, depth: int = 4, sigma_data: float = 0.5,
+                 num_freqs: int = 16, seed: int = 0) -> None:
+        if isinstance(num_classes, int) and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 for a twin-head model, got {num_classes}")
+        if isinstance(depth, int) and depth < 2:
+            raise ValueError(f"depth must be >= 2 for a twin-head model (trunk + head layer), got {depth}")
+        super().__init__(dim, num_classes, width, depth, sigma_data, num_freqs, seed)
+
+    def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
+        self.inp = nn.Linear(dim + num_freqs, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 2))
+        self.emb = nn.Embedding(self.num_classes, width)
+        self.lin_c, self.lin_u = nn.Linear(width, width), nn.Linear(width, width)
+        self.out_c, self.out_u = nn.Linear(width, dim), nn.Linear(width, dim)
+        for p in (*self.out_c.parameters(), *self.out_u.parameters()):
+            nn.init.zeros_(p)
+
+    def _pair(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor, Tensor]:
+        x, s, idx = self._args(x, sigma, cond)
+        c_skip, c_out, c_in, c_noise = self._precond(s)
+        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))
+        h = self.inp(torch.cat([c_in * x, four], dim=1))
+        for layer in self.hidden:
+            h = layer(F.silu(h))
+        h = F.silu(h)
+        null = idx == self.num_classes
+        f_c = self.out_c(F.silu(self.lin_c(h) + self.emb(idx.masked_fill(null, 0))))
+        f_u = self.out_u(F.silu(self.lin_u(h)))
+        return c_skip * x + c_out * f_c, c_skip * x + c_out * f_u, null
+
+    def denoise_pair(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor]:
+        """(D(x | cond), D(x | null)) from one trunk forward; rows with cond == -1 get the null head in both."""
+        d_c, d_u, null = self._pair(x, sigma, cond)
+        return torch.where(null.unsqueeze(1), d_u, d_c), d_u
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        return self.denoise_pair(x, sigma, cond)[0]
+
+
+MODELS: dict[str, type[MLPDenoiser]] = {c.__name__: c for c in (MLPDenoiser, EnergyMLPDenoiser, TwinHeadMLPDenoiser)}
+
+
+def build_model(class_name: str, config: dict) -> MLPDenoiser:
+    """Rebuild a model from its class name and constructor kwargs (``model.config``)."""
+    if class_name not in MODELS:
+        raise ValueError(f"unknown model class {class_name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[class_name](**config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- other parametrizations <-> denoisers ---------------------------------------------------------------
+# x = y + s n (VE view, y ~ data, n ~ N(0, I)); D(x; s) ~= E[y | x]. Each wrapper calls model(x, s, cond)
+# with the same arguments as the contract and returns D; each denoiser_to_* is its exact inverse.
+
+def _sig(x: Tensor, sigma: Any) -> Tensor:
+    """sigma as [N, 1, ...] broadcastable against x, in x's dtype."""
+    x = check_batch(x)
+    s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
+    return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class EpsDenoiser(nn.Module):
+    """eps-prediction -> denoiser: D = x - s eps(x, s, c)  (Ho et al. 2020; Karras et al. 2022, Table 1)."""
+
+    def __init__(self, model: Denoiser) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        s = _sig(x, sigma)
+        return x - s * self.model(x, sigma, cond)
+
+
+class ScoreDenoiser(nn.Module):
+    """score -> denoiser by Tweedie's formula: D = x + s^2 grad log p(x; s)  (Song et al. 2021; EDM eq. 3)."""
+
+    def __init__(self, model: Denoiser) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        s = _sig(x, sigma)
+        return x + s * s * self.model(x, sigma, cond)
+
+
+class VDenoiser(nn.Module):
+    """v-prediction (Salimans & Ho 2022, "Progressive distillation") -> denoiser, in the EDM/VE view.
+
+    With data scaled to unit variance (y / sd) and the VP angle alpha = sd / sqrt(s^2 + sd^2),
+    beta = s / sqrt(s^2 + sd^2), Salimans & Ho's target is v = alpha n - beta y / sd
+    = (sd^2 n - s y) / (sd sqrt(s^2 + sd^2)). EDM's F-target (y - c_skip x) / c_out for x = y + s n equals
+    (s y - sd^2 n) / (sd sqrt(s^2 + sd^2)) = -v, hence D = c_skip x - c_out v. The model is called with the
+    contract's (x, s, c); wrap a model that expects the VP-scaled input z = x / sqrt(1 + s^2) yourself.
+    """
+
+    def __init__(self, model: Denoiser, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        self.model, self.sigma_data = model, float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        s, sd2 = _sig(x, sigma), self.sigma_data ** 2
+        c_skip, c_out = sd2 / (s * s + sd2), s * self.sigma_data / (s * s + sd2).sqrt()
+        return c_skip * x - c_out * self.model(x, sigma, cond)
+
+
+class VPEpsDenoiser(nn.Module):
+    """A DDPM eps-model ``model(x_t, t, cond)`` (Ho et al. 2020) as a VE denoiser (Karras et al. 2022, App. C.1).
+
+    DDPM: x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps. Dividing by sqrt(abar_t) gives the VE form
+    x = y + s eps with s = sqrt((1 - abar_t) / abar_t), and x_t = x / sqrt(1 + s^2). Given s, t is found by
+    linear interpolation of log s over the table (continuous t, float tensor [N]); s outside the table's range
+    is clamped to it. D = x - s eps(x / sqrt(1 + s^2), t(s), cond).
+    """
+
+    def __init__(self, model: Callable[[Tensor, Tensor, Any], Tensor], alphas_cumprod: Tensor) -> None:
+        super().__init__()
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if abar.ndim != 1 or abar.numel() < 2 or not ((abar > 0) & (abar < 1)).all() or (abar.diff() >= 0).any():
+            raise ValueError("alphas_cumprod must be a 1-d tensor of length >= 2, strictly decreasing, in (0, 1)")
+        self.model = model
+        self.register_buffer("log_sigmas", (((1 - abar) / abar).sqrt()).log())  # [T], increasing
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Continuous timestep [N] for noise levels [N] (log-sigma interpolation in the abar table)."""
+        ls = self.log_sigmas
+        log_s = sigma.to(torch.float64).clamp(ls[0].exp(), ls[-1].exp()).log()
+        i = torch.searchsorted(ls, log_s).clamp(1, ls.numel() - 1)
+        frac = (log_s - ls[i - 1]) / (ls[i] - ls[i - 1])
+        return (i - 1 + frac).to(sigma.dtype)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        s = _sig(x, sigma)
+        t = self.sigma_to_t(s.reshape(-1))
+        return x - s * self.model(x / (1 + s * s).sqrt(), t, cond)
+
+
+def denoiser_to_eps(denoiser: Denoiser) -> Denoiser:
+    """Inverse of EpsDenoiser: eps(x, s, c) = (x - D(x, s, c)) / s (s > 0)."""
+    return lambda x, sigma, cond=None: (x - denoiser(x, sigma, cond)) / _sig(x, sigma)
+
+
+def denoiser_to_score(denoiser: Denoiser) -> Denoiser:
+    """Inverse of ScoreDenoiser: score(x, s, c) = (D(x, s, c) - x) / s^2 (s > 0)."""
+    return lambda x, sigma, cond=None: (denoiser(x, sigma, cond) - x) / _sig(x, sigma) ** 2
+
+
+def denoiser_to_v(denoiser: Denoiser, sigma_data: float = 0.5) -> Denoiser:
+    """Inverse of VDenoiser: v(x, s, c) = (c_skip x - D(x, s, c)) / c_out (s > 0)."""
+    def v(x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        s, sd2 = _sig(x, sigma), sigma_data ** 2
+        return (sd2 / (s * s + sd2) * x - denoiser(x, sigma, cond)) / (s * sigma_data / (s * s + sd2).sqrt())
+    return v
