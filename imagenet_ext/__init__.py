@@ -1,0 +1,15 @@
+"""imagenet_ext: toydiff's scaling path to class-conditional 64x64 ImageNet.
+
+An ADM-style UNet (Dhariwal & Nichol 2021) with EDM preconditioning (Karras et al. 2022) that obeys
+toydiff's denoiser contract `D(x, sigma, cond) -> x0_hat`, so the very same `toydiff.guidance` objects
+(CFG, autoguidance, ...) and `toydiff.samplers` drive it. Modules:
+
+  unet.py        the network, named configs (tiny, xs, s, adm64), parameter / FLOP counts
+  data.py        ImageNet-64 files, image folders / zips, and the built-in `digits` set
+  checkpoint.py  atomic checkpoints and model loading
+  train.py       `python -m imagenet_ext.train` (condition dropout, EDM loss, EMA, DDP via torchrun)
+  sample.py      `python -m imagenet_ext.sample` (guided class-conditional sampling, grids, npz)
+  inception.py   the FID variant of Inception-v3 (pytorch-fid state-dict layout)
+  fid.py         `python -m imagenet_ext.fid` (FID and Inception Score)
+  images.py      uint8 conversion and image grids
+"""

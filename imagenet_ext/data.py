@@ -1,0 +1,246 @@
+"""Class-labelled image datasets for imagenet_ext, all held as uint8 [N, C, H, W] plus int64 labels [N].
+
+Sources (`load_dataset(spec, resolution)`):
+  (a) downsampled ImageNet (Chrabaszcz et al. 2017): a directory with `train_data_batch_1..10` and/or
+      `val_data` (python pickle or `.npz`), or one such file. `data` uint8 [N, 3*R*R] planar (all R, then G,
+      then B), `labels` 1-based in [1, 1000]; stored here 0-based.
+  (b) a folder of class subfolders of images (class index = sorted subfolder order), or a zip of PNGs with a
+      `dataset.json` label list (EDM's dataset_tool layout: {"labels": [["path.png", label], ...]}). Needs Pillow.
+  (c) `digits`: scikit-learn's real 8x8 handwritten digits (1797 images, 10 classes, no download), resized
+      bilinearly to the requested resolution and replicated to 3 channels (`digits:1` keeps 1 channel).
+
+Training maps uint8 to [-1, 1] with `to_float`. Bad files raise FileNotFoundError / ValueError naming the
+file and what was expected (missing, truncated / corrupt, wrong size, labels out of range).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ImageSet", "load_dataset", "load_digits", "load_imagenet64", "load_imagenet64_file",
+           "load_folder", "load_zip", "to_float", "IMAGENET_FILES"]
+
+IMAGENET_FILES = [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageSet:
+    """images uint8 [N, C, H, W]; labels int64 [N] in [0, num_classes)."""
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for {self.images.shape[0]} images")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes - 1}], got "
+                             f"[{self.labels.min().item()}, {self.labels.max().item()}]")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def _resize_uint8(x: Tensor, resolution: int) -> Tensor:
+    # x float in [0, 1], [N, C, h, w] -> uint8 [N, C, R, R]; antialias when shrinking
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=bool(x.shape[-1] > resolution))
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def load_digits(resolution: int = 16, channels: int = 3) -> ImageSet:
+    """scikit-learn's 8x8 digits (values 0..16) resized to `resolution` with bilinear interpolation, uint8."""
+    from sklearn.datasets import load_digits as _sk_digits
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3 for digits, got {channels}")
+    d = _sk_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0     # [1797, 1, 8, 8]
+    x = _resize_uint8(x, resolution).expand(-1, channels, -1, -1).contiguous()
+    return ImageSet(x, torch.as_tensor(d.target, dtype=torch.long), 10, name="digits")
+
+
+def _read_imagenet_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                if "data" not in z or "labels" not in z:
+                    raise ValueError(f"{path}: expected arrays 'data' and 'labels' in the npz, found {sorted(z.files)}")
+                return np.asarray(z["data"]), np.asarray(z["labels"])
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({type(e).__name__}: {e})") from e
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({e})") from e
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise ValueError(f"{path}: expected a pickled dict with 'data' and 'labels'")
+    return np.asarray(d["data"]), np.asarray(d["labels"])
+
+
+def load_imagenet64_file(path: str | os.PathLike, resolution: int = 64, num_classes: int = 1000) -> ImageSet:
+    """One downsampled-ImageNet file: `data` uint8 [N, 3*R*R] planar RGB, `labels` 1-based [N]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ImageNet-64 file not found: {path}")
+    data, labels = _read_imagenet_raw(path)
+    d = 3 * resolution * resolution
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != d:
+        raise ValueError(f"{path}: 'data' must be uint8 [N, {d}] (3 x {resolution} x {resolution} planar RGB), "
+                         f"got {data.dtype} {data.shape}")
+    labels = labels.reshape(-1).astype(np.int64)
+    if labels.shape[0] != data.shape[0]:
+        raise ValueError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 1 or labels.max() > num_classes):
+        raise ValueError(f"{path}: labels must be 1-based in [1, {num_classes}], got [{labels.min()}, {labels.max()}]")
+    images = torch.from_numpy(data).reshape(-1, 3, resolution, resolution)    # planar: channel-major
+    return ImageSet(images, torch.from_numpy(labels - 1), num_classes, name=str(path))
+
+
+def load_imagenet64(root: str | os.PathLike, resolution: int = 64, split: str = "train",
+                    num_classes: int = 1000) -> ImageSet:
+    """All `train_data_batch_*` (split='train') or `val_data` (split='val') files under `root`, .npz or pickle.
+
+    Loads into memory (ImageNet-64 train is 15.7 GB of uint8).
+    """
+    root = Path(root)
+    names = IMAGENET_FILES[:-1] if split == "train" else ["val_data"]
+    found = []
+    for n in names:
+        cands = [root / n, root / f"{n}.npz"]
+        hit = next((c for c in cands if c.is_file()), None)
+        if hit is not None:
+            found.append(hit)
+    if not found:
+        raise FileNotFoundError(f"no ImageNet-64 {split} files in {root}: expected {names[0]}[.npz]"
+                                + (f" .. {names[-1]}[.npz]" if len(names) > 1 else ""))
+    parts = [load_imagenet64_file(f, resolution, num_classes) for f in found]
+    return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), num_classes,
+                    name=str(root))
+
+
+def _decode_image(raw: bytes, name: str, resolution: int) -> Tensor:
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("reading image folders / zips needs Pillow: pip install pillow") from e
+    try:
+        img = Image.open(io.BytesIO(raw)).convert("RGB")
+    except Exception as e:
+        raise ValueError(f"{name}: not a readable image ({e})") from e
+    w, h = img.size
+    s = min(w, h)                                          # ADM: center crop to a square, then resize
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != resolution:
+        img = img.resize((resolution, resolution), Image.BICUBIC if s < resolution else Image.BOX)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_folder(root: str | os.PathLike, resolution: int) -> ImageSet:
+    """root/<class>/<image>: class index = position of the subfolder name in sorted order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root}: expected one subfolder per class, found none")
+    imgs, labels = [], []
+    for k, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTS:
+                imgs.append(_decode_image(f.read_bytes(), str(f), resolution))
+                labels.append(k)
+    if not imgs:
+        raise ValueError(f"{root}: no images ({sorted(IMAGE_EXTS)}) in the class subfolders")
+    return ImageSet(torch.stack(imgs), torch.tensor(labels, dtype=torch.long), len(classes), name=str(root))
+
+
+def load_zip(path: str | os.PathLike, resolution: int, num_classes: int | None = None) -> ImageSet:
+    """A zip of images plus `dataset.json`: {"labels": [["name.png", label], ...]} (or {"name.png": label})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"zip dataset not found: {path}")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: corrupt or truncated zip ({e})") from e
+    with zf:
+        if "dataset.json" not in zf.namelist():
+            raise ValueError(f"{path}: missing dataset.json with the label list")
+        try:
+            meta = json.loads(zf.read("dataset.json"))
+        except (json.JSONDecodeError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: dataset.json is not valid JSON ({e})") from e
+        entries = meta.get("labels") if isinstance(meta, dict) and "labels" in meta else meta
+        if isinstance(entries, dict):
+            entries = sorted(entries.items())
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"{path}: dataset.json must hold a non-empty list of [filename, label]")
+        imgs, labels = [], []
+        for item in entries:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int)):
+                raise ValueError(f"{path}: dataset.json entries must be [filename, int label], got {item!r}")
+            name, lab = item
+            try:
+                raw = zf.read(name)
+            except KeyError:
+                raise ValueError(f"{path}: dataset.json names {name!r}, which is not in the zip") from None
+            except zipfile.BadZipFile as e:
+                raise ValueError(f"{path}: corrupt member {name!r} ({e})") from e
+            imgs.append(_decode_image(raw, f"{path}:{name}", resolution))
+            labels.append(lab)
+    labels_t = torch.tensor(labels, dtype=torch.long)
+    k = int(labels_t.max()) + 1 if num_classes is None else num_classes
+    if labels_t.min() < 0 or labels_t.max() >= k:
+        raise ValueError(f"{path}: labels must lie in [0, {k - 1}], got [{labels_t.min().item()}, {labels_t.max().item()}]")
+    return ImageSet(torch.stack(imgs), labels_t, k, name=str(path))
+
+
+def load_dataset(spec: str, resolution: int, *, split: str = "train") -> ImageSet:
+    """`digits`, `digits:1` (one channel), an ImageNet-64 directory or file, an image folder, or a `.zip`."""
+    if spec in ("digits", "digits:3", "digits:1"):
+        return load_digits(resolution, channels=1 if spec.endswith(":1") else 3)
+    p = Path(spec)
+    if not p.exists():
+        raise FileNotFoundError(f"dataset not found: {spec!r} (expected 'digits', an ImageNet-64 directory or file, "
+                                f"an image folder, or a .zip)")
+    if p.is_file():
+        if p.suffix.lower() == ".zip":
+            return load_zip(p, resolution)
+        return load_imagenet64_file(p, resolution)
+    if any((p / n).is_file() or (p / f"{n}.npz").is_file() for n in IMAGENET_FILES):
+        return load_imagenet64(p, resolution, split=split)
+    return load_folder(p, resolution)
