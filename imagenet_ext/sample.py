@@ -1,0 +1,152 @@
+"""`python -m imagenet_ext.sample`: guided class-conditional samples from a trained checkpoint.
+
+Guidance comes from `toydiff.guidance` unchanged and the ODE/SDE from `toydiff.samplers.sample`:
+    D = guided(ema_unet, CFG(w))                      # Ho & Salimans 2022; both branches in ONE batched forward
+    D = guided(ema_unet, AutoGuidance(guide_unet, w)) # Karras et al. 2024; guide = a weaker checkpoint
+    x = toydiff.samplers.sample(D, noise, labels, method=..., steps=...)
+Weight convention: w = 1 is no guidance, D_w = D_0 + w (D_1 - D_0); Ho & Salimans' w is this w - 1.
+
+Outputs: a `.png` grid with one row per class and, per w of the sweep, a block of columns (the same noise
+for every w, like Fig. 1 of the CFG paper), and/or an `.npz` with `images` uint8 [N, H, W, C] (NHWC, as in
+ADM's reference batches), `labels` int64 [N] and `w` float [N].
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from toydiff.guidance import CFG, AutoGuidance, Guidance, NoGuidance, guided, to_ho_salimans
+from toydiff.samplers import METHODS, sample
+
+from .checkpoint import load_denoiser
+from .images import make_grid, save_png, to_uint8
+
+__all__ = ["make_guidance", "generate", "main"]
+
+
+def make_guidance(kind: str, w: float, guide: Any = None) -> Guidance:
+    """`none` | `cfg` | `auto` -> the toydiff.guidance object (auto needs the guide denoiser)."""
+    if kind == "none":
+        return NoGuidance()
+    if kind == "cfg":
+        return CFG(w)
+    if kind == "auto":
+        if guide is None:
+            raise ValueError("--guidance auto needs --guide-ckpt (the weaker model)")
+        return AutoGuidance(guide, w)
+    raise ValueError(f"guidance must be one of none, cfg, auto; got {kind!r}")
+
+
+@torch.no_grad()
+def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str = "cfg", guide: Any = None,
+             method: str = "heun", steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
+             rho: float = 7.0, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
+             amp: bool = False, progress: bool = True) -> Tensor:
+    """Samples [len(ws), N, C, H, W] in [-1, 1] for labels [N] at every weight in `ws`.
+
+    Chunk k of the batch starts from noise seeded by (seed, k) and so does every w: the sweep shows the same
+    starting noise under increasing guidance.
+    """
+    cfg = model.cfg
+    labels = labels.to(torch.long)
+    n = labels.shape[0]
+    shape = (cfg.in_channels, cfg.resolution, cfg.resolution)
+    device = torch.device(device)
+    out = torch.empty(len(ws), n, *shape)
+    chunks = [(i, min(i + batch, n)) for i in range(0, n, batch)]
+    bar = tqdm(total=len(ws) * len(chunks), desc="sample", disable=not progress, dynamic_ncols=True)
+    for wi, w in enumerate(ws):
+        d = guided(model, make_guidance(guidance, float(w), guide))
+        for k, (lo, hi) in enumerate(chunks):
+            g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
+            noise = torch.randn((hi - lo, *shape), generator=g, device=device) * sigma_max
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                x = sample(d, noise, labels[lo:hi].to(device), method=method, steps=steps, sigma_min=sigma_min,
+                           sigma_max=sigma_max, rho=rho, generator=g)
+            out[wi, lo:hi] = x.float().cpu()
+            bar.update(1)
+    bar.close()
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m imagenet_ext.sample", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="training checkpoint (ckpt-*.pt)")
+    p.add_argument("--guidance", choices=["none", "cfg", "auto"], default="cfg")
+    p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance auto")
+    p.add_argument("--w", type=float, nargs="+", default=[1.0],
+                   help="guidance weight(s), 1 = none (Ho & Salimans' w + 1); several give a sweep")
+    p.add_argument("--n", type=int, default=20, help="images per w")
+    p.add_argument("--classes", type=int, nargs="+", default=None,
+                   help="labels to cycle through (default: all classes for .npz, the first 10 for a grid)")
+    p.add_argument("--method", choices=sorted(METHODS), default="heun")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--sigma-min", type=float, default=0.002)
+    p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--rho", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=256, help="images per sampler call (CFG doubles it inside)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32", help="autocast dtype on GPU")
+    p.add_argument("--scale", type=int, default=2, help="upscale factor of the PNG grid")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", nargs="+", required=True, help="grid .png and/or images .npz")
+    a = p.parse_args(argv)
+    for o in a.out:
+        if Path(o).suffix.lower() not in (".png", ".npz"):
+            p.error(f"--out must end in .png or .npz, got {o}")
+    if a.n < 1 or a.steps < 1 or a.batch < 1:
+        p.error("--n, --steps and --batch must be >= 1")
+    if a.guidance == "auto" and a.guide_ckpt is None:
+        p.error("--guidance auto needs --guide-ckpt")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_denoiser(a.ckpt, ema=not a.raw, map_location=device)
+    guide = load_denoiser(a.guide_ckpt, map_location=device) if a.guide_ckpt else None
+    if guide is not None and (guide.cfg.resolution, guide.cfg.in_channels, guide.cfg.num_classes) != \
+            (model.cfg.resolution, model.cfg.in_channels, model.cfg.num_classes):
+        raise ValueError(f"--guide-ckpt {a.guide_ckpt} models different data than --ckpt {a.ckpt}")
+    k = model.cfg.num_classes
+    grid_out = any(o.lower().endswith(".png") for o in a.out)
+    classes = a.classes if a.classes is not None else list(range(min(k, 10) if grid_out else k))
+    bad = [c for c in classes if not 0 <= c < k]
+    if bad:
+        raise ValueError(f"--classes must lie in [0, {k - 1}], got {bad}")
+    labels = torch.tensor([classes[i % len(classes)] for i in range(a.n)], dtype=torch.long)
+    ws = [1.0] if a.guidance == "none" else a.w
+    x = generate(model, labels, ws, guidance=a.guidance, guide=guide, method=a.method, steps=a.steps,
+                 sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, seed=a.seed, batch=a.batch,
+                 device=device, amp=device.type == "cuda" and a.precision == "bf16", progress=not a.no_progress)
+    u8 = to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:])          # [W, N, C, H, W]
+    for o in a.out:
+        if o.lower().endswith(".npz"):
+            Path(o).parent.mkdir(parents=True, exist_ok=True)
+            np.savez(o, images=u8.flatten(0, 1).permute(0, 2, 3, 1).numpy(),
+                     labels=labels.repeat(len(ws)).numpy(), w=np.repeat(np.asarray(ws, dtype=np.float64), a.n))
+        else:
+            # rows = classes; per w a block of columns (the samples of that class, in order)
+            per = [[u8[wi, labels == c] for wi in range(len(ws))] for c in classes]
+            m = min(t.shape[0] for row in per for t in row)
+            if m == 0:
+                raise ValueError(f"a grid needs at least one image per class: --n {a.n} < {len(classes)} classes")
+            rows = torch.stack([torch.cat([t[:m] for t in row]) for row in per])   # [classes, W*m, C, H, W]
+            save_png(o, make_grid(rows), scale=a.scale)
+        print(f"[sample] wrote {o}: {a.n} images x w in {ws} (Ho & Salimans w = {[to_ho_salimans(w) for w in ws]}), "
+              f"guidance {a.guidance}, {a.method} {a.steps} steps")
+    return {"images": u8, "labels": labels, "w": ws}
+
+
+if __name__ == "__main__":
+    main()

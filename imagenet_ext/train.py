@@ -1,0 +1,262 @@
+"""`python -m imagenet_ext.train`: class-conditional EDM training with condition dropout, EMA and DDP.
+
+Loss (Karras et al. 2022, Eq. 2 and Table 1, "EDM" column):
+    ln sigma ~ N(P_mean, P_std^2),  n ~ N(0, I),  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2
+    L = E[ lambda(sigma) || D(y + sigma n; sigma, c') - y ||^2 ],
+with condition dropout (Ho & Salimans 2022): c' = -1 (the null label) with probability p_uncond, so one
+network learns both D(x; sigma, c) and D(x; sigma) for classifier-free guidance.
+
+Parallelism: one process per device under `torchrun` (torch.distributed, NCCL on GPU, gloo on CPU); the same
+command runs without torchrun as one process. Data order is independent of the process count: every step,
+every rank draws the whole global batch (indices, sigma, noise, dropout mask) from a generator seeded with
+(seed, step) and takes its own contiguous slice, then splits it into `--accum` micro-batches. So a 2-process
+run equals a 1-process run of the same global batch up to float reduction order, and resuming from a
+checkpoint replays exactly the same batches.
+
+Checkpoints `RUN_DIR/ckpt-<step>.pt` (atomic) every `--ckpt-every` steps and at the end; `--resume`
+(latest in RUN_DIR, or a path) restores model, EMA, optimizer, step and RNG. A JSONL log `RUN_DIR/log.jsonl`
+records loss, learning rate and images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_atomic
+from .data import load_dataset, to_float
+from .unet import EDMDenoiser, build, count_params, forward_flops
+
+__all__ = ["edm_loss", "ema_beta", "main", "parse_args", "train"]
+
+
+def edm_loss(model: nn.Module, y: Tensor, labels: Tensor, sigma: Tensor, noise: Tensor,
+             sigma_data: float = 0.5) -> Tensor:
+    """Per-sample EDM loss [N]: lambda(sigma) * mean_pixels (D(y + sigma n; sigma, c) - y)^2 (Karras et al. 2022, Eq. 2)."""
+    s4 = sigma.reshape(-1, 1, 1, 1)
+    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2          # [N]
+    d = model(y + s4 * noise, sigma, labels)
+    return weight * (d.float() - y).pow(2).flatten(1).mean(1)
+
+
+def ema_beta(batch: int, nimg: int, halflife_kimg: float, rampup: float | None) -> float:
+    """EMA decay per step for a half-life in images (EDM's training loop): beta = 0.5 ** (batch / halflife),
+    with the half-life capped at `rampup * nimg` early in training."""
+    h = halflife_kimg * 1000
+    if rampup is not None and rampup > 0:
+        h = min(h, nimg * rampup)
+    return 0.5 ** (batch / max(h, 1e-8))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m imagenet_ext.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="'digits', an ImageNet-64 directory/file, an image folder or a .zip")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--config", default="tiny", help="UNet config: tiny, xs, s, adm64")
+    p.add_argument("--channels", type=int, default=None, help="override model_channels")
+    p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
+    p.add_argument("--steps", type=int, required=True, help="total optimizer steps")
+    p.add_argument("--batch", type=int, default=64, help="GLOBAL batch (over all processes and accumulation)")
+    p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-steps per step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warmup steps")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (Ho & Salimans)")
+    p.add_argument("--p-mean", type=float, default=-1.2)
+    p.add_argument("--p-std", type=float, default=1.2)
+    p.add_argument("--ema-kimg", type=float, default=50.0, help="EMA half-life in thousands of images")
+    p.add_argument("--ema-rampup", type=float, default=0.05, help="cap the EMA half-life at this fraction of images seen")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl)")
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (0 = all)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from the latest checkpoint in --out (or from the given path)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype on GPU (CPU: fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    for k in ("steps", "batch", "accum", "ckpt_every", "log_every", "resolution"):
+        if getattr(a, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be >= 1")
+    if not 0.0 <= a.p_uncond <= 1.0:
+        p.error("--p-uncond must lie in [0, 1]")
+    return a
+
+
+def _dist_setup(device_arg: str | None) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith("cuda")
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 63 - 1)
+
+
+def _draw_global_batch(n_data: int, batch: int, shape: tuple[int, ...], seed: int, step: int,
+                       p_uncond: float, p_mean: float, p_std: float, device: torch.device
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The whole global batch's randomness for one step, identical on every rank: indices [B], dropout mask [B],
+    sigma [B], noise [B, C, H, W] (drawn on `device` with a generator seeded by (seed, step))."""
+    g = torch.Generator().manual_seed(_step_seed(seed, step))
+    idx = torch.randint(n_data, (batch,), generator=g)
+    drop = torch.rand(batch, generator=g) < p_uncond
+    sigma = (p_mean + p_std * torch.randn(batch, generator=g)).exp()
+    gd = torch.Generator(device=device).manual_seed(_step_seed(seed, step) + 1)
+    noise = torch.randn((batch, *shape), generator=gd, device=device)
+    return idx, drop, sigma, noise
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training as configured by `parse_args`; returns a summary {step, loss, images_per_s, checkpoint}."""
+    rank, world, device = _dist_setup(args.device)
+    if args.batch % (world * args.accum):
+        raise ValueError(f"--batch {args.batch} must be divisible by world size x accum = {world} x {args.accum}")
+    micro = args.batch // (world * args.accum)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(args.data, args.resolution)
+    overrides: dict[str, Any] = {"resolution": args.resolution, "in_channels": data.channels,
+                                 "num_classes": data.num_classes}
+    if args.channels is not None:
+        overrides["model_channels"] = args.channels
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    torch.manual_seed(args.seed)                       # identical initial weights on every rank
+    model: EDMDenoiser = build(args.config, **overrides).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    step = 0
+    resume_path = None
+    if args.resume is not None:
+        resume_path = latest_checkpoint(out) if args.resume == "auto" else Path(args.resume)
+        if resume_path is None and rank == 0:
+            print(f"[train] --resume: no checkpoint in {out}, starting from scratch")
+    if resume_path is not None:
+        ck = load_checkpoint(resume_path, map_location=device)
+        if ck["config"] != {"name": args.config, "overrides": overrides}:
+            raise ValueError(f"{resume_path}: checkpoint config {ck['config']} does not match this run "
+                             f"{ {'name': args.config, 'overrides': overrides} }")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+        torch.set_rng_state(ck["rng"]["torch"])
+    if rank == 0:
+        flops = forward_flops(model)
+        print(f"[train] {args.config}: {count_params(model) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/image forward; "
+              f"data {data.name}: {len(data)} images, {data.num_classes} classes, {data.channels}x{data.resolution}^2; "
+              f"world {world}, micro-batch {micro}, accum {args.accum}, global batch {args.batch}, start step {step}")
+        (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+    use_amp = device.type == "cuda" and args.precision == "bf16"
+    shape = (data.channels, data.resolution, data.resolution)
+    sd = model.sigma_data
+    log_f = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or rank != 0, desc="train", dynamic_ncols=True)
+    t_last, n_last, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+    last = {"step": step, "loss": float("nan"), "images_per_s": float("nan"), "checkpoint": str(resume_path or "")}
+    model.train()
+    while step < args.steps:
+        torch.manual_seed(_step_seed(args.seed + 1 + rank, step))       # dropout RNG: a function of (seed, rank, step)
+        idx, drop, sigma, noise = _draw_global_batch(len(data), args.batch, shape, args.seed, step, args.p_uncond,
+                                                     args.p_mean, args.p_std, device)
+        lo = rank * (args.batch // world)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        step_loss = torch.zeros((), device=device, dtype=torch.float64)
+        for m in range(args.accum):
+            sl = slice(lo + m * micro, lo + (m + 1) * micro)
+            y = to_float(data.images[idx[sl]]).to(device, non_blocking=True)
+            labels = torch.where(drop[sl], -1, data.labels[idx[sl]]).to(device)
+            sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else net.no_sync()
+            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                per = edm_loss(net, y, labels, sigma[sl].to(device), noise[sl], sd)       # [micro]
+                (per.mean() / args.accum).backward()
+            step_loss += per.detach().sum()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        beta = ema_beta(args.batch, step * args.batch, args.ema_kimg, args.ema_rampup)
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm.detach(), 1 - beta)            # ema = beta ema + (1 - beta) model
+        if world > 1:
+            dist.all_reduce(step_loss)
+        loss = step_loss.item() / args.batch              # mean over the global batch
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss} at step {step}")
+        loss_acc, n_acc, n_last = loss_acc + loss, n_acc + 1, n_last + args.batch
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            ips = n_last / max(now - t_last, 1e-9)
+            last.update(step=step, loss=loss_acc / n_acc, images_per_s=ips)
+            if log_f is not None:
+                rec = {"step": step, "loss": loss_acc / n_acc, "loss_last": loss, "lr": lr, "images_per_s": ips,
+                       "kimg": step * args.batch / 1000, "time": time.time()}
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+                bar.set_postfix(loss=f"{loss_acc / n_acc:.4f}", img_s=f"{ips:.0f}")
+            t_last, n_last, loss_acc, n_acc = now, 0, 0.0, 0
+        if step % args.ckpt_every == 0 or step == args.steps:
+            path = out / f"ckpt-{step:07d}.pt"
+            if rank == 0:
+                save_atomic({"step": step, "config": {"name": args.config, "overrides": overrides},
+                             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                             "rng": {"torch": torch.get_rng_state(), "seed": args.seed},
+                             "args": vars(args), "data": {"name": data.name, "num_classes": data.num_classes}},
+                            path)
+                if args.keep > 0:
+                    olds = sorted(out.glob("ckpt-*.pt"))[:-args.keep]
+                    for o in olds:
+                        o.unlink(missing_ok=True)
+            if world > 1:
+                dist.barrier()
+            last["checkpoint"] = str(path)
+    bar.close()
+    if log_f is not None:
+        log_f.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return last
+
+
+def main(argv: list[str] | None = None) -> None:
+    summary = train(parse_args(argv))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[train] done: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()
