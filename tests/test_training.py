@@ -1,0 +1,126 @@
+"""Training with condition dropout, EMA, seeding and atomic, resumable checkpoints (toydiff.training)."""
+import os
+
+import pytest
+import torch
+
+from toydiff.datasets import three_gaussians
+from toydiff.nets import MLPDenoiser, TwinHeadMLPDenoiser
+from toydiff.training import (denoiser_error, ema_beta, load_checkpoint, load_model, save_checkpoint,
+                              train)
+
+FAST = dict(batch_size=128, progress=False, pool_size=4096)
+
+
+def small(cls=MLPDenoiser, seed=0):
+    return cls(num_classes=3, width=32, depth=3, seed=seed)
+
+
+def assert_same_weights(a, b):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("cls", [MLPDenoiser, TwinHeadMLPDenoiser])
+def test_condition_dropout_trains_conditional_and_unconditional(cls):
+    mix = three_gaussians()
+    untrained = small(cls)
+    res = train(small(cls), mix, steps=400, loss="exact", p_uncond=0.1, lr_decay_steps=200, **FAST)
+    for cond in (None, 0, 2):
+        for sigma in (0.05, 0.3, 1.0):
+            before = denoiser_error(untrained, mix, sigma, n=512, cond=cond)
+            after = denoiser_error(res.ema, mix, sigma, n=512, cond=cond)
+            assert after <= 0.5 * before, (cond, sigma, before, after)
+
+
+def test_dsm_on_tensor_dataset_learns():
+    mix = three_gaussians()
+    x, y = mix.sample(2048, generator=torch.Generator().manual_seed(1))
+    res = train(small(), (x, y), steps=300, **FAST)
+    assert res.losses.shape == (300,) and torch.isfinite(res.losses).all()
+    assert denoiser_error(res.ema, mix, 0.3, cond=1) < 0.5 * denoiser_error(small(), mix, 0.3, cond=1)
+    unc = train(MLPDenoiser(width=16, depth=2), x, steps=20, **FAST)  # unlabelled data, unconditional model
+    assert torch.isfinite(unc.losses).all()
+
+
+def test_same_seed_identical_different_seed_differs():
+    mix = three_gaussians()
+    a = train(small(), mix, steps=30, seed=5, **FAST)
+    b = train(small(), mix, steps=30, seed=5, **FAST)
+    c = train(small(), mix, steps=30, seed=6, **FAST)
+    assert_same_weights(a.model, b.model), assert_same_weights(a.ema, b.ema)
+    assert torch.equal(a.losses, b.losses)
+    assert not torch.equal(a.model.inp.weight, c.model.inp.weight)
+
+
+def test_ema_is_power_function_average():
+    assert ema_beta(0, 0.01) == 0.0  # first step: the EMA is the weights
+    betas = [ema_beta(t, 0.01) for t in (10, 100, 1000)]
+    assert 0 < betas[0] < betas[1] < betas[2] < 1  # decay grows with training length
+
+
+def test_resume_is_bit_identical(tmp_path):
+    mix = three_gaussians()
+    full = train(small(), mix, steps=40, **FAST)
+    path = tmp_path / "run.pt"
+    train(small(), mix, steps=24, checkpoint=path, checkpoint_every=8, **FAST)  # "interrupted" at step 24
+    assert os.listdir(tmp_path) == ["run.pt"]  # atomic write: no temp files left behind
+    assert load_checkpoint(path)["step"] == 24
+    resumed = train(small(), mix, steps=40, checkpoint=path, resume=True, **FAST)
+    assert_same_weights(full.model, resumed.model), assert_same_weights(full.ema, resumed.ema)
+    assert torch.equal(full.losses, resumed.losses)
+    assert load_checkpoint(path)["step"] == 40
+    loaded = load_model(path)
+    assert isinstance(loaded, MLPDenoiser) and not loaded.training
+    assert_same_weights(loaded, full.ema)
+    with pytest.raises(ValueError, match="different training settings"):
+        train(small(), mix, steps=40, checkpoint=path, resume=True, **{**FAST, "batch_size": 64})
+    with pytest.raises(ValueError, match="holds a MLPDenoiser"):
+        train(MLPDenoiser(num_classes=3, width=16, depth=3), mix, steps=40, checkpoint=path, resume=True, **FAST)
+
+
+def test_checkpoint_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(missing)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_model(missing)
+    model = small()
+    opt = torch.optim.Adam(model.parameters())
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, model, model, opt, 3, {})
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match="trunc.pt.*corrupt or truncated"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="garbage.pt.*corrupt or truncated"):
+        load_model(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": model.state_dict()}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt is not a toydiff checkpoint"):
+        load_checkpoint(foreign)
+    mismatched = tmp_path / "mismatch.pt"
+    ck = torch.load(good, weights_only=True)
+    ck["model_config"]["width"] = 64
+    torch.save(ck, mismatched)
+    with pytest.raises(ValueError, match="mismatch.pt: stored weights do not fit"):
+        load_model(mismatched)
+
+
+def test_bad_arguments():
+    mix = three_gaussians()
+    x, y = mix.sample(64)
+    with pytest.raises(ValueError, match="loss='exact' needs a GaussianMixture"):
+        train(small(), (x, y), steps=1, loss="exact", **FAST)
+    with pytest.raises(ValueError, match="loss must be"):
+        train(small(), mix, steps=1, loss="l1", **FAST)
+    with pytest.raises(ValueError, match="p_uncond"):
+        train(small(), mix, steps=1, p_uncond=1.5, **FAST)
+    with pytest.raises(ValueError, match="no labels but the model is conditional"):
+        train(small(), x, steps=1, **FAST)
+    with pytest.raises(ValueError, match="labels up to 2 but the model has num_classes=2"):
+        train(MLPDenoiser(num_classes=2), (x, y), steps=1, **FAST)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        train(small(), mix, steps=1.5, **FAST)

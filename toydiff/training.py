@@ -1,0 +1,253 @@
+"""Training: denoising / exact score matching with condition dropout, power-function EMA, atomic checkpoints.
+
+Loss (Karras et al. 2022, EDM eq. 2 and Table 1), x = y + s n, ln s ~ N(P_mean, P_std^2):
+    L = E[ lambda(s) |D(x; s, c) - target|^2 ],   lambda(s) = (s^2 + sd^2) / (s sd)^2
+with target = y (denoising score matching, "dsm") or the mixture's exact E[y | x; s, c] ("exact": same
+minimizer, far lower variance). Condition dropout (Ho & Salimans 2022): each label becomes -1 (null) with
+probability p_uncond, and for "exact" the target is then the marginal denoiser.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .nets import MLPDenoiser, build_model
+from .validation import check_positive_int
+
+__all__ = ["TrainResult", "train", "save_checkpoint", "load_checkpoint", "load_model", "ema_beta", "denoiser_error",
+           "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
+
+FORMAT = "toydiff-checkpoint"
+DEFAULT_STEPS = 2048
+DEFAULT_BATCH_SIZE = 512
+# settings that change the trajectory: a resume must match them exactly
+_TRAJECTORY_KEYS = ("batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
+                    "seed", "pool_size")
+
+
+@dataclass
+class TrainResult:
+    """The trained network, its EMA copy (use this one), per-step losses [steps] and wall-clock seconds."""
+    model: MLPDenoiser
+    ema: MLPDenoiser
+    losses: Tensor
+    seconds: float
+
+
+def ema_beta(step: int, ema_std: float) -> float:
+    """Power-function EMA decay for the update after ``step`` steps (Karras et al. 2024, EDM2, Sec. 3.1).
+
+    The EMA averages the weights of steps 1..t with a profile ~ tau^gamma, where gamma solves
+    std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)) (std relative to the training length), so it adapts to
+    any run length: beta_t = (1 - 1/t)^(gamma + 1), t = step + 1 (beta = 0 at the first step).
+    """
+    return (1 - 1 / (step + 1)) ** (_ema_gamma(ema_std) + 1)
+
+
+@functools.lru_cache
+def _ema_gamma(ema_std: float) -> float:
+    return float(max(np.roots([1, 7, 16 - ema_std ** -2, 12 - ema_std ** -2]).real))
+
+
+def _check_float(value: Any, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < lo or value > hi or (lo_open and value == lo):
+        raise ValueError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _data_pool(data: Any, model: MLPDenoiser, pool_size: int, seed: int) -> tuple[Tensor, Tensor, Any]:
+    """(x [P, dim] float32, labels [P] int64 with -1 for an unconditional model, mixture or None)."""
+    if hasattr(data, "sample") and hasattr(data, "denoise"):
+        x, y = data.sample(pool_size, generator=torch.Generator().manual_seed(seed))
+        mixture = data
+    else:
+        x, y = data if isinstance(data, (tuple, list)) else (data, None)
+        mixture = None
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 2 or x.shape[1] != model.dim \
+                or x.shape[0] == 0 or not torch.isfinite(x).all():
+            raise ValueError(f"data must be a GaussianMixture or (x [N, {model.dim}] finite float, y int64 [N]), "
+                             f"got x of {getattr(x, 'shape', type(x).__name__)}")
+        if y is None and model.num_classes > 0:
+            raise ValueError("data has no labels but the model is conditional; pass data=(x, y)")
+        if y is not None and (not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]
+                              or (y < 0).any()):
+            raise ValueError(f"data labels must be an int64 tensor [{x.shape[0]}] of labels >= 0")
+    if model.num_classes == 0 or y is None:
+        y = torch.full((x.shape[0],), -1, dtype=torch.long)
+    elif int(y.max()) >= model.num_classes:
+        raise ValueError(f"data has labels up to {int(y.max())} but the model has num_classes={model.num_classes}")
+    return x.to(torch.float32).contiguous(), y.contiguous(), mixture
+
+
+def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
+          lr: float = 1e-2, lr_decay_steps: int = 512, loss: str = "dsm", p_uncond: float = 0.1,
+          p_mean: float = -2.3, p_std: float = 1.5, ema_std: float = 0.010, seed: int = 0,
+          pool_size: int = 1 << 16, progress: bool = True, checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int = 1024, resume: bool = False, threads: int | None = 1) -> TrainResult:
+    """Train ``model`` in place (Adam, betas 0.9/0.99) and return it with its EMA copy and the loss history.
+
+    EDM loss with log-normal sigma (Karras et al. 2022, eq. 2, Table 1); the defaults P_mean = -2.3,
+    P_std = 1.5, lr 1e-2 decayed as lr / sqrt(max(t / lr_decay_steps, 1)), Adam betas (0.9, 0.99) and a
+    power-function EMA with std 0.010 are those of the 2D toy of Karras et al. 2024 (autoguidance), whose
+    data also has sigma_data = 0.5. Condition dropout with probability ``p_uncond`` (Ho & Salimans 2022).
+
+    data: a GaussianMixture (``pool_size`` samples are drawn once from ``seed``; ``loss="exact"`` regresses
+    onto its exact denoiser) or a tensor dataset ``(x [N, dim], y int64 [N])`` / ``x`` (unconditional).
+    Every step draws indices, dropout, sigma and noise from one torch.Generator seeded with ``seed``, so the
+    same seed gives bit-identical weights. ``checkpoint``: a path written atomically every
+    ``checkpoint_every`` steps and at the end; ``resume=True`` continues from it (if it exists) and ends
+    bit-identical to an uninterrupted run. ``threads``: torch intra-op threads while training (restored
+    afterwards; None keeps the current setting). One thread is fastest for these tiny MLPs and does not
+    collapse when other processes share the cores.
+    """
+    if not isinstance(model, MLPDenoiser):
+        raise TypeError(f"model must be a toydiff.nets MLPDenoiser (or subclass), got {type(model).__name__}")
+    steps, batch_size = check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
+    pool_size, checkpoint_every = check_positive_int(pool_size, "pool_size"), check_positive_int(checkpoint_every,
+                                                                                               "checkpoint_every")
+    lr_decay_steps = check_positive_int(lr_decay_steps, "lr_decay_steps")
+    if loss not in ("dsm", "exact"):
+        raise ValueError(f"loss must be 'dsm' or 'exact', got {loss!r}")
+    config = dict(steps=steps, batch_size=batch_size, lr=_check_float(lr, "lr", 0, lo_open=True),
+                  lr_decay_steps=lr_decay_steps, loss=loss, p_uncond=_check_float(p_uncond, "p_uncond", 0, 1),
+                  p_mean=_check_float(p_mean, "p_mean", -math.inf), p_std=_check_float(p_std, "p_std", 0),
+                  ema_std=_check_float(ema_std, "ema_std", 0, 0.28, lo_open=True), seed=seed, pool_size=pool_size,
+                  checkpoint_every=checkpoint_every)
+    pool_x, pool_y, mixture = _data_pool(data, model, pool_size, seed)
+    if loss == "exact" and mixture is None:
+        raise ValueError("loss='exact' needs a GaussianMixture as data (it regresses onto its exact denoiser)")
+
+    model.train().requires_grad_(True)
+    ema = build_model(type(model).__name__, model.config).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), foreach=True)
+    gen = torch.Generator().manual_seed(seed)
+    losses, start, t0 = torch.zeros(steps), 0, time.perf_counter()
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        ck = load_checkpoint(checkpoint)
+        stored = {k: ck["config"].get(k) for k in _TRAJECTORY_KEYS}
+        if stored != {k: config[k] for k in _TRAJECTORY_KEYS}:
+            raise ValueError(f"checkpoint {checkpoint} was written with different training settings: {stored}")
+        if ck["model_class"] != type(model).__name__ or ck["model_config"] != model.config:
+            raise ValueError(f"checkpoint {checkpoint} holds a {ck['model_class']}{ck['model_config']}, "
+                             f"not this {type(model).__name__}{model.config}")
+        start = min(ck["step"], steps)
+        model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["rng"])
+        losses[:start] = ck["losses"][:start]
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(saved_threads if threads is None else check_positive_int(threads, "threads"))
+    try:
+        _loop(model, ema, opt, gen, losses, start, pool_x, pool_y, mixture, config, progress, checkpoint)
+    finally:
+        torch.set_num_threads(saved_threads)
+    model.eval()
+    return TrainResult(model, ema, losses, time.perf_counter() - t0)
+
+
+def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen: torch.Generator, losses: Tensor,
+          start: int, pool_x: Tensor, pool_y: Tensor, mixture: Any, config: dict, progress: bool,
+          checkpoint: Any) -> None:
+    """Steps start..steps of train() (see there); updates model, ema, opt, gen and losses in place."""
+    steps, batch_size, lr, loss = config["steps"], config["batch_size"], config["lr"], config["loss"]
+    p_uncond, p_mean, p_std, ema_std = config["p_uncond"], config["p_mean"], config["p_std"], config["ema_std"]
+    lr_decay_steps, checkpoint_every = config["lr_decay_steps"], config["checkpoint_every"]
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+    sd2, n_pool = model.sigma_data ** 2, pool_x.shape[0]
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
+    for step in bar:
+        idx = torch.randint(n_pool, (batch_size,), generator=gen)
+        y, c = pool_x[idx], pool_y[idx]                                             # [B, dim], [B]
+        c = c.masked_fill(torch.rand(batch_size, generator=gen) < p_uncond, -1)     # condition dropout
+        sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()    # ln s ~ N(P_mean, P_std^2)
+        x = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
+        if loss == "exact":
+            y = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
+        weight = (sigma ** 2 + sd2) / (sigma ** 2 * sd2)                           # lambda(s)
+        batch_loss = (weight * (model(x, sigma, c) - y).square().sum(1)).mean()
+        for group in opt.param_groups:
+            group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
+        opt.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - ema_beta(step, ema_std))
+        losses[step] = batch_loss.detach()
+        if progress and step % 64 == 0:
+            bar.set_postfix(loss=f"{losses[step].item():.4f}")
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save_checkpoint(checkpoint, model, ema, opt, step + 1, config, rng_state=gen.get_state(), losses=losses)
+    bar.close()
+
+
+@torch.no_grad()
+def denoiser_error(denoiser: Any, mixture: Any, sigma: float, *, n: int = 1024, cond: int | None = None,
+                   seed: int = 0) -> float:
+    """EDM-weighted error E[lambda(s) |D(x; s, c) - D*(x; s, c)|^2] vs the mixture's exact denoiser D*, over
+    x ~ p(x | c; s) (n samples from ``seed``; cond None = the marginal and the null label)."""
+    x, _ = mixture.sample(n, cond=cond, sigma=sigma, generator=torch.Generator().manual_seed(seed))
+    c = None if cond is None else torch.full((n,), cond, dtype=torch.long)
+    sd2 = getattr(denoiser, "sigma_data", 0.5) ** 2
+    err = (denoiser(x, sigma, c) - mixture.denoise(x, sigma, c).to(x.dtype)).square().sum(1).mean()
+    return float(err * (sigma ** 2 + sd2) / (sigma ** 2 * sd2))
+
+
+def save_checkpoint(path: str | os.PathLike, model: MLPDenoiser, ema: MLPDenoiser, optimizer: torch.optim.Optimizer,
+                    step: int, config: dict, *, rng_state: Tensor | None = None, losses: Tensor | None = None) -> None:
+    """Write a checkpoint atomically: a temp file in the same directory, fsync, then os.replace."""
+    payload = dict(format=FORMAT, version=1, model_class=type(model).__name__, model_config=dict(model.config),
+                   model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
+                   config=dict(config), rng=rng_state, losses=losses)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint dict; FileNotFoundError if missing, ValueError if corrupt or not a toydiff checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, unpickling errors all land here
+        raise ValueError(f"checkpoint {path} is corrupt or truncated (torch.load failed: {e})") from e
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a toydiff checkpoint (no format={FORMAT!r} marker)")
+    missing = {"model_class", "model_config", "model", "ema", "optimizer", "step", "config"} - ck.keys()
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: missing {sorted(missing)}")
+    return ck
+
+
+def load_model(path: str | os.PathLike) -> MLPDenoiser:
+    """Rebuild the model from a checkpoint's class name and config and return its EMA weights (eval mode)."""
+    ck = load_checkpoint(path)
+    try:
+        model = build_model(ck["model_class"], ck["model_config"])
+        model.load_state_dict(ck["ema"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path}: stored weights do not fit {ck['model_class']}"
+                         f"{ck['model_config']}: {e}") from e
+    return model.eval().requires_grad_(False)
