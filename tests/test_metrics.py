@@ -1,0 +1,69 @@
+"""Metrics against the exact ground truth: true samples score as such, a shifted copy scores worse."""
+import pytest
+import torch
+
+from toydiff import datasets, metrics
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return datasets.tree()
+
+
+def _draw(dist, n, cls, seed):
+    return dist.sample(n, cond=cls, generator=torch.Generator().manual_seed(seed))[0]
+
+
+def test_true_samples_score_as_true(tree):
+    x = _draw(tree, 4000, 0, seed=11)
+    m = metrics.evaluate(x, tree, 0, seed=3)
+    assert abs(m["outlier_fraction"] - 0.01) < 0.006
+    assert m["precision"] > 0.9 and m["recall"] > 0.9
+    assert m["class_accuracy"] > 0.97
+    assert 0 <= m["energy_distance"] < 2e-3
+
+
+def test_shifted_copy_scores_worse(tree):
+    ref = _draw(tree, 3000, 0, seed=1)
+    good, bad = _draw(tree, 3000, 0, seed=2), _draw(tree, 3000, 0, seed=2) + torch.tensor([0.05, -0.05])
+    mg, mb = metrics.evaluate(good, tree, 0, reference=ref), metrics.evaluate(bad, tree, 0, reference=ref)
+    assert mb["outlier_fraction"] > 5 * mg["outlier_fraction"]
+    assert mb["precision"] < mg["precision"] - 0.2 and mb["recall"] < mg["recall"] - 0.2
+    assert mb["log_likelihood"] < mg["log_likelihood"] - 1
+    assert mb["energy_distance"] > 10 * max(mg["energy_distance"], 1e-5)
+
+
+def test_class_log_prob_matches_mixture(tree):
+    x = tree.sample(300, generator=torch.Generator().manual_seed(5))[0] * 1.2
+    exact = torch.stack([tree.log_prob(x.double(), 0.0, c) for c in (0, 1)], 1)
+    fast = metrics.class_log_prob(x, tree)
+    assert torch.allclose(fast, exact, rtol=1e-8, atol=1e-6)
+
+
+def test_precision_recall_sees_dropped_modes():
+    dist = datasets.three_gaussians(std=0.15)
+    real = dist.sample(2000, generator=torch.Generator().manual_seed(0))[0]
+    one_mode = dist.sample(2000, cond=0, generator=torch.Generator().manual_seed(1))[0]
+    p, r = metrics.precision_recall(real, one_mode)
+    assert p > 0.9 and r < 0.6
+
+
+def test_class_accuracy_and_mixed_labels():
+    dist = datasets.three_gaussians(std=0.1)
+    x, y = dist.sample(600, generator=torch.Generator().manual_seed(0))
+    assert metrics.class_accuracy(x, dist, y) > 0.99
+    assert metrics.class_accuracy(x, dist, (y + 1) % 3) < 0.01
+    assert metrics.outlier_fraction(x, dist, y) < 0.05
+
+
+def test_bad_input_names_argument(tree):
+    x = _draw(tree, 10, 0, 0)
+    with pytest.raises(ValueError, match="cond"):
+        metrics.outlier_fraction(x, tree, -1)
+    with pytest.raises(ValueError, match="fake"):
+        metrics.precision_recall(x, torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="k="):
+        metrics.precision_recall(x, x[:3])
+    with pytest.raises(ValueError, match="quantile"):
+        metrics.outlier_fraction(x, tree, 0, quantile=1.5)
+
