@@ -1,0 +1,116 @@
+"""imagenet_ext.data on tiny files written here in every format, and the errors for bad files."""
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from imagenet_ext.data import load_dataset, load_digits, load_imagenet64_file, load_zip, to_float
+
+R = 8                      # the ImageNet-64 format at 8x8: data [N, 3*8*8]
+
+
+def _imagenet_arrays(n=5, seed=0, r=R):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3 * r * r), dtype=np.uint8), rng.integers(1, 1001, n)
+
+
+def _png(arr):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_digits():
+    d = load_digits(16)
+    assert d.images.shape == (1797, 3, 16, 16) and d.images.dtype == torch.uint8
+    assert d.num_classes == 10 and set(d.labels.tolist()) == set(range(10))
+    x = to_float(d.images[:10])
+    assert x.min() >= -1 and x.max() <= 1 and x.max() > 0.5
+    assert load_dataset("digits:1", 32).images.shape == (1797, 1, 32, 32)
+
+
+def test_imagenet_pickle_npz_and_directory(tmp_path):
+    data, labels = _imagenet_arrays()
+    with open(tmp_path / "train_data_batch_1", "wb") as f:
+        pickle.dump({"data": data, "labels": labels.tolist(), "mean": data.mean(0)}, f)
+    np.savez(tmp_path / "train_data_batch_2.npz", data=data[:3], labels=labels[:3])
+    np.savez(tmp_path / "val_data.npz", data=data[:2], labels=labels[:2])
+    one = load_imagenet64_file(tmp_path / "train_data_batch_1", R)
+    # planar layout: the first R*R bytes are the red plane
+    assert torch.equal(one.images[0, 0].flatten(), torch.from_numpy(data[0, :R * R]))
+    assert torch.equal(one.images[0, 2].flatten(), torch.from_numpy(data[0, 2 * R * R:]))
+    assert torch.equal(one.labels, torch.from_numpy(labels - 1))            # 1-based -> 0-based
+    train = load_dataset(str(tmp_path), R)
+    assert len(train) == 8 and train.num_classes == 1000
+    assert len(load_dataset(str(tmp_path), R, split="val")) == 2
+
+
+def test_folder_and_zip(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8)          # non-square: center-cropped
+    for k, cls in enumerate(["cat", "dog"]):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "folder" / cls / f"{i}.png").write_bytes(_png(imgs[2 * k + i]))
+    ds = load_dataset(str(tmp_path / "folder"), 8)
+    assert ds.images.shape == (4, 3, 8, 8) and ds.labels.tolist() == [0, 0, 1, 1] and ds.num_classes == 2
+    z = tmp_path / "set.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for i in range(4):
+            zf.writestr(f"img{i}.png", _png(imgs[i, :10]))
+        zf.writestr("dataset.json", json.dumps({"labels": [[f"img{i}.png", i % 3] for i in range(4)]}))
+    ds = load_dataset(str(z), 10)
+    assert ds.images.shape == (4, 3, 10, 10) and ds.labels.tolist() == [0, 1, 2, 0] and ds.num_classes == 3
+    assert torch.equal(ds.images[1], torch.from_numpy(imgs[1, :10]).permute(2, 0, 1))   # no resize: exact
+
+
+def test_bad_files(tmp_path):
+    data, labels = _imagenet_arrays()
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_dataset(str(tmp_path / "nope"), R)
+    with pytest.raises(FileNotFoundError, match="train_data_batch_1"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "val_data").write_bytes(b"")
+        load_dataset(str(tmp_path / "empty"), R, split="train")
+    # truncated pickle and npz
+    raw = pickle.dumps({"data": data, "labels": labels.tolist()})
+    (tmp_path / "trunc").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_imagenet64_file(tmp_path / "trunc", R)
+    np.savez(tmp_path / "full.npz", data=data, labels=labels)
+    b = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(b[: len(b) // 2])
+    with pytest.raises(ValueError, match="trunc.npz"):
+        load_imagenet64_file(tmp_path / "trunc.npz", R)
+    # wrong image size for the requested resolution
+    with pytest.raises(ValueError, match=r"uint8 \[N, 768\]"):
+        load_imagenet64_file(tmp_path / "full.npz", 16)
+    # labels out of range (0 and 1001 with 1-based labels), and count mismatch
+    for bad in (np.zeros(5, int), np.full(5, 1001)):
+        np.savez(tmp_path / "bad.npz", data=data, labels=bad)
+        with pytest.raises(ValueError, match=r"labels must be 1-based in \[1, 1000\]"):
+            load_imagenet64_file(tmp_path / "bad.npz", R)
+    np.savez(tmp_path / "short.npz", data=data, labels=labels[:3])
+    with pytest.raises(ValueError, match="3 labels for 5 images"):
+        load_imagenet64_file(tmp_path / "short.npz", R)
+    np.savez(tmp_path / "keys.npz", x=data)
+    with pytest.raises(ValueError, match="'data' and 'labels'"):
+        load_imagenet64_file(tmp_path / "keys.npz", R)
+    # zips: no dataset.json, a missing member, a negative label, not a zip at all
+    for name, members in [("nojson.zip", {"a.png": _png(np.zeros((4, 4, 3), np.uint8))}),
+                          ("missing.zip", {"dataset.json": json.dumps({"labels": [["a.png", 0]]})}),
+                          ("neg.zip", {"a.png": _png(np.zeros((4, 4, 3), np.uint8)),
+                                       "dataset.json": json.dumps({"labels": [["a.png", -2]]})})]:
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            for k, v in members.items():
+                zf.writestr(k, v)
+        with pytest.raises(ValueError, match=name):
+            load_zip(tmp_path / name, 4)
+    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match="corrupt or truncated zip"):
+        load_zip(tmp_path / "junk.zip", 4)
