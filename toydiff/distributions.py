@@ -20,7 +20,7 @@ from .validation import as_cond, as_sigma, check_points
 __all__ = ["GaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_CHUNK_ELEMENTS = 1 << 21  # points x components handled at once: bounds memory at ~16 MB per [N, K] array
+_CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
 
 
 class GaussianMixture:
@@ -78,6 +78,19 @@ class GaussianMixture:
         cond_logw = torch.where(onehot, logw - class_mass.log(), torch.full_like(logw, -math.inf))
         self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K]
         self._class_mask = torch.where(onehot, 0.0, -math.inf).double()            # [C, K]
+        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _logits and _score).
+        # C = [[A, B], [B, D]], adj C = [[D, -B], [-B, A]], S = C + s^2 I:
+        #   det S = det C + s^2 tr C + s^4                     -> [1, s^2, s^4] @ [det C; tr C; 1]
+        #   adj S = adj C + s^2 I,   S^-1 = adj S / det S
+        #   r^T adj S r = Q(x - mu) + s^2 |x - mu|^2, expanded in the features of x:
+        #   [x0^2, x0 x1, x1^2, x0, x1, 1, s^2|x|^2, s^2 x0, s^2 x1, s^2] @ W
+        A, B, D = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
+        adj_mu = torch.stack([D * mu[:, 0] - B * mu[:, 1], A * mu[:, 1] - B * mu[:, 0]], 1)   # (adj C) mu
+        self._quad_w = torch.stack([D, -2 * B, A, -2 * adj_mu[:, 0], -2 * adj_mu[:, 1], (mu * adj_mu).sum(1),
+                                    torch.ones_like(A), -2 * mu[:, 0], -2 * mu[:, 1], (mu * mu).sum(1)])  # [10, K]
+        self._det_w = torch.stack([A * D - B * B, A + D, torch.ones_like(A)])                          # [3, K]
+        # sum_k rho_k adj(S_k)(x - mu_k) = M x - v1 + s^2 (sum(rho) x - v2),  [M | v1 | v2 | sum] = rho @ Z
+        self._score_z = torch.cat([torch.stack([D, -B, -B, A], 1), adj_mu, mu, torch.ones_like(A)[:, None]], 1)  # [K, 9]
 
     # ------------------------------------------------------------------ core
     def __len__(self) -> int:
@@ -97,24 +110,18 @@ class GaussianMixture:
             torch.where(cond < 0, torch.full_like(cond, self.num_classes), cond)
         return table[idx]
 
-    def _terms(self, x: Tensor, s2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per point and component: log N(x; mu_k, C_k + s^2 I) [N, K] and the gradient of that log N [N, K, 2].
+    def _logits(self, x: Tensor, s2: Tensor, logw: Tensor) -> tuple[Tensor, Tensor]:
+        """log(w_k N(x; mu_k, C_k + s^2 I)) [N, K] (with the prior row logw) and det S [N, K].
 
-        S = C + s^2 I = [[a, b], [b, d]];  det S = ad - b^2;  S^-1 = [[d, -b], [-b, a]] / det S
-        log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2   with r = x - mu
-        grad log N = -S^-1 r
+        log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2,  r = x - mu  (float64 throughout)
         """
-        mu, cov = self.means.to(x.device), self.covs.to(x.device)
-        a = cov[None, :, 0, 0] + s2[:, None]                                     # [N, K]
-        b = cov[None, :, 0, 1].expand_as(a)
-        d = cov[None, :, 1, 1] + s2[:, None]
-        det = a * d - b * b
-        rx = x[:, None, 0] - mu[None, :, 0]
-        ry = x[:, None, 1] - mu[None, :, 1]
-        gx = (d * rx - b * ry) / det                                              # S^-1 r
-        gy = (a * ry - b * rx) / det
-        log_n = -0.5 * (rx * gx + ry * gy) - _LOG_2PI - 0.5 * det.log()
-        return log_n, gx, gy
+        x0, x1 = x[:, 0], x[:, 1]
+        feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [N, 6]
+        feats = torch.cat([feats, s2[:, None] * torch.stack([x0 * x0 + x1 * x1, x0, x1, torch.ones_like(x0)], 1)], 1)
+        det = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1) @ self._det_w.to(x.device)        # [N, K]
+        quad = (feats @ self._quad_w.to(x.device)).div_(det)
+        logits = logw.sub(quad, alpha=0.5).sub_(det.log(), alpha=0.5).sub_(_LOG_2PI)
+        return logits, det
 
     def _chunks(self, n: int, per_point: int = 1) -> list[slice]:
         """Row slices of a batch of n points so that points x components x per_point stays bounded."""
@@ -128,9 +135,8 @@ class GaussianMixture:
         xd, s2 = x.double(), s.double() ** 2
         out = []
         for sl in self._chunks(x.shape[0]):
-            log_n, _, _ = self._terms(xd[sl], s2[sl])
-            logw = self._logw_rows(None if c is None else c[sl], log_n.shape[0], x.device)
-            out.append(torch.logsumexp(logw + log_n, dim=1))
+            logw = self._logw_rows(None if c is None else c[sl], xd[sl].shape[0], x.device)
+            out.append(torch.logsumexp(self._logits(xd[sl], s2[sl], logw)[0], dim=1))
         return torch.cat(out).to(x.dtype)
 
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
@@ -142,10 +148,13 @@ class GaussianMixture:
         xd, s2 = x.double(), s.double() ** 2
         out = []
         for sl in self._chunks(x.shape[0]):
-            log_n, gx, gy = self._terms(xd[sl], s2[sl])
-            logw = self._logw_rows(None if c is None else c[sl], log_n.shape[0], x.device)
-            r = torch.softmax(logw + log_n, dim=1)                                # [n, K]
-            out.append(-torch.stack([(r * gx).sum(1), (r * gy).sum(1)], dim=1))
+            xs, s2s = xd[sl], s2[sl]
+            logits, det = self._logits(xs, s2s, self._logw_rows(None if c is None else c[sl], xs.shape[0], x.device))
+            rho = torch.softmax(logits, dim=1).div_(det)                          # r_k / det S_k   [n, K]
+            p = rho @ self._score_z.to(x.device)                                  # [n, 9]
+            m = p[:, :4].reshape(-1, 2, 2)
+            adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
+            out.append(-adj_r)                                                    # -sum_k r_k S_k^-1 (x - mu_k)
         return torch.cat(out).to(x.dtype)
 
     def denoise(self, x: Tensor, sigma, cond=None) -> Tensor:
@@ -166,8 +175,8 @@ class GaussianMixture:
         in_class = self._class_mask.to(x.device)                                  # [C, K]: 0 or -inf
         out = []
         for sl in self._chunks(x.shape[0], per_point=self.num_classes):
-            log_n, _, _ = self._terms(xd[sl], s2[sl])
-            joint = self._logw_table[-1].to(x.device) + log_n                      # log w_k N_k  [n, K]
+            marginal = self._logw_table[-1].to(x.device).expand(xd[sl].shape[0], -1)
+            joint = self._logits(xd[sl], s2[sl], marginal)[0]                      # log w_k N_k  [n, K]
             per_class = torch.logsumexp(joint[:, None, :] + in_class[None], dim=2)  # [n, C]
             out.append(per_class - torch.logsumexp(joint, dim=1, keepdim=True))
         return torch.cat(out).to(x.dtype)
