@@ -1,0 +1,89 @@
+"""Exact guided densities, ratios, and model densities by the probability-flow ODE."""
+import math
+
+import pytest
+import torch
+
+from toydiff import datasets, density, nets
+from toydiff.distributions import GaussianMixture
+
+
+def _gaussian(mean, cov, label=0):
+    return GaussianMixture(torch.ones(1), mean[None], cov[None], labels=[label])
+
+
+def _gaussian_log_pdf(x, mean, cov):
+    r = x - mean
+    return -0.5 * (r @ torch.linalg.inv(cov) * r).sum(1) - math.log(2 * math.pi) - 0.5 * torch.logdet(cov)
+
+
+@pytest.mark.parametrize("w, sigma", [(1.0, 0.0), (3.0, 0.0), (2.0, 0.3), (0.5, 0.1)])
+def test_guided_density_is_the_closed_form_product_of_gaussians(w, sigma):
+    m1, c1 = torch.tensor([0.4, -0.2], dtype=torch.float64), torch.tensor([[0.10, 0.03], [0.03, 0.05]], dtype=torch.float64)
+    m0, c0 = torch.tensor([0.0, 0.1], dtype=torch.float64), torch.tensor([[0.30, -0.05], [-0.05, 0.20]], dtype=torch.float64)
+    grid = density.make_grid((-3, 3, -3, 3), 240)
+    logp = density.guided_log_density(_gaussian(m1, c1), 0, w, grid, sigma=sigma, negative=_gaussian(m0, c0))
+    assert abs(float(logp.exp().sum() * grid.cell_area) - 1) < 1e-9                     # integrates to 1
+    eye = torch.eye(2, dtype=torch.float64) * sigma ** 2
+    mean, cov = density.gaussian_power_product(m1, c1 + eye, m0, c0 + eye, w)
+    exact = _gaussian_log_pdf(grid.points, mean, cov)
+    mask = exact > exact.max() - 10
+    assert (logp - exact)[mask].abs().max() < 2e-3
+
+
+def test_cfg_density_of_three_gaussians_integrates_to_one_and_sharpens():
+    dist = datasets.three_gaussians()
+    grid = density.make_grid((-3, 3, -3, 3), 150)
+    for w in (0.0, 1.0, 2.0, 4.0):
+        assert abs(float(density.guided_log_density(dist, 0, w, grid).exp().sum() * grid.cell_area) - 1) < 1e-9
+    p1 = density.guided_log_density(dist, 0, 1.0, grid)
+    assert torch.allclose(p1, dist.log_prob(grid.points, 0.0, 0), atol=1e-3)           # w = 1: p(x|c) itself
+    assert density.guided_log_density(dist, 0, 4.0, grid).max() > p1.max()               # guidance sharpens
+
+
+def test_gaussian_power_product_refuses_non_normalizable():
+    c = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="positive definite"):
+        density.gaussian_power_product(torch.zeros(2), c, torch.zeros(2), 0.1 * c, 3.0)
+
+
+def test_ratio_gradient_and_log_ratio_of_mixtures():
+    dist = datasets.three_gaussians()
+    x = dist.sample(50, generator=torch.Generator().manual_seed(0))[0].double()
+    cond = torch.zeros(50, dtype=torch.long)
+    grad = density.ratio_gradient(lambda x, s, c: dist(x, s, c), lambda x, s, c: dist(x, s, None), x, 0.3, cond)
+    assert torch.allclose(grad, dist.score(x, 0.3, cond) - dist.score(x, 0.3, None), atol=1e-9)
+    uncond = GaussianMixture(dist.weights, dist.means, dist.covs)
+    lr = density.log_ratio(dist, uncond, x, 0.3, cond)
+    assert torch.allclose(lr, dist.log_prob(x, 0.3, cond) - dist.log_prob(x, 0.3, None), atol=1e-9)
+
+
+@pytest.mark.parametrize("cond", [None, 1])
+def test_pf_ode_density_of_exact_denoiser_matches_log_prob(cond):
+    dist = datasets.three_gaussians()
+    grid = density.make_grid((-2.2, 2.2, -2.2, 2.2), 24)
+    sigma = 0.002
+    ode = density.ode_log_density(dist, grid.points, cond, sigma=sigma, sigma_max=80.0, steps=64, data_std=0.84)
+    exact = dist.log_prob(grid.points, sigma, cond)
+    mask = exact > exact.max() - 8                                   # where the density is non-negligible
+    assert (ode - exact)[mask].abs().mean() < 0.05
+
+
+def test_energy_head_density_is_gaussian_at_init():
+    model = nets.EnergyMLPDenoiser(num_classes=0, width=16, depth=2)   # zero output layer: N(0, (s^2+sd^2) I)
+    grid = density.make_grid((-4, 4, -4, 4), 120)
+    logp = density.energy_log_density(model, grid, 0.5)
+    exact = _gaussian_log_pdf(grid.points, torch.zeros(2, dtype=torch.float64),
+                              torch.eye(2, dtype=torch.float64) * (0.25 + 0.25))
+    assert (logp - exact).abs().max() < 1e-3
+
+
+def test_bad_input_names_argument():
+    with pytest.raises(ValueError, match="extent"):
+        density.make_grid((1, 0, 0, 1))
+    with pytest.raises(ValueError, match="sigma"):
+        density.ode_log_density(datasets.three_gaussians(), torch.zeros(3, 2), sigma=5.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        density.ratio_gradient(datasets.three_gaussians(), datasets.three_gaussians(), torch.zeros(3, 2), 0.0)
+    with pytest.raises(TypeError, match="energy head"):
+        density.energy_log_density(nets.MLPDenoiser(), density.make_grid(resolution=4), 0.5)
