@@ -123,9 +123,9 @@ class AttnBlock(nn.Module):
 
     def __init__(self, ch: int, head_channels: int, groups: int) -> None:
         super().__init__()
-        if ch % head_channels:
-            raise ValueError(f"channels {ch} not divisible by head_channels {head_channels}")
-        self.heads = ch // head_channels
+        self.heads = max(1, ch // head_channels)        # a narrow layer gets one head of all its channels
+        if ch % self.heads:
+            raise ValueError(f"channels {ch} not divisible into heads of {head_channels} channels")
         self.norm = _norm(ch, groups)
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv1d(ch, ch, 1))
