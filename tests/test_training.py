@@ -45,7 +45,9 @@ def test_dsm_on_tensor_dataset_learns():
 
 def test_same_seed_identical_different_seed_differs():
     mix = three_gaussians()
+    threads = torch.get_num_threads()
     a = train(small(), mix, steps=30, seed=5, **FAST)
+    assert torch.get_num_threads() == threads  # train() restores the intra-op thread count
     b = train(small(), mix, steps=30, seed=5, **FAST)
     c = train(small(), mix, steps=30, seed=6, **FAST)
     assert_same_weights(a.model, b.model), assert_same_weights(a.ema, b.ema)

@@ -90,10 +90,14 @@ class MLPDenoiser(nn.Module):
         c_noise = s.clamp_min(SIGMA_TINY).log() / 4
         return c_skip, c_out, c_in, c_noise
 
-    def trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
-        """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
+    def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise."""
         four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))  # [N, num_freqs]
-        h = self.inp(torch.cat([x_in, four], dim=1)) + self.emb(idx)
+        return self.inp(torch.cat([x_in, four], dim=1))
+
+    def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
+        """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
+        h = self._input(x_in, c_noise) + self.emb(idx)
         for layer in self.hidden:
             h = layer(F.silu(h))
         return F.silu(h)
@@ -102,7 +106,7 @@ class MLPDenoiser(nn.Module):
         """D(x; sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)  (EDM eq. 7)."""
         x, s, idx = self._args(x, sigma, cond)
         c_skip, c_out, c_in, c_noise = self._precond(s)
-        return c_skip * x + c_out * self.out(self.trunk(c_in * x, c_noise, idx))
+        return c_skip * x + c_out * self.out(self._trunk(c_in * x, c_noise, idx))
 
 
 class EnergyMLPDenoiser(MLPDenoiser):
@@ -125,7 +129,7 @@ class EnergyMLPDenoiser(MLPDenoiser):
         """Unnormalized log p(x; sigma, cond) [N] (sigma clamped at SIGMA_TINY for the sd/s factor)."""
         x, s, idx = self._args(x, sigma, cond)
         _, _, c_in, c_noise = self._precond(s)
-        f = self.out(self.trunk(c_in * x, c_noise, idx))
+        f = self.out(self._trunk(c_in * x, c_noise, idx))
         return (-0.5 * x.square().sum(1, keepdim=True) * c_in ** 2 + self.sigma_data / s.clamp_min(SIGMA_TINY) * f)[:, 0]
 
     def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
@@ -136,7 +140,7 @@ class EnergyMLPDenoiser(MLPDenoiser):
             x_in = c_in * x
             if not x_in.requires_grad:
                 x_in = x_in.detach().requires_grad_(True)
-            f = self.out(self.trunk(x_in, c_noise, idx))
+            f = self.out(self._trunk(x_in, c_noise, idx))
             (grad,) = torch.autograd.grad(f.sum(), x_in, create_graph=create_graph)
         return c_skip * x + c_out * grad
 
@@ -170,8 +174,7 @@ class TwinHeadMLPDenoiser(MLPDenoiser):
     def _pair(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor, Tensor]:
         x, s, idx = self._args(x, sigma, cond)
         c_skip, c_out, c_in, c_noise = self._precond(s)
-        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))
-        h = self.inp(torch.cat([c_in * x, four], dim=1))
+        h = self._input(c_in * x, c_noise)
         for layer in self.hidden:
             h = layer(F.silu(h))
         h = F.silu(h)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .nets import MLPDenoiser, build_model
@@ -28,8 +28,8 @@ __all__ = ["TrainResult", "train", "save_checkpoint", "load_checkpoint", "load_m
            "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
 
 FORMAT = "toydiff-checkpoint"
-DEFAULT_STEPS = 2048
-DEFAULT_BATCH_SIZE = 512
+DEFAULT_STEPS = 4096
+DEFAULT_BATCH_SIZE = 1024
 # settings that change the trajectory: a resume must match them exactly
 _TRAJECTORY_KEYS = ("batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
                     "seed", "pool_size")
@@ -142,6 +142,8 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
         if ck["model_class"] != type(model).__name__ or ck["model_config"] != model.config:
             raise ValueError(f"checkpoint {checkpoint} holds a {ck['model_class']}{ck['model_config']}, "
                              f"not this {type(model).__name__}{model.config}")
+        if ck.get("rng") is None or ck.get("losses") is None:
+            raise ValueError(f"checkpoint {checkpoint} has no RNG state / loss history (not written by train())")
         start = min(ck["step"], steps)
         model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["rng"])
