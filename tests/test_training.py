@@ -30,7 +30,7 @@ def test_condition_dropout_trains_conditional_and_unconditional(cls):
         for sigma in (0.05, 0.3, 1.0):
             before = denoiser_error(untrained, mix, sigma, n=512, cond=cond)
             after = denoiser_error(res.ema, mix, sigma, n=512, cond=cond)
-            assert after <= 0.5 * before, (cond, sigma, before, after)
+            assert after <= 0.1 * before, (cond, sigma, before, after)  # measured: <= 0.035
 
 
 def test_dsm_on_tensor_dataset_learns():
