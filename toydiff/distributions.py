@@ -106,9 +106,9 @@ class GaussianMixture:
     def _logw_rows(self, cond: Tensor | None, n: int, device) -> Tensor:
         """Prior log-weights per point [N, K]: row `cond` of the table (the marginal row for -1/None)."""
         table = self._logw_table.to(device)
-        idx = torch.full((n,), self.num_classes, device=device) if cond is None else \
-            torch.where(cond < 0, torch.full_like(cond, self.num_classes), cond)
-        return table[idx]
+        if cond is None:
+            return table[-1].expand(n, -1)
+        return table[torch.where(cond < 0, torch.full_like(cond, self.num_classes), cond)]
 
     def _logits(self, x: Tensor, s2: Tensor, logw: Tensor) -> tuple[Tensor, Tensor]:
         """log(w_k N(x; mu_k, C_k + s^2 I)) [N, K] (with the prior row logw) and det S [N, K].
@@ -175,8 +175,7 @@ class GaussianMixture:
         in_class = self._class_mask.to(x.device)                                  # [C, K]: 0 or -inf
         out = []
         for sl in self._chunks(x.shape[0], per_point=self.num_classes):
-            marginal = self._logw_table[-1].to(x.device).expand(xd[sl].shape[0], -1)
-            joint = self._logits(xd[sl], s2[sl], marginal)[0]                      # log w_k N_k  [n, K]
+            joint = self._logits(xd[sl], s2[sl], self._logw_rows(None, xd[sl].shape[0], x.device))[0]                      # log w_k N_k  [n, K]
             per_class = torch.logsumexp(joint[:, None, :] + in_class[None], dim=2)  # [n, C]
             out.append(per_class - torch.logsumexp(joint, dim=1, keepdim=True))
         return torch.cat(out).to(x.dtype)
@@ -191,9 +190,14 @@ class GaussianMixture:
             raise ValueError(f"n must be a positive int, got {n!r}")
         c = as_cond(cond, n, self.num_classes)
         s = as_sigma(sigma, n)
-        probs = self._logw_rows(c, n, "cpu").exp()                                # [n, K]
-        k = torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(1) if c is not None \
-            else torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        if c is None:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:                                                                     # one draw per distinct label
+            k = torch.empty(n, dtype=torch.long)
+            for label in c.unique().tolist():
+                rows = (c == label).nonzero().squeeze(1)
+                probs = self._logw_table[label if label >= 0 else self.num_classes].exp()
+                k[rows] = torch.multinomial(probs, rows.numel(), replacement=True, generator=generator)
         # Cholesky of [[a, b], [b, d]]: L = [[sqrt a, 0], [b / sqrt a, sqrt(d - b^2 / a)]]
         cov = self.covs[k]
         l00 = cov[:, 0, 0].sqrt()
