@@ -10,11 +10,15 @@ terms, s_w = s_0 + w (s_1 - s_0), since D = x + sigma^2 s. Ho & Salimans (2022) 
 
 Every method below supplies the unguided prediction D_1 and the guidance direction D_1 - D_0; the shared
 machinery adds a per-sigma weight schedule (`w` may be a callable of sigma), a guidance interval
-(Kynkaanniemi et al. 2024) and CFG rescale (Lin et al. 2023). `guided(denoiser, guidance)` returns an
-object that obeys the denoiser contract, so samplers never know about guidance.
+(Kynkaanniemi et al. 2024) and CFG rescale (Lin et al. 2023). `APG` (Sadat et al. 2024) and `CFGpp`
+(Chung et al. 2024) reshape the update of any of them (`on=`). `guided(denoiser, guidance)` returns an
+object that obeys the denoiser contract, so samplers never know about guidance; two optional methods
+extend the contract for the samplers: `reset()` (clear per-run state, APG momentum) and
+`denoise_with_renoise(x, sigma, cond) -> (D, D_renoise)` (CFG++ re-noises with the unguided branch).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Union
 
 import torch
@@ -30,6 +34,8 @@ __all__ = [
     "AutoGuidance",
     "ClassifierGuidance",
     "ScoreScaling",
+    "APG",
+    "CFGpp",
     "GuidedDenoiser",
     "guided",
     "to_ho_salimans",
@@ -91,6 +97,18 @@ class Guidance:
         raise NotImplementedError
 
     # -- shared machinery ------------------------------------------------------------------------------
+    renoise = False  # True where the sampler must re-noise with D_renoise (CFG++)
+
+    def reset(self) -> None:
+        """Clear per-sampling-run state (none here; APG's momentum). Samplers call it before the first step."""
+
+    def active(self, sigma: Tensor) -> Tensor:
+        """Where guidance is on [N] (bool): sigma_lo < sigma <= sigma_hi (Kynkaanniemi et al. 2024, Eq. 2), or everywhere."""
+        if self.interval is None:
+            return torch.ones_like(sigma, dtype=torch.bool)
+        lo, hi = self.interval
+        return (sigma > lo) & (sigma <= hi)
+
     def weight(self, sigma: Tensor) -> Tensor:
         """The effective weight per sample [N]: the schedule, set to 1 outside the guidance interval."""
         if callable(self.w):
@@ -99,10 +117,7 @@ class Guidance:
                 raise ValueError("the weight schedule w(sigma) must return finite values >= 0")
         else:
             w = torch.full_like(sigma, self.w)
-        if self.interval is not None:
-            lo, hi = self.interval
-            w = torch.where((sigma > lo) & (sigma <= hi), w, torch.ones_like(w))
-        return w
+        return torch.where(self.active(sigma), w, torch.ones_like(w))
 
     def combine(self, d1: Tensor, delta: Tensor, w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         """D_w = D_1 + (w - 1)(D_1 - D_0), then the optional rescale. Subclasses (APG) may override."""
@@ -115,10 +130,18 @@ class Guidance:
         """D_1 alone: what this method returns where the weight is 1 (cheaper than both branches)."""
         return denoiser(x, sigma, cond)
 
-    def __call__(self, denoiser: Denoiser, x: Tensor, sigma, cond=None) -> Tensor:
+    def _args(self, x: Tensor, sigma, cond) -> tuple[Tensor, Tensor, Tensor | None]:
         x = check_batch(x, "x")
-        s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
-        cond = as_cond(cond, x.shape[0], None, device=x.device)
+        return x, as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype), as_cond(cond, x.shape[0], None,
+                                                                                         device=x.device)
+
+    def with_renoise(self, denoiser: Denoiser, x: Tensor, sigma, cond=None) -> tuple[Tensor, Tensor]:
+        """(D_guided, D_renoise): the denoised estimate and the one whose eps = (x - D)/sigma re-noises; the same here."""
+        d = self(denoiser, x, sigma, cond)
+        return d, d
+
+    def __call__(self, denoiser: Denoiser, x: Tensor, sigma, cond=None) -> Tensor:
+        x, s, cond = self._args(x, sigma, cond)
         w = self.weight(s)
         if bool((w == 1).all()):
             return self.unguided(denoiser, x, s, cond)
@@ -199,17 +222,17 @@ class ClassifierGuidance(Guidance):
     Args:
         classifier: a noise-aware classifier (x [N, ...], sigma [N]) -> log p(c | x; sigma) [N, C],
             differentiable in x; the exact mixture's `class_log_posterior` is a perfect one.
-        scale: the classifier scale (>= 0; 0 = no guidance). Internally w = scale + 1.
+        scale: the classifier scale (>= 0; 0 = no guidance), or a callable sigma [N] -> scale. Internally w = scale + 1.
         unconditional: guide the unconditional prediction D(x; sigma, null) (the setting of Dhariwal & Nichol)
             instead of the conditional one. By Bayes' rule, grad log p(c|x) = s(x|c) - s(x), so with the exact
             posterior this equals CFG with w = scale (unconditional base) or w = scale + 1 (conditional base).
     """
 
-    def __init__(self, classifier: Callable[[Tensor, Tensor], Tensor], scale: float = 1.0, *,
+    def __init__(self, classifier: Callable[[Tensor, Tensor], Tensor], scale: Weight = 1.0, *,
                  unconditional: bool = False, **kwargs):
         if not callable(classifier):
             raise TypeError(f"classifier must be a callable (x, sigma) -> log p(c|x) [N, C], got {type(classifier).__name__}")
-        super().__init__(check_weight(scale, "scale") + 1.0, **kwargs)
+        super().__init__(_plus_one(scale) if callable(scale) else check_weight(scale, "scale") + 1.0, **kwargs)
         self.classifier, self.unconditional = classifier, unconditional
 
     def unguided(self, denoiser, x, sigma, cond):
@@ -233,6 +256,134 @@ class ClassifierGuidance(Guidance):
         return d1, sigma_like(sigma, x) ** 2 * grad.to(x.dtype)
 
 
+def _plus_one(scale: Callable[[Tensor], Tensor | float]) -> Callable[[Tensor], Tensor]:
+    """The weight schedule w(sigma) = scale(sigma) + 1 of a classifier-scale schedule, refusing negative scales."""
+    def w(sigma: Tensor) -> Tensor:
+        value = torch.as_tensor(scale(sigma), dtype=sigma.dtype, device=sigma.device)
+        if not torch.isfinite(value).all() or (value < 0).any():
+            raise ValueError("the classifier scale schedule scale(sigma) must return finite values >= 0")
+        return value + 1
+    return w
+
+
+def _check_base(on: Guidance | None, owner: str, allowed: tuple[type, ...] = (Guidance,)) -> Guidance:
+    if on is None:
+        return CFG()
+    if not isinstance(on, allowed) or isinstance(on, (APG, CFGpp)):
+        names = " or ".join(t.__name__ for t in allowed)
+        raise TypeError(f"on must be a {names} instance supplying the branches of {owner}, got {type(on).__name__}")
+    return on
+
+
+class APG(Guidance):
+    """Adaptive projected guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High Guidance
+    Scales in Diffusion Models", Sec. 3-4 and their Algorithm/listing), in denoiser (x0) space, on the branches of
+    `on` (default CFG; AutoGuidance and ClassifierGuidance work alike; `on`'s own weight is ignored):
+
+        dD   = D_1 - D_0
+        m    = dD + beta m_prev                 reverse momentum (beta < 0; the paper uses e.g. -0.5), m_prev = 0 at start
+        m    = m min(1, r / |m|)                rescaling: the update's norm capped at r (per sample)
+        m_par = (<m, D_1> / |D_1|^2) D_1        projection on the conditional prediction (per sample,
+        m_orth = m - m_par                      over all non-batch dims)
+        D    = D_1 + (w - 1) (m_orth + eta m_par)
+
+    eta = 1, r = inf, beta = 0 is CFG exactly; the paper's default drops the parallel part (eta = 0), which it finds
+    causes oversaturation. The momentum is state across sampler steps (one update per denoiser evaluation, so Heun
+    updates it twice a step). It is cleared by `reset()`, which the samplers call before their first step, and
+    automatically whenever sigma rises above the previous call's or the batch shape changes (= a new run).
+
+    Args:
+        w: guidance weight (1 = none) or a schedule w(sigma).
+        on: the guidance method supplying (D_1, D_1 - D_0).
+        eta: weight of the parallel component (>= 0).
+        norm_threshold: r > 0 caps |m| (0 = no cap).
+        momentum: beta in (-1, 1) (0 = off).
+    """
+
+    def __init__(self, w: Weight = 1.0, *, on: Guidance | None = None, eta: float = 0.0, norm_threshold: float = 0.0,
+                 momentum: float = 0.0, **kwargs):
+        super().__init__(w, **kwargs)
+        self.on = _check_base(on, "APG")
+        self.eta, self.norm_threshold = check_weight(eta, "eta"), check_weight(norm_threshold, "norm_threshold")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not -1 < momentum < 1:
+            raise ValueError(f"momentum must be a number in (-1, 1) (0 = off), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.reset()
+
+    def reset(self) -> None:
+        self._running: Tensor | None = None
+        self._last_sigma = math.inf
+
+    def unguided(self, denoiser, x, sigma, cond):
+        return self.on.unguided(denoiser, x, sigma, cond)
+
+    def branches(self, denoiser, x, sigma, cond):
+        return self.on.branches(denoiser, x, sigma, cond)
+
+    def combine(self, d1, delta, w, x, sigma):
+        top = float(sigma.max())
+        if self._running is None or self._running.shape != delta.shape or top > self._last_sigma:
+            self._running = torch.zeros_like(delta)                                     # a new sampling run
+        self._last_sigma = top
+        m = delta + self.momentum * self._running if self.momentum else delta
+        self._running = m
+        dims = tuple(range(1, m.ndim))
+        if self.norm_threshold > 0:
+            norm = torch.linalg.vector_norm(m, dim=dims, keepdim=True)
+            m = m * (self.norm_threshold / norm.clamp_min(1e-30)).clamp(max=1.0)
+        # projection in float64: m_par = <m, D_1> / |D_1|^2 D_1  (0 where D_1 = 0)
+        m64, d64 = m.double(), d1.double()
+        par = ((m64 * d64).sum(dims, keepdim=True) / d64.square().sum(dims, keepdim=True).clamp_min(1e-300)) * d64
+        update = (m64 - par + self.eta * par).to(m.dtype)
+        return super().combine(d1, update, w, x, sigma)
+
+    def __repr__(self) -> str:
+        return (f"APG(w={self.w!r}, on={self.on!r}, eta={self.eta}, norm_threshold={self.norm_threshold}, "
+                f"momentum={self.momentum}, interval={self.interval!r}, rescale={self.rescale})")
+
+
+class CFGpp(Guidance):
+    """CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free Guidance for Diffusion Models",
+    Algorithm 1 (DDIM) and its Euler form) on the branches of `on` (CFG by default, or AutoGuidance):
+
+        D_lambda = D_0 + lambda (D_1 - D_0),   lambda in [0, 1]            (Tweedie's estimate, as in CFG)
+        x'       = D_lambda + sigma' (x - D_0) / sigma                       (DDIM eta = 0 / Euler in sigma space)
+
+    i.e. the re-noising uses the UNGUIDED noise eps_0 = (x - D_0)/sigma instead of the guided one. Conventions:
+    the paper's lambda is this class's `w` (D_0 + w (D_1 - D_0), as every class here) restricted to [0, 1]; it
+    is NOT CFG's w: one Euler/DDIM step of CFG++ with lambda equals one of CFG with the step-dependent weight
+    w_t = lambda sigma / (sigma - sigma') (the paper's Sec. 3 remark that small lambda is a large CFG scale);
+    Ho & Salimans' weight of that step is w_t - 1. lambda = 0 samples unconditionally.
+
+    `__call__` returns D_lambda; `with_renoise` returns (D_lambda, D_0), which the `euler`, `ddim` and `ddpm`
+    samplers use; the others refuse a CFG++ denoiser. Outside `interval`, (D_1, D_1) (plain conditional sampling).
+    """
+
+    renoise = True
+
+    def __init__(self, w: Weight = 0.5, *, on: Guidance | None = None, **kwargs):
+        super().__init__(w, **kwargs)
+        if not callable(self.w) and self.w > 1:
+            raise ValueError(f"w (CFG++'s lambda) must lie in [0, 1], got {self.w}")
+        self.on = _check_base(on, "CFGpp", (CFG, AutoGuidance))
+
+    def with_renoise(self, denoiser, x, sigma, cond=None):
+        x, s, cond = self._args(x, sigma, cond)
+        on = self.active(s)
+        if not bool(on.any()):
+            d = self.on.unguided(denoiser, x, s, cond)
+            return d, d
+        d1, delta = self.on.branches(denoiser, x, s, cond)
+        guided = self.combine(d1, delta, self.weight(s), x, s)                       # D_1 + (lambda - 1) dD
+        return guided, torch.where(on.reshape(-1, *([1] * (x.ndim - 1))), d1 - delta, d1)
+
+    def __call__(self, denoiser, x, sigma, cond=None):
+        return self.with_renoise(denoiser, x, sigma, cond)[0]
+
+    def __repr__(self) -> str:
+        return f"CFGpp(w={self.w!r}, on={self.on!r}, interval={self.interval!r}, rescale={self.rescale})"
+
+
 class GuidedDenoiser:
     """A denoiser D(x, sigma, cond) that applies `guidance` to `denoiser` on every call."""
 
@@ -245,6 +396,20 @@ class GuidedDenoiser:
 
     def __call__(self, x: Tensor, sigma, cond=None) -> Tensor:
         return self.guidance(self.denoiser, x, sigma, cond)
+
+    @property
+    def needs_renoise(self) -> bool:
+        """True for CFG++: a sampler must re-noise with `denoise_with_renoise`'s second output."""
+        return self.guidance.renoise
+
+    def denoise_with_renoise(self, x: Tensor, sigma, cond=None) -> tuple[Tensor, Tensor]:
+        """(D_guided, D_renoise): the sampler's x0 estimate and the prediction whose eps = (x - D)/sigma re-noises
+        (the unguided D_0 for CFG++, D_guided otherwise)."""
+        return self.guidance.with_renoise(self.denoiser, x, sigma, cond)
+
+    def reset(self) -> None:
+        """Clear the guidance's per-run state (APG momentum); samplers call this before the first step."""
+        self.guidance.reset()
 
     def __repr__(self) -> str:
         return f"guided({self.denoiser!r}, {self.guidance!r})"

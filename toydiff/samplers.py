@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .validation import as_cond, check_batch, check_positive_int, check_weight
 
-__all__ = ["edm_sigmas", "vp_sigmas", "ddpm_sigmas", "SCHEDULES", "METHODS", "sample"]
+__all__ = ["edm_sigmas", "vp_sigmas", "ddpm_sigmas", "SCHEDULES", "METHODS", "RENOISE_METHODS", "sample"]
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
@@ -77,6 +77,20 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigma
 
 # ---------------------------------------------------------------------------------------------------------
 # One step of each method: (denoiser, x, sigma, sigma_next, cond, noise) -> x_next. `noise()` draws N(0, I).
+# Euler, DDIM and DDPM re-noise with D_renoise where the denoiser offers `denoise_with_renoise` (CFG++,
+# Chung et al. 2024: x0 from the guided D, noise eps = (x - D_renoise)/sigma from the unguided branch).
+
+RENOISE_METHODS = ("euler", "ddim", "ddpm")
+
+
+def _denoise(D, x, s, cond) -> tuple[Tensor, Tensor]:
+    """(D_guided, D_renoise); one tensor twice for a plain denoiser."""
+    pair = getattr(D, "denoise_with_renoise", None)
+    if pair is None:
+        d = D(x, s, cond)
+        return d, d
+    return pair(x, s, cond)
+
 
 def _heun_step(D, x, s, s_next, cond, noise):
     """EDM Algorithm 1: Euler step, then the trapezoidal correction (skipped on the last step to 0)."""
@@ -89,8 +103,12 @@ def _heun_step(D, x, s, s_next, cond, noise):
 
 
 def _euler_step(D, x, s, s_next, cond, noise):
-    """Euler on the probability-flow ODE: x' = x + (sigma' - sigma)(x - D)/sigma."""
-    return x + (s_next - s) * (x - D(x, s, cond)) / s
+    """Euler on the probability-flow ODE: x' = x + (sigma' - sigma)(x - D)/sigma = D + sigma' (x - D)/sigma;
+    with CFG++ x' = D_guided + sigma' (x - D_renoise)/sigma."""
+    d, d_renoise = _denoise(D, x, s, cond)
+    if d_renoise is d:
+        return x + (s_next - s) * (x - d) / s
+    return d + s_next * (x - d_renoise) / s
 
 
 def _euler_maruyama_step(D, x, s, s_next, cond, noise):
@@ -102,20 +120,22 @@ def _euler_maruyama_step(D, x, s, s_next, cond, noise):
     return x + 2 * (s - s_next) / s * (denoised - x) + math.sqrt(2 * s * (s - s_next)) * noise()
 
 
-def _ddim_update(x, denoised, s, s_next, eta, noise):
+def _ddim_update(x, denoised, s, s_next, eta, noise, renoise=None):
     """DDIM (Song et al. 2021, Eq. 12) in sigma space: keep the predicted noise eps = (x - D)/sigma for a part
     sigma_down of the next level and draw fresh noise for sigma_up, sigma_down^2 + sigma_up^2 = sigma'^2, with
-    sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)  (eta = 1: DDPM ancestral sampling, Ho et al. 2020, Eq. 11)."""
+    sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)  (eta = 1: DDPM ancestral sampling, Ho et al. 2020, Eq. 11).
+    `renoise`: the prediction whose eps re-noises (CFG++), default `denoised`."""
     if s_next == 0:
         return denoised
     s_up = eta * s_next * math.sqrt(max(0.0, 1 - (s_next / s) ** 2))
     s_down = math.sqrt(s_next ** 2 - s_up ** 2)
-    x_next = denoised + s_down * (x - denoised) / s
+    x_next = denoised + s_down * (x - (denoised if renoise is None else renoise)) / s
     return x_next + s_up * noise() if s_up > 0 else x_next
 
 
 def _ddim_step(D, x, s, s_next, cond, noise, eta=0.0):
-    return _ddim_update(x, D(x, s, cond), s, s_next, eta, noise)
+    d, d_renoise = _denoise(D, x, s, cond)
+    return _ddim_update(x, d, s, s_next, eta, noise, d_renoise)
 
 
 METHODS: dict[str, Callable] = {
@@ -150,6 +170,8 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
         generator: torch.Generator for the start noise and every stochastic step: same seed, same samples.
         return_trajectory: also return x at every level, [steps + 1, *shape] (x at sigma_i, the last at 0).
         progress: show a tqdm bar over the steps.
+    The denoiser's optional `reset()` is called before the first step (clears APG momentum); one that sets
+    `needs_renoise` (CFG++) runs only with the methods in RENOISE_METHODS.
     Returns:
         samples [*shape], and the trajectory when asked.
     """
@@ -168,6 +190,11 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
     else:
         raise ValueError(f"shape_or_noise must be a shape tuple of positive ints or a tensor, got {shape_or_noise!r}")
     cond = as_cond(cond, x.shape[0], None, device=x.device)
+    if getattr(denoiser, "needs_renoise", False) and method not in RENOISE_METHODS:
+        raise ValueError(f"method {method!r} cannot run {denoiser!r}: CFG++ re-noises with the unguided branch, "
+                         f"which only methods {list(RENOISE_METHODS)} support")
+    if callable(getattr(denoiser, "reset", None)):
+        denoiser.reset()
 
     def noise() -> Tensor:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

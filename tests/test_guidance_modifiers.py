@@ -1,0 +1,196 @@
+"""Guidance modifiers (interval, rescale, weight schedules, APG, CFG++) against direct implementations of their
+papers' formulas on fixed tensors, for CFG, autoguidance and classifier guidance, on 2D points and images."""
+import pytest
+import torch
+
+from toydiff import guidance as G
+from toydiff import samplers
+
+
+@pytest.fixture
+def batch(gen):
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5
+    sigma = torch.linspace(0.05, 3.0, 64, dtype=torch.float64)
+    cond = torch.randint(0, 3, (64,), generator=gen)
+    return x, sigma, cond
+
+
+def _weak(mix):
+    """A 'bad version' of the exact model for autoguidance: the denoiser of the data blurred by 0.3."""
+    return lambda x, s, c: mix(x, (torch.as_tensor(s, dtype=x.dtype) ** 2 + 0.09).sqrt(), c)
+
+
+def _rows(t, x):
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _std(t):
+    return t.flatten(1).std(1, unbiased=False).reshape(-1, *([1] * (t.ndim - 1)))
+
+
+def _apg_reference(d1, d0, w, eta, r, running, beta):
+    """Sadat et al. 2024 (Sec. 3-4), written out: momentum, norm cap, projection on D_1, recombination."""
+    m = (d1 - d0) + beta * running
+    dims = tuple(range(1, m.ndim))
+    if r > 0:
+        m = m * torch.minimum(torch.ones(()), r / torch.linalg.vector_norm(m, dim=dims, keepdim=True))
+    unit = d1 / torch.linalg.vector_norm(d1, dim=dims, keepdim=True)
+    par = (m * unit).sum(dims, keepdim=True) * unit
+    return d1 + (w - 1) * ((m - par) + eta * par), (d1 - d0) + beta * running
+
+
+# ---- interval, rescale and weight schedules on every guidance class ----------------------------------------
+
+def _branches(kind, mix, x, sigma, cond):
+    """(D_1, D_0) of each method, written out independently of the library."""
+    if kind == "cfg":
+        return mix(x, sigma, cond), mix(x, sigma, torch.full_like(cond, -1))
+    if kind == "auto":
+        return mix(x, sigma, cond), _weak(mix)(x, sigma, cond)
+    # classifier guidance on the conditional model, exact posterior: D_0 = D_1 - sigma^2 grad log p(c|x)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mix.class_log_posterior(xg, sigma).gather(1, cond[:, None]).sum(), xg)
+    d1 = mix(x, sigma, cond)
+    return d1, d1 - sigma[:, None] ** 2 * grad
+
+
+def _make(kind, mix, w, **kw):
+    if kind == "cfg":
+        return G.CFG(w, **kw)
+    if kind == "auto":
+        return G.AutoGuidance(_weak(mix), w, **kw)
+    return G.ClassifierGuidance(mix.class_log_posterior, (lambda s: w(s) - 1) if callable(w) else w - 1, **kw)
+
+
+@pytest.mark.parametrize("kind", ["cfg", "auto", "classifier"])
+def test_interval_rescale_schedule_on_every_method(three, batch, kind):
+    x, sigma, cond = batch
+    d1, d0 = _branches(kind, three, x, sigma, cond)
+    phi, lo, hi = 0.7, 0.5, 2.0
+    schedule = lambda s: 2.0 + s                                                   # noqa: E731
+    w = torch.where((sigma > lo) & (sigma <= hi), 2.0 + sigma, torch.ones_like(sigma))[:, None]
+    cfg = d0 + w * (d1 - d0)
+    expected = phi * cfg * _std(d1) / _std(cfg) + (1 - phi) * cfg               # Lin et al. 2023, Eq. 15-16
+    out = G.guided(three, _make(kind, three, schedule, interval=(lo, hi), rescale=phi))(x, sigma, cond)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    inside = ((sigma > lo) & (sigma <= hi))
+    torch.testing.assert_close(out[~inside], d1[~inside], rtol=1e-6, atol=1e-6)
+
+
+def test_classifier_scale_schedule_refuses_negative(three, batch):
+    x, sigma, cond = batch
+    with pytest.raises(ValueError, match="scale"):
+        G.guided(three, G.ClassifierGuidance(three.class_log_posterior, lambda s: -s))(x, sigma, cond)
+
+
+def test_modifiers_on_images(gen):
+    def den(x, sigma, cond):                                                       # label-dependent linear model
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return x / (1 + s ** 2) + 0.1 * (cond + 1).to(x.dtype).reshape(-1, 1, 1, 1)
+    x = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    sigma, cond = torch.tensor([0.2, 0.8, 1.5, 5.0], dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    d1, d0 = den(x, sigma, cond), den(x, sigma, torch.full_like(cond, -1))
+    w = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64).reshape(-1, 1, 1, 1)   # interval (0.5, 2]
+    cfg = d0 + w * (d1 - d0)
+    out = G.guided(den, G.CFG(3.0, interval=(0.5, 2.0), rescale=0.5))(x, sigma, cond)
+    torch.testing.assert_close(out, 0.5 * cfg * _std(d1) / _std(cfg) + 0.5 * cfg)
+    apg, _ = _apg_reference(d1, d0, w, 0.0, 0.0, torch.zeros_like(d1), 0.0)
+    torch.testing.assert_close(G.guided(den, G.APG(3.0, interval=(0.5, 2.0)))(x, sigma, cond), apg)
+    d, d_re = G.guided(den, G.CFGpp(0.4, interval=(0.5, 2.0))).denoise_with_renoise(x, sigma, cond)
+    on = torch.tensor([False, True, True, False]).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(d, torch.where(on, d0 + 0.4 * (d1 - d0), d1))
+    torch.testing.assert_close(d_re, torch.where(on, d0, d1))
+
+
+# ---- APG -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eta, r, beta", [(0.0, 0.0, 0.0), (0.5, 0.3, 0.0), (0.0, 0.2, -0.5), (1.0, 0.0, -0.75)])
+def test_apg_formula_across_steps(three, batch, eta, r, beta):
+    x, _, cond = batch
+    apg = G.APG(4.0, eta=eta, norm_threshold=r, momentum=beta)
+    den = G.guided(three, apg)
+    running = torch.zeros_like(x)
+    for sigma in (2.0, 1.0, 0.5):                                                  # a decreasing run: momentum carries
+        d1, d0 = _branches("cfg", three, x, torch.full((64,), sigma, dtype=torch.float64), cond)
+        expected, running = _apg_reference(d1, d0, 4.0, eta, r, running, beta)
+        torch.testing.assert_close(den(x, sigma, cond), expected)
+    # sigma rising again = a new run: the momentum restarts from zero, as after reset()
+    d1, d0 = _branches("cfg", three, x, torch.full((64,), 2.0, dtype=torch.float64), cond)
+    first, _ = _apg_reference(d1, d0, 4.0, eta, r, torch.zeros_like(x), beta)
+    torch.testing.assert_close(den(x, 2.0, cond), first)
+    den(x, 1.0, cond)
+    den.reset()
+    torch.testing.assert_close(den(x, 2.0, cond), first)
+
+
+@pytest.mark.parametrize("kind", ["cfg", "auto", "classifier"])
+def test_apg_plain_settings_are_the_base_method(three, batch, kind):
+    x, sigma, cond = batch
+    base = G.guided(three, _make(kind, three, 3.0))(x, sigma, cond)
+    on = _make(kind, three, 1.0)
+    torch.testing.assert_close(G.guided(three, G.APG(3.0, on=on, eta=1.0))(x, sigma, cond), base)
+    d1, d0 = _branches(kind, three, x, sigma, cond)
+    expected, _ = _apg_reference(d1, d0, 3.0, 0.0, 0.5, torch.zeros_like(x), 0.0)
+    torch.testing.assert_close(G.guided(three, G.APG(3.0, on=on, norm_threshold=0.5))(x, sigma, cond), expected)
+
+
+def test_apg_sampling_is_repeatable(three):
+    den = G.guided(three, G.APG(3.0, momentum=-0.5, norm_threshold=1.0))
+    cond = torch.arange(3).repeat(20)
+    a = samplers.sample(den, (60, 2), cond, steps=12, generator=torch.Generator().manual_seed(0))
+    b = samplers.sample(den, (60, 2), cond, steps=12, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+# ---- CFG++ ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["cfg", "auto"])
+def test_cfgpp_branches(three, batch, kind):
+    x, sigma, cond = batch
+    d1, d0 = _branches(kind, three, x, sigma, cond)
+    on = None if kind == "cfg" else G.AutoGuidance(_weak(three))
+    d, d_re = G.guided(three, G.CFGpp(0.3, on=on)).denoise_with_renoise(x, sigma, cond)
+    torch.testing.assert_close(d, d0 + 0.3 * (d1 - d0))
+    torch.testing.assert_close(d_re, d0)
+
+
+@pytest.mark.parametrize("method", ["euler", "ddim"])
+def test_cfgpp_step_formula(three, batch, method):
+    # Chung et al. 2024, Alg. 1 in sigma space: x' = D_lambda + sigma' (x - D_0) / sigma
+    x, _, cond = batch
+    lam, s, s_next = 0.6, 1.5, 1.0
+    sig = torch.full((64,), s, dtype=torch.float64)
+    d1, d0 = _branches("cfg", three, x, sig, cond)
+    expected = d0 + lam * (d1 - d0) + s_next * (x - d0) / s
+    sched = torch.tensor([s, s_next, 0.0], dtype=torch.float64)
+    _, traj = samplers.sample(G.guided(three, G.CFGpp(lam)), x, cond, method=method, schedule=sched,
+                              return_trajectory=True)
+    torch.testing.assert_close(traj[1], expected)
+    # ... which is one CFG step with w_t = lambda sigma / (sigma - sigma')
+    _, cfg = samplers.sample(G.guided(three, G.CFG(lam * s / (s - s_next))), x, cond, method=method,
+                             schedule=sched, return_trajectory=True)
+    torch.testing.assert_close(traj[1], cfg[1])
+
+
+def test_cfgpp_ddpm_runs_and_other_samplers_refuse(three):
+    den = G.guided(three, G.CFGpp(0.5))
+    cond = torch.zeros(50, dtype=torch.long)
+    x = samplers.sample(den, (50, 2), cond, method="ddpm", steps=16, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    for method in ("heun", "euler_maruyama"):
+        with pytest.raises(ValueError, match="method"):
+            samplers.sample(den, (4, 2), cond[:4], method=method, steps=4)
+
+
+@pytest.mark.parametrize("make, err, word", [
+    (lambda: G.CFGpp(1.5), ValueError, "lambda"),
+    (lambda: G.CFGpp(0.5, on=G.ScoreScaling(2.0)), TypeError, "on"),
+    (lambda: G.APG(2.0, on="cfg"), TypeError, "on"),
+    (lambda: G.APG(2.0, on=G.CFGpp(0.5)), TypeError, "on"),
+    (lambda: G.APG(2.0, momentum=1.5), ValueError, "momentum"),
+    (lambda: G.APG(2.0, eta=-1.0), ValueError, "eta"),
+    (lambda: G.APG(2.0, norm_threshold=float("inf")), ValueError, "norm_threshold"),
+])
+def test_bad_modifier_construction(make, err, word):
+    with pytest.raises(err, match=word):
+        make()
