@@ -97,7 +97,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_cli(tmp_path):
     r = fid.main([*args, "--ref", str(tmp_path / "s.npz"), "--save-ref", str(tmp_path / "ref.npz")])
     assert abs(r["fid"]) < 1e-6 * scale and r["n"] == 24
     mu_r, s_r = fid.reference_stats(str(tmp_path / "ref.npz"), None, None)        # cached stats load back
-    np.testing.assert_allclose(mu_r, mu_a, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(mu_r, mu_a, rtol=1e-3, atol=1e-6)  # float32, other batch split
 
 
 def test_frechet_distance_on_known_gaussians():
