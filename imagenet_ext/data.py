@@ -130,26 +130,75 @@ def load_imagenet64_file(path: str | os.PathLike, resolution: int = 64, num_clas
     return ImageSet(images, torch.from_numpy(labels - 1), num_classes, name=str(path))
 
 
-def load_imagenet64(root: str | os.PathLike, resolution: int = 64, split: str = "train",
-                    num_classes: int = 1000) -> ImageSet:
-    """All `train_data_batch_*` (split='train') or `val_data` (split='val') files under `root`, .npz or pickle.
-
-    Loads into memory (ImageNet-64 train is 15.7 GB of uint8).
-    """
-    root = Path(root)
+def _imagenet_files(root: Path, split: str) -> list[Path]:
     names = IMAGENET_FILES[:-1] if split == "train" else ["val_data"]
     found = []
     for n in names:
-        cands = [root / n, root / f"{n}.npz"]
-        hit = next((c for c in cands if c.is_file()), None)
+        hit = next((c for c in (root / n, root / f"{n}.npz") if c.is_file()), None)
         if hit is not None:
             found.append(hit)
     if not found:
         raise FileNotFoundError(f"no ImageNet-64 {split} files in {root}: expected {names[0]}[.npz]"
                                 + (f" .. {names[-1]}[.npz]" if len(names) > 1 else ""))
-    parts = [load_imagenet64_file(f, resolution, num_classes) for f in found]
-    return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), num_classes,
-                    name=str(root))
+    return found
+
+
+def load_imagenet64(root: str | os.PathLike, resolution: int = 64, split: str = "train",
+                    num_classes: int = 1000, cache_dir: str | os.PathLike | None = None) -> ImageSet:
+    """All `train_data_batch_*` (split='train') or `val_data` (split='val') files under `root`, .npz or pickle.
+
+    Without `cache_dir` everything is loaded into memory (ImageNet-64 train is 15.7 GB of uint8, per process).
+    With `cache_dir`, the files are converted once into `imagenet64_<split>_<R>_{images,labels}.npy` there
+    (written atomically) and memory-mapped, so the processes of a node share one copy in the page cache.
+    """
+    root = Path(root)
+    files = _imagenet_files(root, split)
+    if cache_dir is None:
+        parts = [load_imagenet64_file(f, resolution, num_classes) for f in files]
+        return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), num_classes,
+                        name=str(root))
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    img_path = cache / f"imagenet64_{split}_{resolution}_images.npy"
+    lab_path = cache / f"imagenet64_{split}_{resolution}_labels.npy"
+    if not (img_path.is_file() and lab_path.is_file()):
+        parts = [load_imagenet64_file(f, resolution, num_classes) for f in files[:1]]
+        sizes = [len(parts[0])]
+        for f in files[1:]:                                     # count first, so the memmap has its final size
+            data, _ = _read_imagenet_raw(f)
+            sizes.append(data.shape[0])
+            del data
+        n = sum(sizes)
+        # unique temp names: the local-rank-0 processes of several nodes may share a cache directory
+        tmp_img, tmp_lab = (p.parent / f".{p.name}.{os.getpid()}.tmp" for p in (img_path, lab_path))
+        out = np.lib.format.open_memmap(tmp_img, mode="w+", dtype=np.uint8, shape=(n, 3, resolution, resolution))
+        labels = np.empty(n, dtype=np.int64)
+        off = 0
+        for i, f in enumerate(files):
+            part = parts[0] if i == 0 else load_imagenet64_file(f, resolution, num_classes)
+            out[off:off + len(part)] = part.images.numpy()
+            labels[off:off + len(part)] = part.labels.numpy()
+            off += len(part)
+            del part
+        out.flush()
+        del out
+        with open(tmp_lab, "wb") as f:
+            np.save(f, labels)
+        os.replace(tmp_lab, lab_path)
+        os.replace(tmp_img, img_path)
+    try:
+        images = np.load(img_path, mmap_mode="r")
+        labels = np.load(lab_path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{img_path}: corrupt or truncated cache ({e}); delete it to rebuild") from e
+    if images.ndim != 4 or images.shape[1:] != (3, resolution, resolution) or labels.shape != (images.shape[0],):
+        raise ValueError(f"{img_path}: cache has shape {images.shape} / labels {labels.shape}, expected "
+                         f"[N, 3, {resolution}, {resolution}] / [N]; delete it to rebuild")
+    import warnings
+    with warnings.catch_warnings():                              # read-only memmap: torch warns about writes
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(images)
+    return ImageSet(t, torch.from_numpy(labels), num_classes, name=str(root))
 
 
 def _decode_image(raw: bytes, name: str, resolution: int) -> Tensor:
@@ -229,8 +278,12 @@ def load_zip(path: str | os.PathLike, resolution: int, num_classes: int | None =
     return ImageSet(torch.stack(imgs), labels_t, k, name=str(path))
 
 
-def load_dataset(spec: str, resolution: int, *, split: str = "train") -> ImageSet:
-    """`digits`, `digits:1` (one channel), an ImageNet-64 directory or file, an image folder, or a `.zip`."""
+def load_dataset(spec: str, resolution: int, *, split: str = "train",
+                 cache_dir: str | os.PathLike | None = None) -> ImageSet:
+    """`digits`, `digits:1` (one channel), an ImageNet-64 directory or file, an image folder, or a `.zip`.
+
+    `cache_dir` memory-maps an ImageNet-64 directory through a one-time `.npy` conversion (see load_imagenet64).
+    """
     if spec in ("digits", "digits:3", "digits:1"):
         return load_digits(resolution, channels=1 if spec.endswith(":1") else 3)
     p = Path(spec)
@@ -242,5 +295,5 @@ def load_dataset(spec: str, resolution: int, *, split: str = "train") -> ImageSe
             return load_zip(p, resolution)
         return load_imagenet64_file(p, resolution)
     if any((p / n).is_file() or (p / f"{n}.npz").is_file() for n in IMAGENET_FILES):
-        return load_imagenet64(p, resolution, split=split)
+        return load_imagenet64(p, resolution, split=split, cache_dir=cache_dir)
     return load_folder(p, resolution)

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="'digits', an ImageNet-64 directory/file, an image folder or a .zip")
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--cache", default=None,
+                   help="directory for a memory-mapped .npy copy of ImageNet-64 (shared by the processes of a node)")
     p.add_argument("--config", default="tiny", help="UNet config: tiny, xs, s, adm64")
     p.add_argument("--channels", type=int, default=None, help="override model_channels")
     p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
@@ -137,7 +139,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(args.data, args.resolution)
+    # local rank 0 first: it may build the node's memory-mapped cache that the other ranks then open
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first and world > 1:
+        dist.barrier()
+    data = load_dataset(args.data, args.resolution, cache_dir=args.cache)
+    if first and world > 1:
+        dist.barrier()
     overrides: dict[str, Any] = {"resolution": args.resolution, "in_channels": data.channels,
                                  "num_classes": data.num_classes}
     if args.channels is not None:

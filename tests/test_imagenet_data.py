@@ -114,3 +114,17 @@ def test_bad_files(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ValueError, match="corrupt or truncated zip"):
         load_zip(tmp_path / "junk.zip", 4)
+
+
+def test_imagenet_memmap_cache(tmp_path):
+    data, labels = _imagenet_arrays(n=6)
+    np.savez(tmp_path / "train_data_batch_1.npz", data=data[:4], labels=labels[:4])
+    with open(tmp_path / "train_data_batch_2", "wb") as f:
+        pickle.dump({"data": data[4:], "labels": labels[4:].tolist()}, f)
+    ref = load_dataset(str(tmp_path), R)
+    cached = load_dataset(str(tmp_path), R, cache_dir=tmp_path / "cache")          # builds the .npy files
+    again = load_dataset(str(tmp_path), R, cache_dir=tmp_path / "cache")           # memory-maps them
+    for ds in (cached, again):
+        assert torch.equal(ds.images, ref.images) and torch.equal(ds.labels, ref.labels)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["imagenet64_train_8_images.npy",
+                                                                       "imagenet64_train_8_labels.npy"]
