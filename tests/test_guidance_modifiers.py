@@ -1,5 +1,7 @@
 """Guidance modifiers (interval, rescale, weight schedules, APG, CFG++) against direct implementations of their
 papers' formulas on fixed tensors, for CFG, autoguidance and classifier guidance, on 2D points and images."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -194,3 +196,54 @@ def test_cfgpp_ddpm_runs_and_other_samplers_refuse(three):
 def test_bad_modifier_construction(make, err, word):
     with pytest.raises(err, match=word):
         make()
+
+
+# ---- measured effects on tree() with the shipped checkpoints (Heun 32 / Euler 64 steps, sigma_max 10) ------
+# class A, 2000 samples, seed 1; outliers = share below the 1% quantile of true log p(x|c), k-NN recall (k=3).
+# Measured (outliers / recall): none 0.28 / 0.98; CFG 4: 0.47 / 0.59; + interval (0.05, 1]: 0.34 / 0.73;
+# + rescale 0.7: 0.43 / 0.67; schedule w = 1 + 3 exp(-sigma): 0.23 / 0.66; APG 4 (eta 0): 0.14 / 0.67;
+# APG + r 0.5, beta -0.5: 0.16 / 0.83; autoguidance 3: 0.14 / 0.75; + interval: 0.21 / 0.92;
+# Euler 64: CFG 4: 0.47 / 0.40; CFG++ lambda 0.3: 0.42 / 0.74; CFG++ 0.3 on autoguidance: 0.17 / 0.87.
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "toydiff" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def effects():
+    from toydiff import datasets, metrics, training
+    tree = datasets.tree()
+    main, weak = (training.load_model(CHECKPOINTS / f"tree_{k}.pt") for k in ("main", "guide"))
+    n, cond = 2000, torch.zeros(2000, dtype=torch.long)
+    real, _ = tree.sample(n, cond=0, generator=torch.Generator().manual_seed(9))
+    configs = {
+        "none": (G.NoGuidance(), "heun"), "cfg": (G.CFG(4.0), "heun"),
+        "cfg_interval": (G.CFG(4.0, interval=(0.05, 1.0)), "heun"), "cfg_rescale": (G.CFG(4.0, rescale=0.7), "heun"),
+        "cfg_schedule": (G.CFG(lambda s: 1 + 3 * torch.exp(-s)), "heun"),
+        "apg": (G.APG(4.0), "heun"), "apg_r_beta": (G.APG(4.0, norm_threshold=0.5, momentum=-0.5), "heun"),
+        "auto": (G.AutoGuidance(weak, 3.0), "heun"), "auto_interval": (G.AutoGuidance(weak, 3.0, interval=(0.05, 1.0)), "heun"),
+        "euler_cfg": (G.CFG(4.0), "euler"), "euler_cfgpp": (G.CFGpp(0.3), "euler"),
+        "euler_cfgpp_auto": (G.CFGpp(0.3, on=G.AutoGuidance(weak)), "euler"),
+    }
+    out = {}
+    for name, (guidance, method) in configs.items():
+        x = samplers.sample(G.guided(main, guidance), (n, 2), cond, method=method, steps=32 if method == "heun" else 64,
+                            sigma_max=10.0, generator=torch.Generator().manual_seed(1))
+        out[name] = (metrics.outlier_fraction(x, tree, cond), metrics.precision_recall(real, x)[1])
+    print("\n".join(f"{k:18s} outliers {o:.3f} recall {r:.3f}" for k, (o, r) in out.items()))
+    return out
+
+
+@pytest.mark.parametrize("better, than, outliers_drop, recall_gain", [
+    ("cfg_interval", "cfg", 0.05, 0.1),        # Kynkaanniemi et al.: no guidance at high sigma keeps the modes' mass
+    ("cfg_rescale", "cfg", 0.0, 0.03),
+    ("cfg_schedule", "cfg", 0.1, 0.0),
+    ("apg", "cfg", 0.15, 0.05),                # dropping the parallel part: fewer outliers AND more recall
+    ("apg_r_beta", "apg", -0.05, 0.1),         # the norm cap and reverse momentum return recall
+    ("auto", "none", 0.05, -1.0),              # autoguidance removes outliers
+    ("auto_interval", "auto", -0.1, 0.1),
+    ("euler_cfgpp", "euler_cfg", 0.0, 0.2),    # CFG++ keeps diversity where CFG collapses it
+    ("euler_cfgpp_auto", "euler_cfgpp", 0.15, 0.0),
+])
+def test_measured_effect_on_tree(effects, better, than, outliers_drop, recall_gain):
+    (o, r), (o_ref, r_ref) = effects[better], effects[than]
+    assert o <= o_ref - outliers_drop and r >= r_ref + recall_gain, (effects[better], effects[than])
