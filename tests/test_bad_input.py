@@ -1,0 +1,143 @@
+"""Bad input across the library and the CLIs: each case must raise a clear error whose message names the
+argument (DESIGN.md, Conventions). One table; `word` is a regex the message (or the CLI's stderr) must contain."""
+import math
+import re
+
+import pytest
+import torch
+
+from toydiff import datasets, metrics, nets, samplers, training
+from toydiff import guidance as G
+
+THREE = datasets.three_gaussians()
+X = torch.randn(4, 2)
+C = torch.tensor([0, 1, 2, -1])
+
+
+def _model(**kw):
+    return nets.MLPDenoiser(num_classes=3, width=8, depth=2, **kw)
+
+
+def _write(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _checkpoint(tmp_path, model):
+    path = tmp_path / "ck.pt"
+    training.train(model, THREE, steps=2, batch_size=8, pool_size=64, progress=False, checkpoint=path)
+    return path
+
+
+def _truncated(tmp_path):
+    good = _checkpoint(tmp_path, _model())
+    data = good.read_bytes()
+    return _write(tmp_path, "cut.pt", data[: len(data) // 2])
+
+
+def _not_toydiff(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    return path
+
+
+def _resume_other_model(tmp_path):
+    path = _checkpoint(tmp_path, _model())
+    training.train(nets.MLPDenoiser(num_classes=3, width=16, depth=2), THREE, steps=4, batch_size=8, pool_size=64,
+                   progress=False, checkpoint=path, resume=True)
+
+
+def _cli(*argv):
+    from toydiff.cli import main
+    return main(list(argv))
+
+
+def _imagenet(module, *argv):
+    import importlib
+    return importlib.import_module(f"imagenet_ext.{module}").main(list(argv))
+
+
+CASES = {
+    # ---- distributions: shapes, dtypes, sigma, labels, empty batches ----
+    "x of wrong shape": (lambda p: THREE.log_prob(torch.zeros(4, 3)), ValueError, r"\bx\b"),
+    "x of int dtype": (lambda p: THREE.score(torch.zeros(4, 2, dtype=torch.long), 1.0), TypeError, r"\bx\b"),
+    "x with NaN": (lambda p: THREE.denoise(torch.tensor([[0.0, math.nan]]), 1.0), ValueError, r"\bx\b"),
+    "empty batch": (lambda p: THREE.denoise(torch.zeros(0, 2), 1.0), ValueError, r"\bx\b"),
+    "sigma NaN": (lambda p: THREE.denoise(X, math.nan), ValueError, "sigma"),
+    "sigma inf": (lambda p: THREE.score(X, torch.full((4,), math.inf)), ValueError, "sigma"),
+    "sigma negative": (lambda p: THREE.denoise(X, -0.1), ValueError, "sigma"),
+    "sigma of wrong shape": (lambda p: THREE.denoise(X, torch.ones(5)), ValueError, "sigma"),
+    "sigma a string": (lambda p: THREE.denoise(X, "1.0"), TypeError, "sigma"),
+    "label out of range": (lambda p: THREE.denoise(X, 1.0, torch.tensor([0, 1, 2, 3])), ValueError, "cond"),
+    "label below -1": (lambda p: THREE.log_prob(X, 0.0, torch.tensor([0, 1, 2, -2])), ValueError, "cond"),
+    "label of float dtype": (lambda p: THREE.denoise(X, 1.0, torch.zeros(4)), TypeError, "cond"),
+    "labels of wrong length": (lambda p: THREE.denoise(X, 1.0, torch.zeros(3, dtype=torch.long)), ValueError, "cond"),
+    "unknown dataset": (lambda p: datasets.get("swissroll"), ValueError, "dataset"),
+    # ---- networks ----
+    "net input of wrong dim": (lambda p: _model()(torch.zeros(4, 3), 1.0), ValueError, r"\bx\b"),
+    "net label out of range": (lambda p: _model()(X, 1.0, torch.tensor([0, 1, 2, 3])), ValueError, "cond"),
+    "net negative sigma": (lambda p: _model()(X, torch.tensor([1.0, 1.0, -1.0, 1.0])), ValueError, "sigma"),
+    # ---- guidance ----
+    "weight NaN": (lambda p: G.CFG(math.nan), ValueError, r"\bw\b"),
+    "weight inf": (lambda p: G.AutoGuidance(THREE, math.inf), ValueError, r"\bw\b"),
+    "weight negative": (lambda p: G.ClassifierGuidance(THREE.class_log_posterior, -1.0), ValueError, "scale"),
+    "weight schedule NaN": (lambda p: G.guided(THREE, G.CFG(lambda s: s * math.nan))(X, 1.0, C), ValueError,
+                            r"w\(sigma\)"),
+    "rescale above 1": (lambda p: G.CFG(2.0, rescale=2.0), ValueError, "rescale"),
+    "interval reversed": (lambda p: G.CFG(2.0, interval=(1.0, 0.5)), ValueError, "interval"),
+    "CFG without labels": (lambda p: G.guided(THREE, G.CFG(2.0))(X, 1.0, None), ValueError, "cond"),
+    "guide of another shape": (lambda p: G.guided(THREE, G.AutoGuidance(lambda x, s, c: x[:, :1], 2.0))(X, 1.0, C),
+                               ValueError, "guide"),
+    "guide not callable": (lambda p: G.AutoGuidance("tree_guide.pt", 2.0), TypeError, "guide"),
+    "classifier of wrong output": (lambda p: G.guided(THREE, G.ClassifierGuidance(lambda x, s: x.sum(1)))(X, 1.0, C),
+                                   ValueError, "classifier"),
+    "APG momentum out of range": (lambda p: G.APG(2.0, momentum=-1.0), ValueError, "momentum"),
+    "CFG++ lambda above 1": (lambda p: G.CFGpp(2.0), ValueError, "lambda"),
+    "CFG++ with heun": (lambda p: samplers.sample(G.guided(THREE, G.CFGpp(0.5)), (4, 2), 0), ValueError, "method"),
+    # ---- samplers ----
+    "unknown sampler": (lambda p: samplers.sample(THREE, (4, 2), method="dpm++"), ValueError, "method"),
+    "unknown schedule": (lambda p: samplers.sample(THREE, (4, 2), schedule="cosine"), ValueError, "schedule"),
+    "empty sample shape": (lambda p: samplers.sample(THREE, (0, 2)), ValueError, "shape_or_noise"),
+    "sampler steps float": (lambda p: samplers.sample(THREE, (4, 2), steps=3.5), TypeError, "steps"),
+    # ---- training and checkpoints ----
+    "unknown loss": (lambda p: training.train(_model(), THREE, steps=1, loss="l1", progress=False), ValueError, "loss"),
+    "p_uncond above 1": (lambda p: training.train(_model(), THREE, steps=1, p_uncond=1.5, progress=False), ValueError,
+                         "p_uncond"),
+    "data labels out of range": (lambda p: training.train(_model(), (X, torch.tensor([0, 1, 2, 5])), steps=1,
+                                                          progress=False), ValueError, "labels"),
+    "missing checkpoint": (lambda p: training.load_model(p / "nope.pt"), FileNotFoundError, "nope.pt"),
+    "garbage checkpoint": (lambda p: training.load_model(_write(p, "junk.pt", b"not a zip" * 10)), ValueError,
+                           "junk.pt"),
+    "truncated checkpoint": (lambda p: training.load_model(_truncated(p)), ValueError, "cut.pt"),
+    "foreign checkpoint": (lambda p: training.load_model(_not_toydiff(p)), ValueError, "not a toydiff checkpoint"),
+    "resume into another model": (_resume_other_model, ValueError, "checkpoint"),
+    # ---- metrics ----
+    "metric points of wrong shape": (lambda p: metrics.precision_recall(torch.zeros(10, 3), torch.zeros(10, 2)),
+                                     ValueError, "real"),
+    # ---- CLIs ----
+    "cli sample --n 0": (lambda p: _cli("sample", "--n", "0", "--out", str(p / "s.pt")), SystemExit, "--n"),
+    "cli unknown method": (lambda p: _cli("sample", "--method", "magic"), SystemExit, "--method"),
+    "cli negative weight": (lambda p: _cli("sample", "--method", "cfg", "--w", "-2", "--n", "4",
+                                           "--out", str(p / "s.pt"), "--no-progress"), ValueError, r"\bw\b"),
+    "cli unknown figure": (lambda p: _cli("figure", "nosuch"), SystemExit, "name"),
+    "cli train without --out": (lambda p: _cli("train"), SystemExit, "--out"),
+    "imagenet sample missing checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(p / "none.pt"), "--out",
+                                                               str(p / "g.png")), FileNotFoundError, "none.pt"),
+    "imagenet fid missing Inception weights": (lambda p: _imagenet("fid", str(p / "s.npz"), "--ref", str(p / "r.npz"),
+                                                                   "--inception", str(p / "none.pth")),
+                                               (FileNotFoundError, ValueError), "none.pth"),
+}
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, tmp_path, capsys):
+    make, err, word = CASES[case]
+    with pytest.raises(err) as info:
+        make(tmp_path)
+    message = f"{info.value} {capsys.readouterr().err}"
+    assert re.search(word, message), f"{case}: {message!r} does not mention {word!r}"
