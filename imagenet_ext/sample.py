@@ -113,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_denoiser(a.ckpt, ema=not a.raw, map_location=device)
-    guide = load_denoiser(a.guide_ckpt, map_location=device) if a.guide_ckpt else None
+    model = load_denoiser(a.ckpt, ema=not a.raw).to(device)           # optimizer state stays on the CPU
+    guide = load_denoiser(a.guide_ckpt).to(device) if a.guide_ckpt else None
     if guide is not None and (guide.cfg.resolution, guide.cfg.in_channels, guide.cfg.num_classes) != \
             (model.cfg.resolution, model.cfg.in_channels, model.cfg.num_classes):
         raise ValueError(f"--guide-ckpt {a.guide_ckpt} models different data than --ckpt {a.ckpt}")
