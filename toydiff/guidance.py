@@ -123,7 +123,9 @@ class Guidance:
         """D_w = D_1 + (w - 1)(D_1 - D_0), then the optional rescale. Subclasses (APG) may override."""
         out = d1 + sigma_like(w - 1, d1) * delta
         if self.rescale > 0:
-            out = self.rescale * out * (_std(d1) / _std(out).clamp_min(1e-12)) + (1 - self.rescale) * out
+            s_out = _std(out)
+            ratio = torch.where(s_out > 0, _std(d1) / s_out.clamp_min(1e-12), 1.0)  # a constant D_w has no scale: kept
+            out = self.rescale * out * ratio + (1 - self.rescale) * out
         return out
 
     def unguided(self, denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
