@@ -1,0 +1,119 @@
+"""Matplotlib panels with one consistent style: densities, samples over the true density, score fields,
+trajectories and ratio plots. Every function draws into `ax` (a new figure when None) and returns the Axes;
+`figure(...)` returns (Figure, Axes array).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from .density import Grid
+
+__all__ = ["STYLE", "COLORS", "figure", "density_panel", "samples_panel", "score_field", "trajectories_panel",
+           "ratio_panel", "title_with_metrics"]
+
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": 90,
+         "image.cmap": "Greys", "savefig.bbox": "tight"}
+COLORS = {"samples": "#d62728", "true": "#1f77b4", "outline": "0.35", "arrows": "#2ca02c", "traj": "#ff7f0e"}
+
+
+def figure(rows: int = 1, cols: int = 1, size: float = 2.6) -> tuple[Figure, Any]:
+    """A rows x cols grid of square panels without ticks, in the toolkit's style."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([]), ax.set_aspect("equal")
+    return fig, axes
+
+
+def _ax(ax: Axes | None) -> Axes:
+    return figure()[1][0, 0] if ax is None else ax
+
+
+def density_panel(grid: Grid, log_density: Tensor, ax: Axes | None = None, *, log_scale: bool = False,
+                  floor: float = 12.0, cmap: str = "Greys", title: str | None = None) -> Axes:
+    """A density heatmap from log p [H * W] on `grid`: p itself (default) or log p clipped `floor` nats below its max."""
+    ax = _ax(ax)
+    img = grid.image(log_density.detach().double().cpu())
+    img = img.clamp_min(img.max() - floor) if log_scale else (img - img.max()).exp()
+    ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap=cmap, interpolation="bilinear")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _outline(ax: Axes, grid: Grid, log_density: Tensor, levels: float = 6.0) -> None:
+    """Contours of the true density at 1 and `levels` nats (relative, log-spaced) below its maximum."""
+    img = grid.image(log_density.detach().double().cpu())
+    img = img - img.max()
+    ax.contour(grid.xs.numpy(), grid.ys.numpy(), img.numpy(), levels=[-levels, -levels / 3], colors=COLORS["outline"],
+               linewidths=0.4)
+
+
+def samples_panel(x: Tensor, ax: Axes | None = None, *, grid: Grid | None = None, log_density: Tensor | None = None,
+                  color: str | None = None, size: float = 0.6, title: str | None = None) -> Axes:
+    """Samples x [N, 2] as dots over the true density (a faint heatmap plus its outline) when given."""
+    ax = _ax(ax)
+    if grid is not None and log_density is not None:
+        density_panel(grid, log_density, ax, log_scale=True, cmap="Greys")
+        ax.images[-1].set_alpha(0.35)
+        _outline(ax, grid, log_density)
+        ax.set_xlim(grid.extent[:2]), ax.set_ylim(grid.extent[2:])
+    x = x.detach().cpu()
+    ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=size, c=color or COLORS["samples"], linewidths=0, alpha=0.7)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def score_field(field: Callable[[Tensor], Tensor], grid: Grid, ax: Axes | None = None, *, every: int = 10,
+                color: str | None = None, normalize: bool = True) -> Axes:
+    """Arrows of a vector field [M, 2] (a score, or a score difference) on every `every`-th grid point."""
+    ax = _ax(ax)
+    sub = grid.points.reshape(grid.resolution, grid.resolution, 2)[every // 2::every, every // 2::every].reshape(-1, 2)
+    v = field(sub.float()).detach().double().cpu()
+    if normalize:   # directions, with length growing slowly with magnitude (log-compressed)
+        n = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        v = v / n * torch.log1p(n) / torch.log1p(n).max()
+    ax.quiver(sub[:, 0].numpy(), sub[:, 1].numpy(), v[:, 0].numpy(), v[:, 1].numpy(), color=color or COLORS["arrows"],
+              angles="xy", scale_units="xy", scale=1 / (0.9 * every * (grid.extent[1] - grid.extent[0]) / grid.resolution),
+              width=0.004)
+    return ax
+
+
+def trajectories_panel(trajectory: Tensor, ax: Axes | None = None, *, color: str | None = None,
+                       title: str | None = None, max_paths: int = 200) -> Axes:
+    """Sampling paths [steps + 1, N, 2] (from `samplers.sample(..., return_trajectory=True)`), end points dotted."""
+    ax = _ax(ax)
+    t = trajectory.detach().cpu()[:, :max_paths]
+    for i in range(t.shape[1]):
+        ax.plot(t[:, i, 0].numpy(), t[:, i, 1].numpy(), lw=0.4, color=color or COLORS["traj"], alpha=0.6)
+    ax.scatter(t[-1, :, 0].numpy(), t[-1, :, 1].numpy(), s=2, c="k", linewidths=0, zorder=3)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def ratio_panel(grid: Grid, log_ratio: Tensor, ax: Axes | None = None, *, field: Callable[[Tensor], Tensor] | None = None,
+                clip: float = 4.0, title: str | None = None, every: int = 10) -> Axes:
+    """log(p_1 / p_0) on `grid` as a diverging heatmap (clipped at +-`clip` nats), with the arrows of its
+    gradient (the autoguidance direction) when `field` is given."""
+    ax = _ax(ax)
+    img = grid.image(log_ratio.detach().double().cpu()).clamp(-clip, clip)
+    ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap="RdBu_r", vmin=-clip, vmax=clip)
+    if field is not None:
+        score_field(field, grid, ax, every=every, color="k")
+    ax.set_xlim(grid.extent[:2]), ax.set_ylim(grid.extent[2:])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def title_with_metrics(name: str, m: dict[str, float]) -> str:
+    """'name\\noutliers 3.1%  P 0.95  R 0.88' from a metrics dict."""
+    return f"{name}\noutliers {100 * m['outlier_fraction']:.1f}%  P {m['precision']:.2f}  R {m['recall']:.2f}"
