@@ -1,0 +1,151 @@
+"""Crashes: a training run killed with SIGKILL and resumed from its last checkpoint ends bit-identical to an
+uninterrupted run with the same seed (CPU); a checkpoint write interrupted anywhere never leaves a file at the
+destination that loads as valid but is not a complete checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from toydiff import datasets, nets, training
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 600, 50
+TRAIN = textwrap.dedent(f"""
+    import sys
+    from toydiff import datasets, nets, training
+    model = nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0)
+    training.train(model, datasets.three_gaussians(), steps={STEPS}, batch_size=256, pool_size=4096, seed=0,
+                   progress=False, checkpoint=sys.argv[1], checkpoint_every={EVERY}, resume=True)
+""")
+
+
+def _train(checkpoint=None):
+    model = nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0)
+    return training.train(model, datasets.three_gaussians(), steps=STEPS, batch_size=256, pool_size=4096, seed=0,
+                          progress=False, checkpoint=checkpoint, checkpoint_every=EVERY, resume=True)
+
+
+def _spawn(code, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(path, proc, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the child exited ({proc.returncode}) before writing {path}: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no checkpoint at {path} after {timeout} s")
+        time.sleep(0.002)
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    path = tmp_path / "run.pt"
+    proc = _spawn(TRAIN, path)
+    _wait_for(path, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    killed_at = training.load_checkpoint(path)["step"]
+    assert 0 < killed_at < STEPS, killed_at                      # it really died mid-run
+    resumed, straight = _train(path), _train(None)
+    for a, b in ((resumed.model, straight.model), (resumed.ema, straight.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(resumed.losses, straight.losses)
+    assert training.load_checkpoint(path)["step"] == STEPS
+
+
+def _save(path, width=8, step=1):
+    model = nets.MLPDenoiser(num_classes=3, width=width, depth=2)
+    training.save_checkpoint(path, model, model, torch.optim.Adam(model.parameters()), step, {})
+
+
+@pytest.mark.parametrize("where", ["torch.save", "fsync", "os.replace"])
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    path = tmp_path / "ck.pt"
+    _save(path, step=1)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        if where == "torch.save":                                    # half the bytes reach the temp file
+            args[1].write(b"PK\x03\x04" + b"\0" * 1000)
+        raise KeyboardInterrupt("interrupted")
+    target = {"torch.save": (torch, "save"), "fsync": (os, "fsync"), "os.replace": (os, "replace")}[where]
+    monkeypatch.setattr(*target, crash)
+    with pytest.raises(KeyboardInterrupt):
+        _save(path, width=16, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and training.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]   # the temp file is cleaned up
+    # the very first write interrupted: no file at all
+    fresh = tmp_path / "fresh.pt"
+    monkeypatch.setattr(*target, crash)
+    with pytest.raises(KeyboardInterrupt):
+        _save(fresh)
+    assert not fresh.exists()
+
+
+# A child that writes checkpoints in a loop on a "slow disk": torch.save's bytes reach the file in 64 kB pieces,
+# 1 ms apart, so nearly every SIGKILL lands in the middle of a write (save_checkpoint itself is unchanged).
+WRITER = textwrap.dedent("""
+    import io, sys, time, torch
+    from toydiff import nets, training
+    real_save = torch.save
+    def slow_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        for i in range(0, len(data), 1 << 16):
+            f.write(data[i:i + (1 << 16)])
+            f.flush()
+            time.sleep(0.001)
+    torch.save = slow_save
+    model = nets.MLPDenoiser(num_classes=3, width=256, depth=4)
+    opt = torch.optim.Adam(model.parameters())
+    for step in range(10 ** 6):
+        training.save_checkpoint(sys.argv[1], model, model, opt, step, {})
+""")
+
+
+def test_sigkill_during_writes_never_leaves_a_bad_checkpoint(tmp_path):
+    delays = (0.01, 0.07, 0.19)                                        # three writers at once, killed at staggered times
+    paths = [tmp_path / f"run{i}" / "ck.pt" for i in range(len(delays))]
+    for path in paths:
+        path.parent.mkdir()
+    procs = [_spawn(WRITER, path) for path in paths]
+    for path, proc, delay in zip(paths, procs, delays):
+        _wait_for(path, proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    mid_write = 0
+    for path, proc in zip(paths, procs):
+        proc.wait(timeout=30)
+        ck = training.load_checkpoint(path)                              # the last complete write, valid
+        assert ck["model"].keys() == ck["ema"].keys()
+        training.load_model(path)
+        leftovers = [p.name for p in path.parent.iterdir() if p != path]
+        assert all(n.startswith("ck.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
+        mid_write += len(leftovers)
+    assert mid_write >= 2, "the kills should land mid-write (each leaves its temp file behind)"
+
+
+def test_truncated_checkpoint_is_refused_with_its_path(tmp_path):
+    path = tmp_path / "ck.pt"
+    _save(path)
+    data = path.read_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=str(path)):
+            training.load_checkpoint(path)
+        with pytest.raises(ValueError, match=str(path)):                # and resume does not start over silently
+            training.train(nets.MLPDenoiser(num_classes=3, width=8, depth=2), datasets.three_gaussians(), steps=2,
+                           progress=False, checkpoint=path, resume=True)
