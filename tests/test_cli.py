@@ -44,6 +44,12 @@ def test_shipped_checkpoints_load_and_are_small():
         assert path.stat().st_size < 300_000
 
 
+def test_guide_checkpoint_regenerates_bit_identically(tmp_path):
+    # the guide is cheap to train (512 steps); scripts/make_checkpoints.py --check covers both
+    path = figures.save_model("tree_guide", figures.train_model("tree_guide", 0, progress=False), tmp_path)
+    assert path.read_bytes() == (figures.CHECKPOINT_DIR / "tree_guide.pt").read_bytes()
+
+
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         cli.main(["figure", "nonexistent"])

@@ -63,7 +63,7 @@ def test_pf_ode_density_of_exact_denoiser_matches_log_prob(cond):
     dist = datasets.three_gaussians()
     grid = density.make_grid((-2.2, 2.2, -2.2, 2.2), 24)
     sigma = 0.002
-    ode = density.ode_log_density(dist, grid.points, cond, sigma=sigma, sigma_max=80.0, steps=64, data_std=0.84)
+    ode = density.ode_log_density(dist, grid.points, cond, sigma=sigma, sigma_max=80.0, steps=128, data_std=0.84)
     exact = dist.log_prob(grid.points, sigma, cond)
     mask = exact > exact.max() - 8                                   # where the density is non-negligible
     assert (ode - exact)[mask].abs().mean() < 0.05

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from matplotlib import ticker
 from matplotlib.figure import Figure
@@ -39,9 +38,10 @@ from .nets import MLPDenoiser
 from .training import load_model, save_checkpoint, train
 from .validation import check_positive_int
 
-__all__ = ["SIGMA_MAX", "STEPS", "WEIGHTS", "CFG_INTERVAL", "METHODS", "single_thread", "CHECKPOINT_DIR", "MODEL_SPECS", "ToyModels", "train_models",
-           "save_models", "load_models", "pretrained", "method_denoiser", "draw", "Degraded", "tree_figure",
-           "cfg_figure", "sweep", "degradation_study", "demo", "format_table"]
+__all__ = ["SIGMA_MAX", "STEPS", "WEIGHTS", "CFG_INTERVAL", "METHODS", "CHECKPOINT_DIR", "MODEL_SPECS", "ToyModels",
+           "single_thread", "train_model", "train_models", "save_model", "save_models", "load_models", "pretrained",
+           "method_denoiser", "draw", "Degraded", "tree_figure", "cfg_figure", "sweep", "degradation_study", "demo",
+           "format_table"]
 
 SIGMA_MAX = 10.0
 STEPS = 32
@@ -63,27 +63,33 @@ class ToyModels:
     guide: MLPDenoiser
 
 
+def train_model(name: str, seed: int = 0, progress: bool = True) -> MLPDenoiser:
+    """Train one model of MODEL_SPECS on tree() from scratch and return its EMA (seeded, bit-reproducible)."""
+    if name not in MODEL_SPECS:
+        raise ValueError(f"name must be one of {sorted(MODEL_SPECS)}, got {name!r}")
+    spec = MODEL_SPECS[name]
+    model = MLPDenoiser(num_classes=2, width=spec["width"], depth=spec["depth"], seed=seed)
+    return train(model, datasets.tree(), steps=spec["steps"], p_uncond=0.1, seed=seed, progress=progress).ema
+
+
 def train_models(seed: int = 0, progress: bool = True) -> ToyModels:
-    """Train the main and guide models on tree() from scratch (MODEL_SPECS; seeded, bit-reproducible)."""
-    tree, out = datasets.tree(), {}
-    for name, spec in MODEL_SPECS.items():
-        model = MLPDenoiser(num_classes=2, width=spec["width"], depth=spec["depth"], seed=seed)
-        out[name] = train(model, tree, steps=spec["steps"], p_uncond=0.1, seed=seed, progress=progress).ema
-    return ToyModels(out["tree_main"], out["tree_guide"])
+    """Train the main and guide models on tree() from scratch (MODEL_SPECS)."""
+    return ToyModels(train_model("tree_main", seed, progress), train_model("tree_guide", seed, progress))
+
+
+def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
+    """Write a model's float32 EMA weights (only) as the toydiff checkpoint `<directory>/<name>.pt`."""
+    os.makedirs(directory, exist_ok=True)
+    path = Path(directory) / f"{name}.pt"
+    steps = MODEL_SPECS[name]["steps"]
+    empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
+    save_checkpoint(path, model, model, empty, steps, dict(steps=steps, p_uncond=0.1, seed=seed, dataset="tree"))
+    return path                                               # (model is its own EMA: one copy of the tensors)
 
 
 def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> list[Path]:
-    """Write each model's float32 EMA weights (only) as a toydiff checkpoint `<name>.pt` in `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for name, model in (("tree_main", models.main), ("tree_guide", models.guide)):
-        spec = MODEL_SPECS[name]
-        path = Path(directory) / f"{name}.pt"
-        empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
-        config = dict(steps=spec["steps"], p_uncond=0.1, seed=seed, dataset="tree")
-        save_checkpoint(path, model, model, empty, spec["steps"], config)   # model is ema: one copy of the tensors
-        paths.append(path)
-    return paths
+    """Write tree_main.pt and tree_guide.pt into `directory`."""
+    return [save_model("tree_main", models.main, directory, seed), save_model("tree_guide", models.guide, directory, seed)]
 
 
 def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
@@ -178,7 +184,7 @@ def _reference(dist, n: int, seed: int) -> Tensor:
 
 
 def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: int = 160, density_res: int = 64,
-                density_sigma: float = 0.05) -> tuple[Figure, dict[str, dict[str, float]]]:
+                density_sigma: float = 0.03) -> tuple[Figure, dict[str, dict[str, float]]]:
     """Autoguidance Fig. 1 on tree(), class A. Returns the figure and {method: metrics} (plus "true")."""
     tree = datasets.tree()
     grid = density.make_grid(_extent(tree), grid_res)
@@ -205,11 +211,11 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
         logp[name] = density.normalize_on_grid(density.ode_log_density(
             model, dgrid.points, cond, sigma=density_sigma, sigma_max=SIGMA_MAX, steps=32), dgrid)
         plot.density_panel(dgrid, logp[name], axes[1, k], log_scale=True,
-                           title=f"{name} model: log p(x|A; sigma={density_sigma:g})\n(PF-ODE, zoom)")
+                           title=f"{name}: log p(x|A; s={density_sigma:g})\nPF-ODE, zoom")
     plot.ratio_panel(dgrid, logp["main"] - logp["guide"], axes[1, 2], every=max(1, density_res // 12),
                      field=lambda p: density.ratio_gradient(models.main, models.guide, p, density_sigma,
                                                              torch.full((p.shape[0],), CLASS_A, dtype=torch.long)),
-                     title="log(p_main / p_guide) (zoom)\narrows: its gradient (D_1 - D_0) / sigma^2")
+                     title="log(p_main / p_guide)\narrows: (D_1 - D_0) / s^2")
     for k, method in enumerate(("none", "autoguidance")):
         x, traj = draw(method_denoiser(models, method), 300, CLASS_A, seed + 7, trajectory=True)
         plot.samples_panel(torch.empty(0, 2), axes[1, 3 + k], grid=density.make_grid(zoom, 100),
@@ -257,7 +263,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
         axes[0, j + 1].imshow(img.numpy(), origin="lower", extent=grid.extent)
         axes[0, j + 1].set_title(f"exact p_w(x|c), w={w:g}\n(Ho-Salimans w={to_ho_salimans(w):g})")
         axes[1, j + 1].set_xlim(grid.extent[:2]), axes[1, j + 1].set_ylim(grid.extent[2:])
-        axes[1, j + 1].set_title(f"CFG sampler (exact D), w={w:g}\nTV to exact p_w: {tv[str(w)]:.2f}")
+        axes[1, j + 1].set_title(f"sampler, w={w:g}\nTV to p_w: {tv[str(w)]:.2f}")
     axes[1, 0].axis("off")
     axes[1, 0].text(0.0, 0.5, "Top: the density CFG is said to sample.\nBottom: what the ODE sampler\nproduces "
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
@@ -282,15 +288,13 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
     keys = ("outlier_fraction", "precision", "recall", "class_accuracy")
     fig, axes = plot.figure(1, len(keys), size=2.4)
     for ax, key in zip(axes[0], keys):
-        ax.set_aspect("auto"), ax.set_xticks(list(ws)), ax.set_yticks(np.linspace(0, 1, 6) if key != "outlier_fraction"
-                                                                         else [])
+        ax.set_aspect("auto"), ax.set_xticks(list(ws)), ax.yaxis.set_major_locator(ticker.AutoLocator())
         for method, style in (("cfg", "o-"), ("autoguidance", "s-"), ("cfg_interval", "^:")):
             ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=3, lw=1, label=method)
         if key == "outlier_fraction":
             ax.axhline(0.01, color="0.5", lw=0.5, ls="--", label="true samples")
-            ax.yaxis.set_major_locator(ticker.AutoLocator())
         ax.set_xlabel("w (1 = no guidance)"), ax.set_title(key)
-    axes[0, 0].legend(fontsize=6)
+    axes[0, 2].legend(fontsize=6)
     fig.suptitle("Guidance weight sweep on tree(), class A", y=1.02)
     fig.tight_layout()
     return fig, table
@@ -308,21 +312,21 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
     rows: dict[str, dict[str, float]] = {}
     grid = density.make_grid(_extent(tree), 120)
     true_logp = tree.log_prob(grid.points, 0.0, CLASS_A)
-    fig, axes = plot.figure(2, 3, size=3.2)
+    fig, axes = plot.figure(2, 3, size=3.6)
     for i, kind in enumerate(("dropout", "input_noise")):
         main = Degraded(models.main, kind, main_amount[kind], seed)
-        cases = [(f"main {kind} {main_amount[kind]:g}, unguided", main)]
+        cases = [(f"main: {kind} {main_amount[kind]:g}, unguided", main)]
         for gkind in ("dropout", "input_noise"):
             guide = Degraded(models.main, gkind, guide_amount[gkind], seed)
             tag = "matched" if gkind == kind else "mismatched"
-            cases.append((f"main {kind}, guide {gkind} {guide_amount[gkind]:g} ({tag})",
+            cases.append((f"main: {kind} {main_amount[kind]:g}, guide: {gkind} {guide_amount[gkind]:g} ({tag})",
                           guided(main, AutoGuidance(guide, w))))
         for j, (name, den) in enumerate(cases):
             x = draw(den, n, CLASS_A, seed)
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
             plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
-                               title=plot.title_with_metrics(name.replace(", guide", ",\nguide"), rows[name]))
-    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}", y=1.0)
+                               title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
+    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}", y=1.03)
     return fig, rows
 
 
