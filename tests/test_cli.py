@@ -55,3 +55,12 @@ def test_cli_rejects_bad_arguments(capsys):
         cli.main(["figure", "nonexistent"])
     with pytest.raises(SystemExit):
         cli.main(["sample", "--method", "magic"])
+    with pytest.raises(SystemExit, match="--n"):
+        cli.main(["sample", "--n", "0"])
+
+
+def test_sample_and_figure_commands(tmp_path):
+    assert cli.main(["sample", "--method", "autoguidance", "--n", "200", "--out", str(tmp_path / "x.pt"),
+                     "--no-progress"]) == 0
+    assert cli.main(["figure", "cfg", "--fast", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "x.pt").is_file() and (tmp_path / "cfg.png").is_file()

@@ -68,8 +68,8 @@ def _run(args: argparse.Namespace, figures) -> int:
         paths = figures.save_models(figures.train_models(args.seed, progress), args.out, args.seed)
         print(f"trained in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
-    if args.n < 1:
-        raise SystemExit("toydiff sample: --n must be >= 1")
+    if args.command == "sample" and args.n < 1:
+        raise SystemExit(f"toydiff sample: --n must be >= 1, got {args.n}")
     models = figures.pretrained(args.retrain, args.seed, progress)
     if args.command == "sample":
         import torch
