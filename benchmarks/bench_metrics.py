@@ -10,6 +10,7 @@ from toydiff import datasets, metrics
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as in `toydiff demo`: on the shared 2-core machine two threads contend badly
     tree = datasets.tree()
     real = tree.sample(20000, cond=0, generator=torch.Generator().manual_seed(0))[0]
     fake = tree.sample(20000, cond=0, generator=torch.Generator().manual_seed(1))[0] + 0.01

@@ -380,9 +380,9 @@ def _demo(out: Path, retrain: bool, fast: bool, seed: int, progress: bool, log: 
     log("\nclass A of tree(), " + f"{n} samples per method (EDM Heun {STEPS} steps); w = 1 is no guidance\n"
         + format_table({"true samples": report["true_samples"], **{f"{k} (w={v['w']:g})": v
                                                                    for k, v in report["methods"].items()}}))
-    log("\nsweep, outlier fraction / recall per w:")
-    for method, rows in report["sweep"].items():
-        log(f"  {method:13s} " + "  ".join(f"w={w}: {m['outlier_fraction']:.3f}/{m['recall']:.2f}" for w, m in rows.items()))
+    log("\nweight sweep (w = 1: unguided):\n" + format_table(
+        {f"{method} w={w}": m for method, rows in report["sweep"].items() for w, m in rows.items()},
+        keys=("outlier_fraction", "precision", "recall", "class_accuracy")))
     log("\ndegradation study:\n" + format_table(report["degradation"], keys=("outlier_fraction", "precision", "recall")))
     log(f"\nwrote {out / 'metrics.json'} in {timing['total']:.1f} s")
     return report
