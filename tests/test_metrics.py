@@ -40,6 +40,20 @@ def test_class_log_prob_matches_mixture(tree):
     assert torch.allclose(fast, exact, rtol=1e-8, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [4, 60, 1500])
+def test_blocked_precision_recall_equals_brute_force(tree, n):
+    g = torch.Generator().manual_seed(n)
+    real = tree.sample(n, cond=0, generator=g)[0]
+    for fake in (tree.sample(n + 5, cond=0, generator=g)[0] * 1.03 + 0.01, torch.randn(n + 5, 2, generator=g)):
+        d = lambda a, b: torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")  # noqa: E731
+        r_real = d(real, real).topk(4, largest=False).values[:, 3]
+        r_fake = d(fake, fake).topk(4, largest=False).values[:, 3]
+        cross = d(fake, real)
+        precision = float(((cross - r_real[None]).min(1).values <= 0).float().mean())
+        recall = float(((cross - r_fake[:, None]).min(0).values <= 0).float().mean())
+        assert metrics.precision_recall(real, fake, k=3) == (precision, recall)
+
+
 def test_precision_recall_sees_dropped_modes():
     dist = datasets.three_gaussians(std=0.15)
     real = dist.sample(2000, generator=torch.Generator().manual_seed(0))[0]

@@ -103,12 +103,64 @@ def outlier_fraction(x: Tensor, dist: GaussianMixture, cond: Any, *, quantile: f
     return float(below.double().mean())
 
 
+def _blocks(x: Tensor, size: int = 256) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Spatially compact blocks of `size` points: x sorted into vertical strips (by x), each strip by y.
+    Returns (sorted points [N, 2], order [N] (sorted -> original), block of each sorted point [N],
+    box corners lo, hi [B, 2])."""
+    n = x.shape[0]
+    strips = max(1, round(math.sqrt(n / size)))
+    strip = torch.empty(n, dtype=torch.long)
+    strip[x[:, 0].argsort()] = torch.arange(n) * strips // n
+    by_y = x[:, 1].argsort(stable=True)
+    order = by_y[strip[by_y].argsort(stable=True)]
+    xs, block = x[order], torch.arange(n) // size
+    nb = int(block[-1]) + 1
+    lo = torch.full((nb, 2), math.inf).scatter_reduce(0, block[:, None].expand(-1, 2), xs, "amin")
+    hi = torch.full((nb, 2), -math.inf).scatter_reduce(0, block[:, None].expand(-1, 2), xs, "amax")
+    return xs, order, block, lo, hi
+
+
+def _box_distance(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
+    """Smallest distance [B1, B2] between any point of box i and any point of box j (a lower bound)."""
+    gap = (lo2[None] - hi1[:, None]).clamp_min(0) + (lo1[:, None] - hi2[None]).clamp_min(0)
+    return gap.norm(dim=2) * (1 - 1e-6)                                        # slack: never prune a true neighbour
+
+
+def _cdist(a: Tensor, b: Tensor) -> Tensor:
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")     # exact differences, no |a|^2 + |b|^2
+
+
 def _kth_radius(x: Tensor, k: int) -> Tensor:
-    """Distance [N] from each point to its k-th nearest other point (the k-NN ball radius)."""
+    """Distance [N] from each point to its k-th nearest other point (the k-NN ball radius), exactly.
+
+    Blocked: for each block, an upper bound r from the blocks touching its box, then the exact k-th distance
+    over every block whose box lies within r (box distance is a lower bound on point distance)."""
+    xs, order, block, lo, hi = _blocks(x)
+    near = _box_distance(lo, hi, lo, hi)                                       # [B, B]
     out = torch.empty(x.shape[0], dtype=x.dtype)
-    for sl in _rows(x.shape[0], x.shape[0]):
-        d = torch.cdist(x[sl], x)                                              # [chunk, N], self at distance 0
-        out[sl] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+    for q in range(lo.shape[0]):
+        rows = block == q
+        cand = near[q] <= 0
+        if int(cand[block].sum()) <= k:                                        # too few neighbours in reach
+            cand = torch.ones_like(cand)
+        bound = _cdist(xs[rows], xs[cand[block]]).topk(k + 1, dim=1, largest=False).values[:, k].max()
+        d = _cdist(xs[rows], xs[(near[q] <= bound)[block]])                    # self at distance 0
+        out[order[rows]] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+    return out
+
+
+def _covered(query: Tensor, centers: Tensor, radii: Tensor) -> Tensor:
+    """Whether each query point [Nq] lies in the union of the balls B(centers_i, radii_i) (blocked like above)."""
+    qs, qorder, qblock, qlo, qhi = _blocks(query)
+    cs, corder, cblock, clo, chi = _blocks(centers)
+    cr = radii[corder]
+    reach = torch.full((clo.shape[0],), -math.inf).scatter_reduce(0, cblock, cr, "amax")   # largest radius per block
+    hit = _box_distance(qlo, qhi, clo, chi) <= reach[None]                      # [Bq, Bc]
+    out = torch.zeros(query.shape[0], dtype=torch.bool)
+    for q in range(qlo.shape[0]):
+        rows, cols = qblock == q, hit[q][cblock]
+        if cols.any():
+            out[qorder[rows]] = (_cdist(qs[rows], cs[cols]) <= cr[cols][None]).any(1)
     return out
 
 
@@ -117,20 +169,15 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
 
     manifold(S) = union over s in S of the ball B(s, d_k(s)), d_k = distance to the k-th nearest neighbour in S;
     precision = share of fake points inside manifold(real), recall = share of real points inside manifold(fake).
-    One pass over [chunk, N_real] blocks of the cross distances serves both.
+    Exact; spatial blocks skip the pairs whose boxes are out of reach, so 20k vs 20k takes seconds.
     """
     real, fake = check_points(real, 2, "real").float(), check_points(fake, 2, "fake").float()
     k = check_positive_int(k, "k")
     if real.shape[0] <= k or fake.shape[0] <= k:
         raise ValueError(f"real and fake need more than k={k} points, got {real.shape[0]} and {fake.shape[0]}")
-    r_real, r_fake = _kth_radius(real, k), _kth_radius(fake, k)
-    fake_in = torch.empty(fake.shape[0], dtype=torch.bool)
-    real_slack = torch.full((real.shape[0],), float("inf"))                    # min_j |r_i - f_j| - d_k(f_j)
-    for sl in _rows(fake.shape[0], real.shape[0]):
-        d = torch.cdist(fake[sl], real)                                        # [chunk, N_real]
-        fake_in[sl] = ((d - r_real[None]).min(1).values <= 0)
-        real_slack = torch.minimum(real_slack, (d - r_fake[sl, None]).min(0).values)
-    return float(fake_in.float().mean()), float((real_slack <= 0).float().mean())
+    precision = _covered(fake, real, _kth_radius(real, k)).float().mean()
+    recall = _covered(real, fake, _kth_radius(fake, k)).float().mean()
+    return float(precision), float(recall)
 
 
 def energy_distance(x: Tensor, y: Tensor, directions: int = 64) -> float:
