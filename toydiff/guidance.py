@@ -279,8 +279,9 @@ def _check_base(on: Guidance | None, owner: str, allowed: tuple[type, ...] = (Gu
 
 class APG(Guidance):
     """Adaptive projected guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High Guidance
-    Scales in Diffusion Models", Sec. 3-4 and their Algorithm/listing), in denoiser (x0) space, on the branches of
-    `on` (default CFG; AutoGuidance and ClassifierGuidance work alike; `on`'s own weight is ignored):
+    Scales in Diffusion Models", arXiv 2410.02416: the parallel/orthogonal decomposition, the rescaling and the
+    reverse momentum of its method section, as in its PyTorch listing), in denoiser (x0) space, on the branches
+    of `on` (default CFG; AutoGuidance and ClassifierGuidance work alike; `on`'s own weight is ignored):
 
         dD   = D_1 - D_0
         m    = dD + beta m_prev                 reverse momentum (beta < 0; the paper uses e.g. -0.5), m_prev = 0 at start
@@ -346,7 +347,8 @@ class APG(Guidance):
 
 class CFGpp(Guidance):
     """CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free Guidance for Diffusion Models",
-    Algorithm 1 (DDIM) and its Euler form) on the branches of `on` (CFG by default, or AutoGuidance):
+    arXiv 2406.08070: its DDIM sampler with CFG++, and the Euler form) on the branches of `on` (CFG by default,
+    or AutoGuidance):
 
         D_lambda = D_0 + lambda (D_1 - D_0),   lambda in [0, 1]            (Tweedie's estimate, as in CFG)
         x'       = D_lambda + sigma' (x - D_0) / sigma                       (DDIM eta = 0 / Euler in sigma space)
@@ -354,8 +356,9 @@ class CFGpp(Guidance):
     i.e. the re-noising uses the UNGUIDED noise eps_0 = (x - D_0)/sigma instead of the guided one. Conventions:
     the paper's lambda is this class's `w` (D_0 + w (D_1 - D_0), as every class here) restricted to [0, 1]; it
     is NOT CFG's w: one Euler/DDIM step of CFG++ with lambda equals one of CFG with the step-dependent weight
-    w_t = lambda sigma / (sigma - sigma') (the paper's Sec. 3 remark that small lambda is a large CFG scale);
-    Ho & Salimans' weight of that step is w_t - 1. lambda = 0 samples unconditionally.
+    w_t = lambda sigma / (sigma - sigma') (subtract the two updates; hence the paper's small lambda act like large
+    CFG scales, growing as the steps shrink); Ho & Salimans' weight of that step is w_t - 1. lambda = 0 samples
+    unconditionally.
 
     `__call__` returns D_lambda; `with_renoise` returns (D_lambda, D_0), which the `euler`, `ddim` and `ddpm`
     samplers use; the others refuse a CFG++ denoiser. Outside `interval`, (D_1, D_1) (plain conditional sampling).
