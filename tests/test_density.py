@@ -69,6 +69,21 @@ def test_pf_ode_density_of_exact_denoiser_matches_log_prob(cond):
     assert (ode - exact)[mask].abs().mean() < 0.05
 
 
+def test_pf_ode_density_of_networks_and_guided_networks():
+    # at init (zero output layer) an EDM-preconditioned MLP is the exact denoiser of N(0, sigma_data^2 I), and
+    # CFG / autoguidance of two such models change nothing: all must give log N(x; 0, (sd^2 + s^2) I)
+    from toydiff.guidance import CFG, AutoGuidance, guided
+    main, guide = nets.MLPDenoiser(num_classes=2, seed=0), nets.MLPDenoiser(num_classes=2, width=32, seed=1)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) * 0.6
+    sigma = 0.01
+    exact = _gaussian_log_pdf(x.double(), torch.zeros(2, dtype=torch.float64),
+                              torch.eye(2, dtype=torch.float64) * (0.25 + sigma ** 2))
+    for den in (main, guided(main, CFG(3.0)), guided(main, AutoGuidance(guide, 2.0))):
+        ode = density.ode_log_density(den, x, torch.zeros(64, dtype=torch.long), sigma=sigma, sigma_max=80.0,
+                                      steps=128)
+        assert (ode - exact).abs().mean() < 0.005 and (ode - exact).abs().max() < 0.03
+
+
 def test_energy_head_density_is_gaussian_at_init():
     model = nets.EnergyMLPDenoiser(num_classes=0, width=16, depth=2)   # zero output layer: N(0, (s^2+sd^2) I)
     grid = density.make_grid((-4, 4, -4, 4), 120)

@@ -149,7 +149,7 @@ def _drift_and_divergence(denoiser: Denoiser, x: Tensor, sigma: float, cond: Any
 
 def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: float = 0.002,
                     sigma_max: float = 80.0, steps: int = 64, rho: float = 7.0, data_std: float = 0.5,
-                    progress: bool = False) -> Tensor:
+                    dtype: torch.dtype | None = None, progress: bool = False) -> Tensor:
     """log p(x | c; sigma) [N] of the distribution a denoiser defines, by the probability-flow ODE.
 
     Instantaneous change of variables (Chen et al. 2018, "Neural Ordinary Differential Equations", Thm. 1;
@@ -160,7 +160,8 @@ def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: f
     `sigma` to `sigma_max`: x is stepped in sigma, where the drift is nearly constant at large sigma, and the
     log-density term in log sigma, where it is bounded. Works for any denoiser D(x, sigma, cond) differentiable
     in x, guided ones included (then it is the density the guided ODE sampler produces). On the exact mixture
-    denoiser it reproduces `log_prob` (see the tests).
+    denoiser it reproduces `log_prob` (see the tests). `dtype`: what the denoiser is called with (default:
+    float64 for a GaussianMixture, float32 otherwise, as networks are); the integration itself runs in float64.
     """
     x = check_points(x, 2, "x").double()
     steps = check_positive_int(steps, "steps")
@@ -169,7 +170,7 @@ def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: f
     if not 0 < sigma < sigma_max:
         raise ValueError(f"need 0 < sigma < sigma_max, got sigma={sigma}, sigma_max={sigma_max}")
     cond = as_cond(cond, x.shape[0], None)
-    dtype = next((p.dtype for p in getattr(denoiser, "parameters", lambda: iter(()))()), torch.float64)
+    dtype = dtype or (torch.float64 if isinstance(denoiser, GaussianMixture) else torch.float32)
     ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     sigmas = ((sigma ** (1 / rho) + ramp * (sigma_max ** (1 / rho) - sigma ** (1 / rho))) ** rho).tolist()
     delta = torch.zeros(x.shape[0], dtype=torch.float64)                         # integral of (2 - tr J) du
