@@ -216,10 +216,11 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
                      field=lambda p: density.ratio_gradient(models.main, models.guide, p, density_sigma,
                                                              torch.full((p.shape[0],), CLASS_A, dtype=torch.long)),
                      title="log(p_main / p_guide)\narrows: (D_1 - D_0) / s^2")
+    zgrid = density.make_grid(zoom, 100)
+    zoom_logp = tree.log_prob(zgrid.points, 0.0, CLASS_A)
     for k, method in enumerate(("none", "autoguidance")):
-        x, traj = draw(method_denoiser(models, method), 300, CLASS_A, seed + 7, trajectory=True)
-        plot.samples_panel(torch.empty(0, 2), axes[1, 3 + k], grid=density.make_grid(zoom, 100),
-                           log_density=tree.log_prob(density.make_grid(zoom, 100).points, 0.0, CLASS_A))
+        _, traj = draw(method_denoiser(models, method), 300, CLASS_A, seed + 7, trajectory=True)
+        plot.samples_panel(torch.empty(0, 2), axes[1, 3 + k], grid=zgrid, log_density=zoom_logp)
         plot.trajectories_panel(traj, axes[1, 3 + k], title=f"trajectories (zoom)\n{labels[method]}")
         axes[1, 3 + k].set_xlim(zoom[:2]), axes[1, 3 + k].set_ylim(zoom[2:])
     fig.suptitle("Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); w = 1 is no guidance", y=1.0)
