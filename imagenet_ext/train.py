@@ -181,6 +181,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = net                                          # no_sync() lives on the DDP wrapper, not on the compiled module
     if args.compile:
         net = torch.compile(net)
     use_amp = device.type == "cuda" and args.precision == "bf16"
@@ -204,7 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             sl = slice(lo + m * micro, lo + (m + 1) * micro)
             y = to_float(data.images[idx[sl]]).to(device, non_blocking=True)
             labels = torch.where(drop[sl], -1, data.labels[idx[sl]]).to(device)
-            sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else net.no_sync()
+            sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else ddp.no_sync()
             with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 per = edm_loss(net, y, labels, sigma[sl].to(device), noise[sl], sd)       # [micro]
                 (per.mean() / args.accum).backward()
