@@ -121,6 +121,7 @@ def method_denoiser(models: ToyModels, method: str, w: float | None = None) -> C
 
 def draw(denoiser: Callable, n: int, cls: int, seed: int, trajectory: bool = False) -> Any:
     """n samples of class `cls` with EDM Heun (STEPS steps up from SIGMA_MAX), start noise from `seed`."""
+    n = check_positive_int(n, "n")
     return samplers.sample(denoiser, (n, 2), torch.full((n,), cls, dtype=torch.long), steps=STEPS,
                            sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(seed),
                            return_trajectory=trajectory)
