@@ -119,7 +119,7 @@ class GaussianMixture:
         feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [N, 6]
         feats = torch.cat([feats, s2[:, None] * torch.stack([x0 * x0 + x1 * x1, x0, x1, torch.ones_like(x0)], 1)], 1)
         det = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1) @ self._det_w.to(x.device)        # [N, K]
-        quad = (feats @ self._quad_w.to(x.device)).div_(det)
+        quad = (feats @ self._quad_w.to(x.device)) / det
         logits = logw.sub(quad, alpha=0.5).sub_(det.log(), alpha=0.5).sub_(_LOG_2PI)
         return logits, det
 
@@ -150,7 +150,7 @@ class GaussianMixture:
         for sl in self._chunks(x.shape[0]):
             xs, s2s = xd[sl], s2[sl]
             logits, det = self._logits(xs, s2s, self._logw_rows(None if c is None else c[sl], xs.shape[0], x.device))
-            rho = torch.softmax(logits, dim=1).div_(det)                          # r_k / det S_k   [n, K]
+            rho = torch.softmax(logits, dim=1) / det                              # r_k / det S_k   [n, K]
             p = rho @ self._score_z.to(x.device)                                  # [n, 9]
             m = p[:, :4].reshape(-1, 2, 2)
             adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
