@@ -23,7 +23,7 @@ from .validation import as_cond, as_sigma, check_batch, check_points, check_posi
 
 __all__ = [
     "SIGMA_TINY", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
-    "count_parameters", "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
+    "count_parameters", "NoiseAwareClassifier", "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
     "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v",
 ]
 
@@ -205,6 +205,54 @@ def build_model(class_name: str, config: dict) -> MLPDenoiser:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class NoiseAwareClassifier(nn.Module):
+    """Noise-aware classifier log p(c | x; sigma) for classifier guidance (Dhariwal & Nichol 2021, Sec. 4: a
+    classifier trained on noisy samples at every noise level; its gradient guides the sampler).
+
+    EDM-style inputs (Karras et al. 2022, Table 1): the unit-variance c_in x = x / sqrt(sigma^2 + sd^2) and random
+    Fourier features of c_noise = log(sigma) / 4, then ``depth`` SiLU layers of ``width`` -> Linear -> C logits.
+    ``forward(x, sigma) -> logits [N, C]``; ``log_prob(x, sigma) -> log p(c | x; sigma) [N, C]``, the signature
+    `toydiff.guidance.ClassifierGuidance` expects. Computes in the parameters' dtype, returns x's dtype.
+    """
+
+    def __init__(self, dim: int = 2, num_classes: int = 2, width: int = 64, depth: int = 3, sigma_data: float = 0.5,
+                 num_freqs: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
+        check_positive_int(num_freqs, "num_freqs")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2 for a classifier, got {num_classes!r}")
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a finite float > 0, got {sigma_data!r}")
+        self.config = dict(dim=dim, num_classes=num_classes, width=width, depth=depth, sigma_data=float(sigma_data),
+                           num_freqs=num_freqs, seed=seed)
+        self.dim, self.num_classes, self.sigma_data = dim, num_classes, float(sigma_data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.register_buffer("freqs", torch.randn(num_freqs))
+            self.register_buffer("phases", torch.rand(num_freqs))
+            self.inp = nn.Linear(dim + num_freqs, width)
+            self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+            self.out = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor, sigma: Any) -> Tensor:
+        """Logits [N, C] of p(c | x; sigma) for x [N, dim], sigma a float or [N] (>= 0)."""
+        x = check_points(x, self.dim)
+        dtype = self.inp.weight.dtype
+        s = as_sigma(sigma, x.shape[0], device=x.device, dtype=dtype).unsqueeze(1)
+        x_in = x.to(dtype) * (s * s + self.sigma_data ** 2).rsqrt()                          # c_in x
+        c_noise = s.clamp_min(SIGMA_TINY).log() / 4
+        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))  # [N, num_freqs]
+        h = self.inp(torch.cat([x_in, four], dim=1))
+        for layer in self.hidden:
+            h = layer(F.silu(h))
+        return self.out(F.silu(h)).to(x.dtype)
+
+    def log_prob(self, x: Tensor, sigma: Any) -> Tensor:
+        """log p(c | x; sigma) [N, C] (log-softmax of the logits), differentiable in x."""
+        return F.log_softmax(self(x, sigma), dim=1)
 
 
 # ---- other parametrizations <-> denoisers ---------------------------------------------------------------
