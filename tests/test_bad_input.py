@@ -121,6 +121,10 @@ CASES = {
     "truncated checkpoint": (lambda p: training.load_model(_truncated(p)), ValueError, "cut.pt"),
     "foreign checkpoint": (lambda p: training.load_model(_not_toydiff(p)), ValueError, "not a toydiff checkpoint"),
     "resume into another model": (_resume_other_model, ValueError, "checkpoint"),
+    "classifier input of wrong dim": (lambda p: nets.NoiseAwareClassifier(num_classes=3)(torch.zeros(4, 3), 1.0),
+                                      ValueError, r"\bx\b"),
+    "classifier for another mixture": (lambda p: training.train_classifier(nets.NoiseAwareClassifier(num_classes=2),
+                                                                           THREE, steps=1), ValueError, "classes"),
     # ---- metrics ----
     "metric points of wrong shape": (lambda p: metrics.precision_recall(torch.zeros(10, 3), torch.zeros(10, 2)),
                                      ValueError, "real"),
