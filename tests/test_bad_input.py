@@ -103,6 +103,8 @@ CASES = {
                                    ValueError, "classifier"),
     "APG momentum out of range": (lambda p: G.APG(2.0, momentum=-1.0), ValueError, "momentum"),
     "CFG++ lambda above 1": (lambda p: G.CFGpp(2.0), ValueError, "lambda"),
+    "CFG++ lambda schedule above 1": (lambda p: G.guided(THREE, G.CFGpp(lambda s: 1 + s))(X, 1.0, C), ValueError,
+                                      "lambda"),
     "CFG++ with heun": (lambda p: samplers.sample(G.guided(THREE, G.CFGpp(0.5)), (4, 2), 0), ValueError, "method"),
     # ---- samplers ----
     "unknown sampler": (lambda p: samplers.sample(THREE, (4, 2), method="dpm++"), ValueError, "method"),

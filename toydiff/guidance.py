@@ -378,8 +378,11 @@ class CFGpp(Guidance):
         if not bool(on.any()):
             d = self.on.unguided(denoiser, x, s, cond)
             return d, d
+        w = self.weight(s)
+        if (w > 1).any():
+            raise ValueError(f"the schedule w(sigma) (CFG++'s lambda) must lie in [0, 1], got up to {w.max().item():g}")
         d1, delta = self.on.branches(denoiser, x, s, cond)
-        guided = self.combine(d1, delta, self.weight(s), x, s)                       # D_1 + (lambda - 1) dD
+        guided = self.combine(d1, delta, w, x, s)                                    # D_1 + (lambda - 1) dD
         return guided, torch.where(on.reshape(-1, *([1] * (x.ndim - 1))), d1 - delta, d1)
 
     def __call__(self, denoiser, x, sigma, cond=None):
