@@ -6,6 +6,13 @@ import torch
 from toydiff import datasets, metrics, nets, samplers, training
 from toydiff import guidance as G
 
+# Measured (labels target, 3 layers x 64, 800 steps x 1024, 6000 test points):
+#   sigma        0.02   0.1    0.3    0.7    1.5    4.0
+#   accuracy     0.949  0.945  0.910  0.766  0.570  0.415
+#   exact (Bayes) 0.949 0.946  0.911  0.766  0.576  0.422
+#   ECE          0.008  0.004  0.009  0.012  0.016  0.010   (exact posterior: 0.003 0.002 0.007 0.012 0.013 0.007)
+#   E|p - p*|_1  0.018  0.020  0.032  0.053  0.073  0.066
+# Classifier guidance (unconditional exact model, scale 1): class accuracy 0.947 trained vs 0.939 exact posterior.
 SIGMAS = (0.02, 0.1, 0.3, 0.7, 1.5, 4.0)
 
 
