@@ -8,43 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from toydiff.atomic import save_atomic
 
 from .unet import EDMDenoiser, build
 
 __all__ = ["save_atomic", "load_checkpoint", "latest_checkpoint", "load_denoiser"]
 
 _CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file next to `path`, fsync, os.replace; also fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - directories cannot be fsynced on some filesystems
-        pass
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

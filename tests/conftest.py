@@ -1,7 +1,19 @@
 import pytest
 import torch
+from threadpoolctl import threadpool_limits  # ships with scikit-learn (a test extra)
 
 from toydiff import datasets
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test on one intra-op thread (torch and numpy's BLAS): the suite runs on 2 pytest-xdist workers on a
+    2-core machine, where extra threads only contend (measured 10-50x slower on small batches); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,6 @@ from toydiff import datasets, metrics, nets, samplers, training
 from toydiff import guidance as G
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # small batches: two intra-op threads only contend on the shared 2-core machine (as in test_density)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 THREE = datasets.three_gaussians()
 X = torch.randn(4, 2)
 C = torch.tensor([0, 1, 2, -1])

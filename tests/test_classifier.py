@@ -16,15 +16,6 @@ from toydiff import guidance as G
 SIGMAS = (0.02, 0.1, 0.3, 0.7, 1.5, 4.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # small batches: two intra-op threads only contend on the shared 2-core machine (as in test_density)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def three():
     return datasets.three_gaussians()

@@ -133,7 +133,7 @@ def test_sigkill_during_writes_never_leaves_a_bad_checkpoint(tmp_path):
         assert ck["model"].keys() == ck["ema"].keys()
         training.load_model(path)
         leftovers = [p.name for p in path.parent.iterdir() if p != path]
-        assert all(n.startswith("ck.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
+        assert all(n.startswith(".ck.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
         mid_write += len(leftovers)
     assert mid_write >= 2, "the kills should land mid-write (each leaves its temp file behind)"
 

@@ -8,15 +8,6 @@ from toydiff import datasets, density, nets
 from toydiff.distributions import GaussianMixture
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny batches: two intra-op threads only contend (30x slower on the shared 2-core machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian(mean, cov, label=0):
     return GaussianMixture(torch.ones(1), mean[None], cov[None], labels=[label])
 

@@ -9,15 +9,6 @@ from toydiff import guidance as G
 from toydiff import samplers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # small batches: two intra-op threads only contend on the shared 2-core machine (as in test_density)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def batch(gen):
     x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5

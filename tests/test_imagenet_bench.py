@@ -2,22 +2,8 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU ops run fastest single-threaded on the shared 2-core CI box; restored afterwards."""
-    from threadpoolctl import threadpool_limits          # ships with scikit-learn; numpy's BLAS too
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
 
 
 def test_bench_unet_smoke(tmp_path):

@@ -13,18 +13,6 @@ from imagenet_ext.data import load_dataset, load_digits, load_imagenet64_file, l
 R = 8                      # the ImageNet-64 format at 8x8: data [N, 3*8*8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU ops run fastest single-threaded on the shared 2-core CI box; restored afterwards."""
-    from threadpoolctl import threadpool_limits          # ships with scikit-learn; numpy's BLAS too
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
 def _imagenet_arrays(n=5, seed=0, r=R):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 3 * r * r), dtype=np.uint8), rng.integers(1, 1001, n)

@@ -13,18 +13,6 @@ from toydiff.guidance import CFG, AutoGuidance, NoGuidance, guided
 from toydiff.samplers import sample as toy_sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU ops run fastest single-threaded on the shared 2-core CI box; restored afterwards."""
-    from threadpoolctl import threadpool_limits          # ships with scikit-learn; numpy's BLAS too
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
 def _ckpt(path, seed, channels=16):
     torch.manual_seed(seed)
     ov = {"resolution": 8, "in_channels": 3, "num_classes": 4, "model_channels": channels}

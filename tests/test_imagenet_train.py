@@ -16,18 +16,6 @@ COMMON = ["--data", "digits", "--resolution", "8", "--config", "tiny", "--channe
           "--lr", "1e-3", "--ckpt-every", "2", "--log-every", "1", "--no-progress", "--seed", "3", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU ops run fastest single-threaded on the shared 2-core CI box; restored afterwards."""
-    from threadpoolctl import threadpool_limits          # ships with scikit-learn; numpy's BLAS too
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
 def _run(args, nproc=1):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \

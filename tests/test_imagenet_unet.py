@@ -12,18 +12,6 @@ from toydiff.guidance import CFG, guided
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU ops run fastest single-threaded on the shared 2-core CI box; restored afterwards."""
-    from threadpoolctl import threadpool_limits          # ships with scikit-learn; numpy's BLAS too
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
-
-
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Zero-initialized layers (ADM's residual outputs, the final conv) make a fresh net return c_skip * x;
     give them small random values so the tests see the network."""

@@ -5,15 +5,6 @@ import torch
 from toydiff import datasets, metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # as in `toydiff demo`: two intra-op threads only contend on the shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tree():
     return datasets.tree()

@@ -11,14 +11,6 @@ from toydiff import datasets, nets
 from toydiff import guidance as G
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # small batches: two intra-op threads only contend on the shared 2-core machine (as in test_density)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MIXTURES = {name: datasets.get(name) for name in ("three_gaussians", "tree", "rings")}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .atomic import save_atomic
 from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
 from .validation import check_positive_int
 
@@ -213,18 +213,7 @@ def save_checkpoint(path: str | os.PathLike, model: MLPDenoiser, ema: MLPDenoise
     payload = dict(format=FORMAT, version=1, model_class=type(model).__name__, model_config=dict(model.config),
                    model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
                    config=dict(config), rng=rng_state, losses=losses)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_atomic(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
