@@ -30,22 +30,24 @@ from .images import make_grid, save_png, to_uint8
 __all__ = ["make_guidance", "generate", "main"]
 
 
-def make_guidance(kind: str, w: float, guide: Any = None) -> Guidance:
-    """`none` | `cfg` | `auto` -> the toydiff.guidance object (auto needs the guide denoiser)."""
+def make_guidance(kind: str, w: float, guide: Any = None, *, interval: tuple[float, float] | None = None,
+                  rescale: float = 0.0) -> Guidance:
+    """`none` | `cfg` | `auto` -> the toydiff.guidance object (auto needs the guide denoiser); `interval` and
+    `rescale` are the modifiers of toydiff.guidance (Kynkaanniemi et al. 2024; Lin et al. 2023)."""
     if kind == "none":
         return NoGuidance()
     if kind == "cfg":
-        return CFG(w)
+        return CFG(w, interval=interval, rescale=rescale)
     if kind == "auto":
         if guide is None:
             raise ValueError("--guidance auto needs --guide-ckpt (the weaker model)")
-        return AutoGuidance(guide, w)
+        return AutoGuidance(guide, w, interval=interval, rescale=rescale)
     raise ValueError(f"guidance must be one of none, cfg, auto; got {kind!r}")
 
 
 @torch.no_grad()
 def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str = "cfg", guide: Any = None,
-             method: str = "heun", steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
+             interval: tuple[float, float] | None = None, rescale: float = 0.0, method: str = "heun", steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
              rho: float = 7.0, seed: int = 0, batch: int = 256, device: torch.device | str = "cpu",
              amp: bool = False, progress: bool = True) -> Tensor:
     """Samples [len(ws), N, C, H, W] in [-1, 1] for labels [N] at every weight in `ws`.
@@ -62,7 +64,7 @@ def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str =
     chunks = [(i, min(i + batch, n)) for i in range(0, n, batch)]
     bar = tqdm(total=len(ws) * len(chunks), desc="sample", disable=not progress, dynamic_ncols=True)
     for wi, w in enumerate(ws):
-        d = guided(model, make_guidance(guidance, float(w), guide))
+        d = guided(model, make_guidance(guidance, float(w), guide, interval=interval, rescale=rescale))
         for k, (lo, hi) in enumerate(chunks):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
             noise = torch.randn((hi - lo, *shape), generator=g, device=device) * sigma_max
@@ -83,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance auto")
     p.add_argument("--w", type=float, nargs="+", default=[1.0],
                    help="guidance weight(s), 1 = none (Ho & Salimans' w + 1); several give a sweep")
+    p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="guide only where SIGMA_LO < sigma <= SIGMA_HI (Kynkaanniemi et al. 2024)")
+    p.add_argument("--rescale", type=float, default=0.0, help="CFG rescale factor phi in [0, 1] (Lin et al. 2023)")
     p.add_argument("--n", type=int, default=20, help="images per w")
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="labels to cycle through (default: all classes for .npz, the first 10 for a grid)")
@@ -126,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--classes must lie in [0, {k - 1}], got {bad}")
     labels = torch.tensor([classes[i % len(classes)] for i in range(a.n)], dtype=torch.long)
     ws = [1.0] if a.guidance == "none" else a.w
-    x = generate(model, labels, ws, guidance=a.guidance, guide=guide, method=a.method, steps=a.steps,
+    x = generate(model, labels, ws, guidance=a.guidance, guide=guide,
+                 interval=None if a.interval is None else tuple(a.interval), rescale=a.rescale,
+                 method=a.method, steps=a.steps,
                  sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, seed=a.seed, batch=a.batch,
                  device=device, amp=device.type == "cuda" and a.precision == "bf16", progress=not a.no_progress)
     u8 = to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:])          # [W, N, C, H, W]

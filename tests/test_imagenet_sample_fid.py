@@ -48,6 +48,12 @@ def test_generate_matches_toydiff_directly(ckpts):
     xa = sample.generate(m, labels, [2.0], guidance="auto", guide=g, steps=3, seed=7, progress=False)
     torch.testing.assert_close(xa[0], auto)
     assert not torch.allclose(xa[0], unguided)
+    # the guidance modifiers pass through unchanged: an interval and a rescale as toydiff.guidance applies them
+    xi = sample.generate(m, labels, [2.5], guidance="cfg", interval=(0.5, 5.0), rescale=0.7, steps=3, seed=7,
+                         progress=False)
+    with torch.no_grad():
+        ref_i = toy_sample(guided(m, CFG(2.5, interval=(0.5, 5.0), rescale=0.7)), noise, labels, steps=3)
+    torch.testing.assert_close(xi[0], ref_i)
 
 
 def test_sample_cli_grid_and_npz(ckpts, tmp_path):
@@ -60,7 +66,7 @@ def test_sample_cli_grid_and_npz(ckpts, tmp_path):
     assert z["labels"].tolist() == [0, 1, 2, 3] * 4 and z["w"].tolist() == [1.0] * 8 + [2.0] * 8
     assert res["images"].shape == (2, 8, 3, 8, 8)
     sample.main(["--ckpt", str(d / "main.pt"), "--guidance", "auto", "--guide-ckpt", str(d / "guide.pt"), "--w", "2",
-                 "--n", "4", "--steps", "2", "--no-progress", "--out", str(tmp_path / "a.npz")])
+                 "--interval", "0.3", "5", "--n", "4", "--steps", "2", "--no-progress", "--out", str(tmp_path / "a.npz")])
     assert np.load(tmp_path / "a.npz")["images"].shape == (4, 8, 8, 3)
 
 
