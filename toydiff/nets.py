@@ -34,7 +34,42 @@ SIGMA_TINY = 1e-6
 Denoiser = Callable[[Tensor, Any, Any], Tensor]
 
 
-class MLPDenoiser(nn.Module):
+class _NoiseConditionedMLP(nn.Module):
+    """What the denoisers and the classifier share: validated hyperparameters stored in ``config`` (to rebuild the
+    model from a checkpoint), weights drawn from ``seed`` inside a forked RNG (the same arguments give the same
+    model), and random Fourier features of c_noise: sqrt(2) cos(2 pi (f c_noise + phi)), f ~ N(0, 1), phi ~ U[0, 1).
+    Subclasses create their layers in ``_build``."""
+
+    min_classes = 0
+
+    def __init__(self, dim: int, num_classes: int, width: int, depth: int, sigma_data: float, num_freqs: int,
+                 seed: int) -> None:
+        super().__init__()
+        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
+        check_positive_int(num_freqs, "num_freqs")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < self.min_classes:
+            raise ValueError(f"num_classes must be an int >= {self.min_classes}"
+                             f"{' (0 = unconditional)' if self.min_classes == 0 else ''}, got {num_classes!r}")
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a finite float > 0, got {sigma_data!r}")
+        self.config = dict(dim=dim, num_classes=num_classes, width=width, depth=depth, sigma_data=float(sigma_data),
+                           num_freqs=num_freqs, seed=seed)
+        self.dim, self.num_classes, self.sigma_data = dim, num_classes, float(sigma_data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.register_buffer("freqs", torch.randn(num_freqs))
+            self.register_buffer("phases", torch.rand(num_freqs))
+            self._build(dim, width, depth, num_freqs)
+
+    def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
+        raise NotImplementedError
+
+    def _fourier(self, c_noise: Tensor) -> Tensor:
+        """Fourier features [N, num_freqs] of c_noise [N, 1]."""
+        return math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))
+
+
+class MLPDenoiser(_NoiseConditionedMLP):
     """EDM-preconditioned MLP denoiser (Karras et al. 2022, Table 1) for points in R^dim.
 
     F(x_in, c_noise, c): [x_in, fourier(c_noise)] -> Linear -> (+ class embedding) -> depth hidden layers of
@@ -45,22 +80,7 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, dim: int = 2, num_classes: int = 0, width: int = 64, depth: int = 4, sigma_data: float = 0.5,
                  num_freqs: int = 16, seed: int = 0) -> None:
-        super().__init__()
-        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
-        check_positive_int(num_freqs, "num_freqs")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0 = unconditional), got {num_classes!r}")
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite float > 0, got {sigma_data!r}")
-        self.config = dict(dim=dim, num_classes=num_classes, width=width, depth=depth, sigma_data=float(sigma_data),
-                           num_freqs=num_freqs, seed=seed)
-        self.dim, self.num_classes, self.sigma_data = dim, num_classes, float(sigma_data)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # random Fourier features of c_noise: sqrt(2) cos(2 pi (f c_noise + phi)), f ~ N(0, 1), phi ~ U[0, 1)
-            self.register_buffer("freqs", torch.randn(num_freqs))
-            self.register_buffer("phases", torch.rand(num_freqs))
-            self._build(dim, width, depth, num_freqs)
+        super().__init__(dim, num_classes, width, depth, sigma_data, num_freqs, seed)
 
     def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
         self.inp = nn.Linear(dim + num_freqs, width)
@@ -92,8 +112,7 @@ class MLPDenoiser(nn.Module):
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise."""
-        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))  # [N, num_freqs]
-        return self.inp(torch.cat([x_in, four], dim=1))
+        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1))
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
@@ -207,7 +226,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-class NoiseAwareClassifier(nn.Module):
+class NoiseAwareClassifier(_NoiseConditionedMLP):
     """Noise-aware classifier log p(c | x; sigma) for classifier guidance (Dhariwal & Nichol 2021, Sec. 4: a
     classifier trained on noisy samples at every noise level; its gradient guides the sampler).
 
@@ -217,25 +236,16 @@ class NoiseAwareClassifier(nn.Module):
     `toydiff.guidance.ClassifierGuidance` expects. Computes in the parameters' dtype, returns x's dtype.
     """
 
+    min_classes = 2
+
     def __init__(self, dim: int = 2, num_classes: int = 2, width: int = 64, depth: int = 3, sigma_data: float = 0.5,
                  num_freqs: int = 16, seed: int = 0) -> None:
-        super().__init__()
-        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
-        check_positive_int(num_freqs, "num_freqs")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2 for a classifier, got {num_classes!r}")
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite float > 0, got {sigma_data!r}")
-        self.config = dict(dim=dim, num_classes=num_classes, width=width, depth=depth, sigma_data=float(sigma_data),
-                           num_freqs=num_freqs, seed=seed)
-        self.dim, self.num_classes, self.sigma_data = dim, num_classes, float(sigma_data)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.register_buffer("freqs", torch.randn(num_freqs))
-            self.register_buffer("phases", torch.rand(num_freqs))
-            self.inp = nn.Linear(dim + num_freqs, width)
-            self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-            self.out = nn.Linear(width, num_classes)
+        super().__init__(dim, num_classes, width, depth, sigma_data, num_freqs, seed)
+
+    def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
+        self.inp = nn.Linear(dim + num_freqs, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.out = nn.Linear(width, self.num_classes)
 
     def forward(self, x: Tensor, sigma: Any) -> Tensor:
         """Logits [N, C] of p(c | x; sigma) for x [N, dim], sigma a float or [N] (>= 0)."""
@@ -244,8 +254,7 @@ class NoiseAwareClassifier(nn.Module):
         s = as_sigma(sigma, x.shape[0], device=x.device, dtype=dtype).unsqueeze(1)
         x_in = x.to(dtype) * (s * s + self.sigma_data ** 2).rsqrt()                          # c_in x
         c_noise = s.clamp_min(SIGMA_TINY).log() / 4
-        four = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise * self.freqs + self.phases))  # [N, num_freqs]
-        h = self.inp(torch.cat([x_in, four], dim=1))
+        h = self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1))
         for layer in self.hidden:
             h = layer(F.silu(h))
         return self.out(F.silu(h)).to(x.dtype)
