@@ -39,9 +39,9 @@ from .training import load_model, save_checkpoint, train
 from .validation import check_positive_int
 
 __all__ = ["SIGMA_MAX", "STEPS", "WEIGHTS", "CFG_INTERVAL", "METHODS", "CHECKPOINT_DIR", "MODEL_SPECS", "ToyModels",
-           "single_thread", "train_model", "train_models", "save_model", "save_models", "load_models", "pretrained",
-           "method_denoiser", "draw", "Degraded", "tree_figure", "cfg_figure", "sweep", "degradation_study", "demo",
-           "format_table"]
+           "single_thread", "class_a_box", "outer_branch_box", "train_model", "train_models", "save_model",
+           "save_models", "load_models", "pretrained", "method_denoiser", "draw", "Degraded", "tree_figure",
+           "cfg_figure", "sweep", "degradation_study", "demo", "format_table"]
 
 SIGMA_MAX = 10.0
 STEPS = 32
@@ -172,7 +172,7 @@ def single_thread():
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _extent(dist, pad: float = 0.1) -> tuple[float, float, float, float]:
+def class_a_box(dist, pad: float = 0.1) -> tuple[float, float, float, float]:
     """A square box around the component means of class A, padded."""
     m = dist.means[dist.labels == CLASS_A]
     lo, hi = m.min(0).values - pad, m.max(0).values + pad
@@ -188,7 +188,7 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
                 density_sigma: float = 0.03) -> tuple[Figure, dict[str, dict[str, float]]]:
     """Autoguidance Fig. 1 on tree(), class A. Returns the figure and {method: metrics} (plus "true")."""
     tree = datasets.tree()
-    grid = density.make_grid(_extent(tree), grid_res)
+    grid = density.make_grid(class_a_box(tree), grid_res)
     true_logp = tree.log_prob(grid.points, 0.0, CLASS_A)
     ref = _reference(tree, n, seed)
     true = tree.sample(n, cond=CLASS_A, generator=torch.Generator().manual_seed(seed + 2))[0]
@@ -204,7 +204,7 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
         plot.samples_panel(x, axes[0, i + 1], grid=grid, log_density=true_logp,
                            title=plot.title_with_metrics(name, results[method]))
     # row 2: learned densities of main and guide at a small sigma (PF-ODE), their ratio and its gradient
-    zoom = _zoom(tree)
+    zoom = outer_branch_box(tree)
     dgrid = density.make_grid(zoom, density_res)
     cond = torch.full((dgrid.points.shape[0],), CLASS_A, dtype=torch.long)
     logp = {}
@@ -228,7 +228,7 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
     return fig, results
 
 
-def _zoom(tree) -> tuple[float, float, float, float]:
+def outer_branch_box(tree) -> tuple[float, float, float, float]:
     """A box on the outer branches of class A (where unguided models leave outliers)."""
     m = tree.means[tree.labels == CLASS_A]
     tip = m[(m.norm(dim=1)).argsort()[int(0.8 * len(m))]]
@@ -312,7 +312,7 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
     tree = datasets.tree()
     ref = _reference(tree, n, seed)
     rows: dict[str, dict[str, float]] = {}
-    grid = density.make_grid(_extent(tree), 120)
+    grid = density.make_grid(class_a_box(tree), 120)
     true_logp = tree.log_prob(grid.points, 0.0, CLASS_A)
     fig, axes = plot.figure(2, 3, size=3.6)
     for i, kind in enumerate(("dropout", "input_noise")):
