@@ -79,7 +79,10 @@ def _resize_uint8(x: Tensor, resolution: int) -> Tensor:
 
 def load_digits(resolution: int = 16, channels: int = 3) -> ImageSet:
     """scikit-learn's 8x8 digits (values 0..16) resized to `resolution` with bilinear interpolation, uint8."""
-    from sklearn.datasets import load_digits as _sk_digits
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError as e:  # an optional dependency: the data ships inside scikit-learn
+        raise ImportError('the "digits" dataset needs scikit-learn: python -m pip install -e ".[imagenet]"') from e
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3 for digits, got {channels}")
