@@ -158,3 +158,11 @@ def test_denoiser_is_differentiable(three, gen):
     fd = (three.denoise(x.detach() + torch.tensor([eps, 0.0], dtype=torch.float64), 0.5, 1)[:, 0]
           - three.denoise(x.detach() - torch.tensor([eps, 0.0], dtype=torch.float64), 0.5, 1)[:, 0]) / (2 * eps)
     torch.testing.assert_close(jac_row[:, 0], fd, rtol=1e-5, atol=1e-6)
+
+
+def test_class_log_prob_matches_per_class_log_prob(tree_mix, gen):
+    x = torch.randn(300, 2, generator=gen, dtype=torch.float64) * 0.6
+    for sigma in (0.0, 0.2):
+        all_classes = tree_mix.class_log_prob(x, sigma)
+        for c in range(2):
+            torch.testing.assert_close(all_classes[:, c], tree_mix.log_prob(x, sigma, c))

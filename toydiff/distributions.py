@@ -77,6 +77,7 @@ class GaussianMixture:
         logw = self.weights.log()
         cond_logw = torch.where(onehot, logw - class_mass.log(), torch.full_like(logw, -math.inf))
         self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K]
+        self._log_class_mass = class_mass[:, 0].log()                              # [C] = log W_c
         self._class_mask = torch.where(onehot, 0.0, -math.inf).double()            # [C, K]
         # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _logits and _score).
         # C = [[A, B], [B, D]], adj C = [[D, -B], [-B, A]], S = C + s^2 I:
@@ -169,16 +170,25 @@ class GaussianMixture:
         return self.class_log_posterior(x, sigma).exp()
 
     def class_log_posterior(self, x: Tensor, sigma) -> Tensor:
-        """Exact log p(c | x; sigma) [N, C] = log p(x | c; sigma) + log W_c - log p(x; sigma), as a log-sum-exp."""
+        """Exact log p(c | x; sigma) [N, C] = log W_c p(x | c; sigma) - log p(x; sigma), all as log-sum-exps."""
         x, s, _ = self._prepare(x, sigma, None)
+        joint = self._class_joint(x, s)
+        return (joint - torch.logsumexp(joint, dim=1, keepdim=True)).to(x.dtype)
+
+    def class_log_prob(self, x: Tensor, sigma=0.0) -> Tensor:
+        """Exact log p(x | c; sigma) [N, C] for every class c at once (one pass over the components)."""
+        x, s, _ = self._prepare(x, sigma, None)
+        return (self._class_joint(x, s) - self._log_class_mass.to(x.device)).to(x.dtype)
+
+    def _class_joint(self, x: Tensor, s: Tensor) -> Tensor:
+        """log W_c p(x | c; sigma) = log sum_{k in c} w_k N_k  [N, C], float64."""
         xd, s2 = x.double(), s.double() ** 2
         in_class = self._class_mask.to(x.device)                                  # [C, K]: 0 or -inf
         out = []
         for sl in self._chunks(x.shape[0], per_point=self.num_classes):
-            joint = self._logits(xd[sl], s2[sl], self._logw_rows(None, xd[sl].shape[0], x.device))[0]                      # log w_k N_k  [n, K]
-            per_class = torch.logsumexp(joint[:, None, :] + in_class[None], dim=2)  # [n, C]
-            out.append(per_class - torch.logsumexp(joint, dim=1, keepdim=True))
-        return torch.cat(out).to(x.dtype)
+            joint = self._logits(xd[sl], s2[sl], self._logw_rows(None, xd[sl].shape[0], x.device))[0]  # [n, K]
+            out.append(torch.logsumexp(joint[:, None, :] + in_class[None], dim=2))
+        return torch.cat(out)
 
     def sample(self, n: int, cond=None, sigma=0.0, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
