@@ -4,7 +4,6 @@ notebooks themselves run under nbval (the README test command)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 
