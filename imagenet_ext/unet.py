@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toydiff.nets import edm_preconditioning
 from toydiff.validation import as_cond, as_sigma, check_batch, sigma_like
 
 __all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "count_params", "forward_flops"]
@@ -220,14 +221,9 @@ class EDMDenoiser(nn.Module):
         c = as_cond(cond, n, self.num_classes, device=x.device)
         labels = torch.full((n,), self.num_classes, dtype=torch.long, device=x.device) if c is None \
             else torch.where(c < 0, torch.full_like(c, self.num_classes), c)
-        sd = self.sigma_data
         x32 = x.float()
-        s4 = sigma_like(s, x32)                                                # [N, 1, 1, 1]
-        c_skip = sd ** 2 / (s4 ** 2 + sd ** 2)
-        c_out = s4 * sd / (s4 ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (s4 ** 2 + sd ** 2).sqrt()
-        c_noise = s.clamp_min(1e-20).log() / 4                                 # sigma = 0 -> D = x exactly
-        f = self.net(c_in * x32, c_noise, labels).float()
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma_like(s, x32), self.sigma_data, sigma_floor=1e-20)
+        f = self.net(c_in * x32, c_noise.reshape(-1), labels).float()          # sigma = 0 -> D = x exactly
         return (c_skip * x32 + c_out * f).to(x.dtype)
 
 

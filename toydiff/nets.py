@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .validation import as_cond, as_sigma, check_batch, check_points, check_positive_int
 
 __all__ = [
-    "SIGMA_TINY", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
+    "SIGMA_TINY", "edm_preconditioning", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
     "count_parameters", "NoiseAwareClassifier", "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
     "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v",
 ]
@@ -32,6 +32,19 @@ __all__ = [
 SIGMA_TINY = 1e-6
 
 Denoiser = Callable[[Tensor, Any, Any], Tensor]
+
+
+def edm_preconditioning(s: Tensor, sigma_data: float, sigma_floor: float = SIGMA_TINY
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in, c_noise) of Karras et al. 2022, Table 1, elementwise in s (any shape):
+    c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = log(s)/4,
+    with s clamped at `sigma_floor` only inside the log, so c_skip = 1 and c_out = 0 at s = 0 (D(x; 0) = x)."""
+    sd2, s2 = sigma_data ** 2, s * s
+    c_skip = sd2 / (s2 + sd2)
+    c_out = s * sigma_data * (s2 + sd2).rsqrt()
+    c_in = (s2 + sd2).rsqrt()
+    c_noise = s.clamp_min(sigma_floor).log() / 4
+    return c_skip, c_out, c_in, c_noise
 
 
 class _NoiseConditionedMLP(nn.Module):
@@ -103,12 +116,7 @@ class MLPDenoiser(_NoiseConditionedMLP):
         return x, s, idx
 
     def _precond(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        sd2, s2 = self.sigma_data ** 2, s * s
-        c_skip = sd2 / (s2 + sd2)
-        c_out = s * self.sigma_data * (s2 + sd2).rsqrt()
-        c_in = (s2 + sd2).rsqrt()
-        c_noise = s.clamp_min(SIGMA_TINY).log() / 4
-        return c_skip, c_out, c_in, c_noise
+        return edm_preconditioning(s, self.sigma_data)
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise."""
