@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toydiff.nets import edm_preconditioning
-from toydiff.validation import as_cond, as_sigma, check_batch, sigma_like
+from toydiff.validation import as_sigma, check_batch, label_index, sigma_like
 
 __all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "count_params", "forward_flops"]
 
@@ -218,9 +218,7 @@ class EDMDenoiser(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"x must have shape [N, {self.cfg.in_channels}, H, W], got {tuple(x.shape)}")
         s = as_sigma(sigma, n, device=x.device, dtype=torch.float32)          # [N]
-        c = as_cond(cond, n, self.num_classes, device=x.device)
-        labels = torch.full((n,), self.num_classes, dtype=torch.long, device=x.device) if c is None \
-            else torch.where(c < 0, torch.full_like(c, self.num_classes), c)
+        labels = label_index(cond, n, self.num_classes, device=x.device)     # null (-1 / None) -> num_classes
         x32 = x.float()
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma_like(s, x32), self.sigma_data, sigma_floor=1e-20)
         f = self.net(c_in * x32, c_noise.reshape(-1), labels).float()          # sigma = 0 -> D = x exactly

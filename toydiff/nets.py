@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .validation import as_cond, as_sigma, check_batch, check_points, check_positive_int
+from .validation import as_sigma, check_batch, check_points, check_positive_int, label_index
 
 __all__ = [
     "SIGMA_TINY", "edm_preconditioning", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
@@ -110,10 +110,7 @@ class MLPDenoiser(_NoiseConditionedMLP):
         """Validated (x [N, dim], sigma [N, 1] in x's dtype, label index [N] with null -> num_classes)."""
         x = check_points(x, self.dim)
         s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype).unsqueeze(1)
-        c = as_cond(cond, x.shape[0], self.num_classes, device=x.device)
-        idx = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device) if c is None \
-            else torch.where(c < 0, self.num_classes, c)
-        return x, s, idx
+        return x, s, label_index(cond, x.shape[0], self.num_classes, device=x.device)
 
     def _precond(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return edm_preconditioning(s, self.sigma_data)

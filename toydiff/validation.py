@@ -17,6 +17,7 @@ __all__ = [
     "as_sigma",
     "sigma_like",
     "as_cond",
+    "label_index",
     "check_weight",
     "check_positive_int",
 ]
@@ -93,6 +94,14 @@ def as_cond(cond: Any, n: int, num_classes: int | None, *, device: torch.device 
         raise ValueError(f"{name} labels must lie in [-1, {hi}] (-1 = no condition), got "
                          f"min {cond.min().item()} max {cond.max().item()}")
     return cond
+
+
+def label_index(cond: Any, n: int, num_classes: int, *, device: torch.device | None = None) -> Tensor:
+    """Validated labels as embedding rows int64 [n]: a class c -> c, the null label (-1 or None) -> num_classes."""
+    c = as_cond(cond, n, num_classes, device=device)
+    if c is None:
+        return torch.full((n,), num_classes, dtype=torch.long, device=device)
+    return torch.where(c < 0, torch.full_like(c, num_classes), c)
 
 
 def check_weight(w: Any, name: str = "w") -> float:
