@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import figures  # deferred: `toydiff --help` stays instant
+    from .training import torch_threads
 
-    with figures.single_thread():
+    with torch_threads(1):
         return _run(args, figures)
 
 

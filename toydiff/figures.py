@@ -17,7 +17,6 @@ for all practical purposes, while 80 (the image value) would spend steps on sigm
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -35,11 +34,11 @@ from torch import Tensor
 from . import datasets, density, metrics, plot, samplers
 from .guidance import CFG, AutoGuidance, ScoreScaling, guided, to_ho_salimans
 from .nets import MLPDenoiser
-from .training import load_model, save_checkpoint, train
+from .training import load_model, save_checkpoint, torch_threads, train
 from .validation import check_positive_int
 
 __all__ = ["SIGMA_MAX", "STEPS", "WEIGHTS", "CFG_INTERVAL", "METHODS", "CHECKPOINT_DIR", "MODEL_SPECS", "ToyModels",
-           "single_thread", "class_a_box", "outer_branch_box", "train_model", "train_models", "save_model",
+           "class_a_box", "outer_branch_box", "train_model", "train_models", "save_model",
            "save_models", "load_models", "pretrained", "method_denoiser", "draw", "Degraded", "tree_figure",
            "cfg_figure", "sweep", "degradation_study", "demo", "format_table"]
 
@@ -157,18 +156,6 @@ class Degraded:
 
     def __repr__(self) -> str:
         return f"Degraded({self.kind}={self.amount})"
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Run torch on one intra-op thread inside the block: these tiny MLPs and [N, K] mixture blocks gain nothing
-    from threads, and on a shared 2-core machine thread contention made sampling ~50x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,8 +334,8 @@ def demo(out: str | os.PathLike = "toydiff-demo", *, retrain: bool = False, fast
          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything `toydiff demo` does: models (shipped or retrained), the four reproductions as PNGs in `out`,
     metrics.json ({"methods": {none, cfg, score_scaling, autoguidance}, "sweep", "degradation", ...}) and a table.
-    `fast`: small sample counts and grids (for tests). Runs on one torch thread (see `single_thread`)."""
-    with single_thread():
+    `fast`: small sample counts and grids (for tests). Runs on one torch thread (see `training.torch_threads`)."""
+    with torch_threads(1):
         return _demo(Path(out), retrain, fast, seed, progress, log)
 
 
