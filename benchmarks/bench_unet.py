@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from imagenet_ext.train import edm_loss
-from imagenet_ext.unet import build, count_params, forward_flops
+from imagenet_ext.unet import build, forward_flops
 from toydiff.guidance import CFG, guided
+from toydiff.nets import count_parameters
 from toydiff.samplers import sample
 
 # dense bf16 tensor-core peaks, FLOP/s (vendor datasheets, without sparsity)
@@ -66,7 +67,7 @@ def bench_config(name: str, a: argparse.Namespace, device: torch.device) -> dict
     model = build(name, resolution=a.resolution, num_classes=a.num_classes).to(device)
     cfg = model.cfg
     fwd = forward_flops(model)
-    res: dict[str, Any] = {"config": name, "params_M": count_params(model) / 1e6, "fwd_gflop_per_image": fwd / 1e9,
+    res: dict[str, Any] = {"config": name, "params_M": count_parameters(model) / 1e6, "fwd_gflop_per_image": fwd / 1e9,
                            "resolution": cfg.resolution, "batch": a.batch}
     amp = device.type == "cuda"
     net = torch.compile(model) if a.compile else model

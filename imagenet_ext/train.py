@@ -34,9 +34,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from toydiff.nets import count_parameters
+
 from .checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from .data import load_dataset, to_float
-from .unet import EDMDenoiser, build, count_params, forward_flops
+from .unet import EDMDenoiser, build, forward_flops
 
 __all__ = ["edm_loss", "ema_beta", "main", "parse_args", "train"]
 
@@ -174,7 +176,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_rng_state(ck["rng"]["torch"])
     if rank == 0:
         flops = forward_flops(model)
-        print(f"[train] {args.config}: {count_params(model) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/image forward; "
+        print(f"[train] {args.config}: {count_parameters(model) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/image forward; "
               f"data {data.name}: {len(data)} images, {data.num_classes} classes, {data.channels}x{data.resolution}^2; "
               f"world {world}, micro-batch {micro}, accum {args.accum}, global batch {args.batch}, start step {step}")
         (out / "args.json").write_text(json.dumps(vars(args), indent=1))

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toydiff.nets import edm_preconditioning
+from toydiff.nets import count_parameters, edm_preconditioning
 from toydiff.validation import as_sigma, check_batch, label_index, sigma_like
 
-__all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "count_params", "forward_flops"]
+__all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "forward_flops"]
 
 
 @dataclass(frozen=True)
@@ -248,11 +248,6 @@ def build(name: str, **kwargs: Any) -> EDMDenoiser:
     return EDMDenoiser(cfg)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def forward_flops(model: EDMDenoiser, batch: int = 1) -> int:
     """Forward FLOPs (multiply-add = 2 FLOPs) for `batch` images, counted by torch's FlopCounterMode on the
     meta device (no memory, no compute), so it works for adm64 on a laptop."""
@@ -280,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         kw = {} if a.resolution is None else {"resolution": a.resolution}
         with torch.device("meta"):
             m = build(name, **kw)
-        print(f"{name:6s} res {m.cfg.resolution:3d}  params {count_params(m) / 1e6:8.2f} M  "
+        print(f"{name:6s} res {m.cfg.resolution:3d}  params {count_parameters(m) / 1e6:8.2f} M  "
               f"forward {forward_flops(m) / 1e9:8.2f} GFLOP/image")
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagenet_ext.unet import CONFIGS, build, count_params, forward_flops
+from imagenet_ext.unet import CONFIGS, build, forward_flops
 from toydiff.guidance import CFG, guided
+from toydiff.nets import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,7 @@ def test_cfg_is_one_batched_forward():
 def test_adm64_size_and_flops():
     with torch.device("meta"):
         m = build("adm64")
-    n = count_params(m)
+    n = count_parameters(m)
     assert abs(n - 296e6) / 296e6 < 0.02, n
     gflops = forward_flops(m) / 1e9
     assert 200 < gflops < 240, gflops                   # ADM reports ~219 GFLOP per 64x64 image

@@ -227,8 +227,8 @@ def build_model(class_name: str, config: dict) -> MLPDenoiser:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (frozen ones too: a loaded, eval-mode model counts the same as a training one)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 class NoiseAwareClassifier(_NoiseConditionedMLP):
