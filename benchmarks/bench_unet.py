@@ -26,7 +26,7 @@ import torch
 from imagenet_ext.train import edm_loss
 from imagenet_ext.unet import build, forward_flops
 from toydiff.guidance import CFG, guided
-from toydiff.nets import count_parameters
+from toydiff.denoiser import count_parameters
 from toydiff.samplers import sample
 
 # dense bf16 tensor-core peaks, FLOP/s (vendor datasheets, without sparsity)

@@ -99,7 +99,7 @@ def main() -> None:
         if not gck.is_file():
             train_mod.train(train_mod.parse_args(train_args(grun, a.guide_steps, a.seed, ("--channels", "16"))))
         guide = load_denoiser(gck)
-        xa = generate(model, labels, a.auto_ws, guidance="auto", guide=guide, method="heun", steps=a.steps,
+        xa = generate(model, labels, a.auto_ws, guidance="autoguidance", guide=guide, method="heun", steps=a.steps,
                       seed=a.seed, batch=200)
         ua = to_uint8(xa.flatten(0, 1)).reshape(*xa.shape[:2], *xa.shape[2:])
         for i, w in enumerate(a.auto_ws):

@@ -21,28 +21,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from toydiff.guidance import CFG, AutoGuidance, Guidance, NoGuidance, guided, to_ho_salimans
+from toydiff import guidance as recipes
+from toydiff.guidance import guided, to_ho_salimans
 from toydiff.samplers import METHODS, sample
 
 from .checkpoint import load_denoiser
 from .images import make_grid, save_png, to_uint8
 
-__all__ = ["make_guidance", "generate", "main"]
-
-
-def make_guidance(kind: str, w: float, guide: Any = None, *, interval: tuple[float, float] | None = None,
-                  rescale: float = 0.0) -> Guidance:
-    """`none` | `cfg` | `auto` -> the toydiff.guidance object (auto needs the guide denoiser); `interval` and
-    `rescale` are the modifiers of toydiff.guidance (Kynkaanniemi et al. 2024; Lin et al. 2023)."""
-    if kind == "none":
-        return NoGuidance()
-    if kind == "cfg":
-        return CFG(w, interval=interval, rescale=rescale)
-    if kind == "auto":
-        if guide is None:
-            raise ValueError("--guidance auto needs --guide-ckpt (the weaker model)")
-        return AutoGuidance(guide, w, interval=interval, rescale=rescale)
-    raise ValueError(f"guidance must be one of none, cfg, auto; got {kind!r}")
+__all__ = ["generate", "main"]
 
 
 @torch.no_grad()
@@ -64,7 +50,7 @@ def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str =
     chunks = [(i, min(i + batch, n)) for i in range(0, n, batch)]
     bar = tqdm(total=len(ws) * len(chunks), desc="sample", disable=not progress, dynamic_ncols=True)
     for wi, w in enumerate(ws):
-        d = guided(model, make_guidance(guidance, float(w), guide, interval=interval, rescale=rescale))
+        d = guided(model, recipes.make(guidance, float(w), guide=guide, interval=interval, rescale=rescale))
         for k, (lo, hi) in enumerate(chunks):
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
             noise = torch.randn((hi - lo, *shape), generator=g, device=device) * sigma_max
@@ -81,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m imagenet_ext.sample", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="training checkpoint (ckpt-*.pt)")
-    p.add_argument("--guidance", choices=["none", "cfg", "auto"], default="cfg")
-    p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance auto")
+    p.add_argument("--guidance", choices=recipes.names(("guide",)), default="cfg",
+                   help="a recipe of the toydiff.guidance registry")
+    p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance autoguidance")
     p.add_argument("--w", type=float, nargs="+", default=[1.0],
                    help="guidance weight(s), 1 = none (Ho & Salimans' w + 1); several give a sweep")
     p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
@@ -91,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=20, help="images per w")
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="labels to cycle through (default: all classes for .npz, the first 10 for a grid)")
-    p.add_argument("--method", choices=sorted(METHODS), default="heun")
+    p.add_argument("--sampler", choices=sorted(METHODS), default="heun", help="a toydiff.samplers method")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--sigma-min", type=float, default=0.002)
     p.add_argument("--sigma-max", type=float, default=80.0)
@@ -110,8 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--out must end in .png or .npz, got {o}")
     if a.n < 1 or a.steps < 1 or a.batch < 1:
         p.error("--n, --steps and --batch must be >= 1")
-    if a.guidance == "auto" and a.guide_ckpt is None:
-        p.error("--guidance auto needs --guide-ckpt")
+    if "guide" in recipes.RECIPES[a.guidance].needs and a.guide_ckpt is None:
+        p.error(f"--guidance {a.guidance} needs --guide-ckpt")
     return a
 
 
@@ -133,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ws = [1.0] if a.guidance == "none" else a.w
     x = generate(model, labels, ws, guidance=a.guidance, guide=guide,
                  interval=None if a.interval is None else tuple(a.interval), rescale=a.rescale,
-                 method=a.method, steps=a.steps,
+                 method=a.sampler, steps=a.steps,
                  sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, seed=a.seed, batch=a.batch,
                  device=device, amp=device.type == "cuda" and a.precision == "bf16", progress=not a.no_progress)
     u8 = to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:])          # [W, N, C, H, W]
@@ -151,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows = torch.stack([torch.cat([t[:m] for t in row]) for row in per])   # [classes, W*m, C, H, W]
             save_png(o, make_grid(rows), scale=a.scale)
         print(f"[sample] wrote {o}: {a.n} images x w in {ws} (Ho & Salimans w = {[to_ho_salimans(w) for w in ws]}), "
-              f"guidance {a.guidance}, {a.method} {a.steps} steps")
+              f"guidance {a.guidance}, {a.sampler} {a.steps} steps")
     return {"images": u8, "labels": labels, "w": ws}
 
 

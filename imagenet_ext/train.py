@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from toydiff.nets import count_parameters
+from toydiff.denoiser import count_parameters
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from .data import load_dataset, to_float

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from toydiff import figures
+from toydiff import zoo
 
 
 def sha256(path: Path) -> str:
@@ -27,17 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="retrain into a temp dir and compare with the shipped files")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=figures.CHECKPOINT_DIR)
+    parser.add_argument("--out", type=Path, default=zoo.CHECKPOINT_DIR)
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
-    models = figures.train_models(args.seed, progress=False)
+    models = zoo.train_models(args.seed, progress=False)
     if not args.check:
-        for path in figures.save_models(models, args.out, args.seed):
+        for path in zoo.save_models(models, args.out, args.seed):
             print(f"{sha256(path)}  {path} ({path.stat().st_size} bytes)")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         ok = True
-        for path in figures.save_models(models, tmp, args.seed):
+        for path in zoo.save_models(models, tmp, args.seed):
             shipped = Path(args.out) / path.name
             same = shipped.is_file() and sha256(shipped) == sha256(path)
             ok &= same

@@ -2,12 +2,15 @@
 argument (DESIGN.md, Conventions). One table; `word` is a regex the message (or the CLI's stderr) must contain."""
 import math
 import re
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
 
 from toydiff import datasets, metrics, nets, samplers, training
 from toydiff import guidance as G
+from toydiff.denoiser import VPEpsDenoiser
 
 
 THREE = datasets.three_gaussians()
@@ -98,7 +101,14 @@ CASES = {
     "CFG++ lambda schedule above 1": (lambda p: G.guided(THREE, G.CFGpp(lambda s: 1 + s))(X, 1.0, C), ValueError,
                                       "lambda"),
     "CFG++ with heun": (lambda p: samplers.sample(G.guided(THREE, G.CFGpp(0.5)), (4, 2), 0), ValueError, "method"),
+    "recipe without its guide": (lambda p: G.make("autoguidance", 2.0), ValueError, "guidance 'autoguidance' needs guide"),
+    "VP table not decreasing": (lambda p: VPEpsDenoiser(lambda x, t, c: x, torch.linspace(0.1, 0.9, 10)), ValueError,
+                                "alphas_cumprod must be a 1-d tensor"),
     # ---- samplers ----
+    "eta outside ddim": (lambda p: samplers.sample(THREE, (4, 2), method="euler", eta=0.5), ValueError,
+                         "eta is a parameter of method 'ddim' only"),
+    "sigmas and steps together": (lambda p: samplers.sample(THREE, (4, 2), sigmas=samplers.edm_sigmas(4), steps=4),
+                                  ValueError, "do not also pass steps"),
     "unknown sampler": (lambda p: samplers.sample(THREE, (4, 2), method="dpm++"), ValueError, "method"),
     "unknown schedule": (lambda p: samplers.sample(THREE, (4, 2), schedule="cosine"), ValueError, "schedule"),
     "empty sample shape": (lambda p: samplers.sample(THREE, (0, 2)), ValueError, "shape_or_noise"),
@@ -124,9 +134,14 @@ CASES = {
                                      ValueError, "real"),
     # ---- CLIs ----
     "cli sample --n 0": (lambda p: _cli("sample", "--n", "0", "--out", str(p / "s.pt")), SystemExit, "--n"),
-    "cli unknown method": (lambda p: _cli("sample", "--method", "magic"), SystemExit, "--method"),
-    "cli negative weight": (lambda p: _cli("sample", "--method", "cfg", "--w", "-2", "--n", "4",
-                                           "--out", str(p / "s.pt"), "--no-progress"), ValueError, r"\bw\b"),
+    "cli unknown guidance": (lambda p: _cli("sample", "--guidance", "magic"), SystemExit,
+                             "argument --guidance: invalid choice 'magic'"),
+    "cli unknown sampler": (lambda p: _cli("sample", "--sampler", "rk4"), SystemExit,
+                            "argument --sampler: invalid choice 'rk4'"),
+    "cli negative weight": (lambda p: _cli("sample", "--guidance", "cfg", "--w", "-2", "--n", "4",
+                                           "--out", str(p / "s.pt"), "--no-progress"), SystemExit, "w must be >= 0"),
+    "cli CFG++ with heun": (lambda p: _cli("sample", "--guidance", "cfgpp", "--n", "4", "--out", str(p / "s.pt"),
+                                           "--no-progress"), SystemExit, "method 'heun' cannot run"),
     "cli unknown figure": (lambda p: _cli("figure", "nosuch"), SystemExit, "name"),
     "cli train without --out": (lambda p: _cli("train"), SystemExit, "--out"),
     "imagenet sample missing checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(p / "none.pt"), "--out",
@@ -137,8 +152,23 @@ CASES = {
 }
 
 
-def test_table_is_large_enough():
-    assert len(CASES) >= 25
+# every module that validates user input is reached by at least one case (a frame of it in the traceback)
+VALIDATING = {"toydiff/denoiser.py", "toydiff/nets.py", "toydiff/guidance/base.py", "toydiff/guidance/methods.py",
+              "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py", "toydiff/training.py", "toydiff/metrics.py",
+              "toydiff/validation.py", "toydiff/cli.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py"}
+
+
+def test_cases_reach_every_validating_module(tmp_path, capsys):
+    reached = set()
+    for i, (make, err, _) in enumerate(CASES.values()):
+        (tmp_path / str(i)).mkdir()
+        with pytest.raises(err) as info:
+            make(tmp_path / str(i))
+        for frame in traceback.extract_tb(info.value.__traceback__):
+            path = Path(frame.filename).as_posix()
+            reached |= {m for m in VALIDATING if path.endswith("/" + m)}
+    capsys.readouterr()
+    assert reached == VALIDATING, f"no bad-input case reaches {sorted(VALIDATING - reached)}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -148,18 +148,39 @@ def test_ho_salimans_conversion():
 
 
 @pytest.mark.parametrize("make, err, word", [
-    (lambda: G.CFG(float("nan")), ValueError, "w"),
-    (lambda: G.CFG(-1.0), ValueError, "w"),
-    (lambda: G.CFG("2"), TypeError, "w"),
-    (lambda: G.CFG(2.0, interval=(2.0, 1.0)), ValueError, "interval"),
-    (lambda: G.CFG(2.0, rescale=1.5), ValueError, "rescale"),
-    (lambda: G.AutoGuidance("not a model", 2.0), TypeError, "guide"),
-    (lambda: G.ClassifierGuidance(None, 1.0), TypeError, "classifier"),
-    (lambda: G.guided(lambda x, s, c: x, "cfg"), TypeError, "guidance"),
+    (lambda: G.CFG(float("nan")), ValueError, "w must be finite, got nan"),
+    (lambda: G.CFG(-1.0), ValueError, "w must be >= 0, got -1.0"),
+    (lambda: G.CFG("2"), TypeError, "w must be a real number, got str"),
+    (lambda: G.CFG(2.0, interval=(2.0, 1.0)), ValueError, r"interval must satisfy sigma_lo < sigma_hi"),
+    (lambda: G.CFG(2.0, rescale=1.5), ValueError, r"rescale must lie in \[0, 1\], got 1.5"),
+    (lambda: G.AutoGuidance("not a model", 2.0), TypeError, "guide must be a denoiser callable"),
+    (lambda: G.ClassifierGuidance(None, 1.0), TypeError, "classifier must be a callable"),
+    (lambda: G.guided(lambda x, s, c: x, "cfg"), TypeError, "guidance must be a toydiff.guidance.Guidance"),
+    (lambda: G.make("magic"), ValueError, "guidance must be one of .*'cfg'.*, got 'magic'"),
+    (lambda: G.make("autoguidance", 2.0), ValueError, "guidance 'autoguidance' needs guide"),
+    (lambda: G.make("none", 2.0), ValueError, "guidance 'none' takes no weight other than 1"),
+    (lambda: G.register("cfg", G.CFG), ValueError, "guidance recipe 'cfg' is already registered"),
 ])
 def test_bad_construction(make, err, word):
-    with pytest.raises(err, match=word):
+    with pytest.raises(err, match=f"^{word}"):
         make()
+
+
+def test_registry_builds_the_named_methods(three):
+    """make(name, w, ...) gives the same guided denoiser as the class it names, with the modifiers passed on."""
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma, cond = torch.linspace(0.1, 3.0, 32, dtype=torch.float64), torch.arange(32) % 3
+    weak = lambda x, s, c: three(x, (torch.as_tensor(s, dtype=x.dtype) ** 2 + 0.09).sqrt(), c)  # noqa: E731
+    pairs = [(G.make("cfg", 2.5, rescale=0.5), G.CFG(2.5, rescale=0.5)),
+             (G.make("autoguidance", 2.0, guide=weak), G.AutoGuidance(weak, 2.0)),
+             (G.make("cfg_interval", 3.0), G.CFG(3.0, interval=G.CFG_INTERVAL)),
+             (G.make("score_scaling"), G.ScoreScaling(G.default_weight("score_scaling"))),
+             (G.make("classifier", 3.0, classifier=three.class_log_posterior), G.ClassifierGuidance(three.class_log_posterior, 2.0))]
+    for made, direct in pairs:
+        assert type(made) is type(direct)
+        torch.testing.assert_close(G.guided(three, made)(x, sigma, cond), G.guided(three, direct)(x, sigma, cond))
+    assert G.names(()) == [k for k, r in G.RECIPES.items() if not r.needs]
+    assert "autoguidance" in G.names(("guide",)) and "classifier" not in G.names(("guide",))
 
 
 def test_cfg_needs_labels(three):

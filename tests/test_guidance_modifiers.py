@@ -165,12 +165,12 @@ def test_cfgpp_step_formula(three, batch, method):
     d1, d0 = _branches("cfg", three, x, sig, cond)
     expected = d0 + lam * (d1 - d0) + s_next * (x - d0) / s
     sched = torch.tensor([s, s_next, 0.0], dtype=torch.float64)
-    _, traj = samplers.sample(G.guided(three, G.CFGpp(lam)), x, cond, method=method, schedule=sched,
+    _, traj = samplers.sample(G.guided(three, G.CFGpp(lam)), x, cond, method=method, sigmas=sched,
                               return_trajectory=True)
     torch.testing.assert_close(traj[1], expected)
     # ... which is one CFG step with w_t = lambda sigma / (sigma - sigma')
     _, cfg = samplers.sample(G.guided(three, G.CFG(lam * s / (s - s_next))), x, cond, method=method,
-                             schedule=sched, return_trajectory=True)
+                             sigmas=sched, return_trajectory=True)
     torch.testing.assert_close(traj[1], cfg[1])
 
 
@@ -182,6 +182,38 @@ def test_cfgpp_ddpm_runs_and_other_samplers_refuse(three):
     for method in ("heun", "euler_maruyama"):
         with pytest.raises(ValueError, match="method"):
             samplers.sample(den, (4, 2), cond[:4], method=method, steps=4)
+
+
+
+def test_guided_again_keeps_renoise_and_reset(three, batch):
+    """A CFG++ denoiser wrapped in another guided() still re-noises (the outer guidance applied to both of its
+    outputs), so heun still refuses it and euler takes the same step as the unwrapped one under NoGuidance; a
+    guidance whose weight is 1 is transparent, a real one is applied to D and D_renoise alike. reset() reaches
+    an APG nested inside."""
+    x, sigma, cond = batch
+    inner = G.guided(three, G.CFGpp(0.4))
+    d_in, re_in = inner.denoise_with_renoise(x, sigma, cond)
+    outer = G.guided(inner, G.NoGuidance())
+    d, d_re = outer.denoise_with_renoise(x, sigma, cond)
+    torch.testing.assert_close(d, d_in), torch.testing.assert_close(d_re, re_in)
+    with pytest.raises(ValueError, match="method 'heun' cannot run"):
+        samplers.sample(outer, (4, 2), cond[:4], method="heun", steps=4)
+    start = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10
+    torch.testing.assert_close(samplers.sample(outer, start, cond, method="euler", steps=8, sigma_max=10.0),
+                               samplers.sample(inner, start, cond, method="euler", steps=8, sigma_max=10.0))
+    guide = G.guided(_weak(three), G.NoGuidance())
+    twice = G.guided(inner, G.AutoGuidance(guide, 2.0)).denoise_with_renoise(x, sigma, cond)
+    d_guide = _weak(three)(x, sigma, cond)
+    torch.testing.assert_close(twice[0], d_in + (d_in - d_guide))
+    torch.testing.assert_close(twice[1], re_in + (re_in - d_guide))
+    with pytest.raises(ValueError, match="both re-noise"):
+        G.guided(inner, G.CFGpp(0.5))
+    apg = G.APG(3.0, momentum=-0.5)
+    nested = G.guided(G.guided(three, apg), G.NoGuidance())
+    nested(x, sigma, cond)
+    assert apg._running is not None
+    nested.reset()
+    assert apg._running is None
 
 
 @pytest.mark.parametrize("make, err, word", [

@@ -45,7 +45,7 @@ def test_generate_matches_toydiff_directly(ckpts):
         auto = toy_sample(guided(m, AutoGuidance(g, 2.0)), noise, labels, steps=3)
     torch.testing.assert_close(x[1], ref)
     torch.testing.assert_close(x[0], unguided)                                  # w = 1 is no guidance
-    xa = sample.generate(m, labels, [2.0], guidance="auto", guide=g, steps=3, seed=7, progress=False)
+    xa = sample.generate(m, labels, [2.0], guidance="autoguidance", guide=g, steps=3, seed=7, progress=False)
     torch.testing.assert_close(xa[0], auto)
     assert not torch.allclose(xa[0], unguided)
     # the guidance modifiers pass through unchanged: an interval and a rescale as toydiff.guidance applies them
@@ -59,13 +59,13 @@ def test_generate_matches_toydiff_directly(ckpts):
 def test_sample_cli_grid_and_npz(ckpts, tmp_path):
     d, _, _ = ckpts
     res = sample.main(["--ckpt", str(d / "main.pt"), "--guidance", "cfg", "--w", "1", "2", "--n", "8", "--steps", "2",
-                       "--method", "euler", "--no-progress", "--out", str(tmp_path / "g.png"), str(tmp_path / "s.npz")])
+                       "--sampler", "euler", "--no-progress", "--out", str(tmp_path / "g.png"), str(tmp_path / "s.npz")])
     assert (tmp_path / "g.png").stat().st_size > 0
     z = np.load(tmp_path / "s.npz")
     assert z["images"].shape == (16, 8, 8, 3) and z["images"].dtype == np.uint8
     assert z["labels"].tolist() == [0, 1, 2, 3] * 4 and z["w"].tolist() == [1.0] * 8 + [2.0] * 8
     assert res["images"].shape == (2, 8, 3, 8, 8)
-    sample.main(["--ckpt", str(d / "main.pt"), "--guidance", "auto", "--guide-ckpt", str(d / "guide.pt"), "--w", "2",
+    sample.main(["--ckpt", str(d / "main.pt"), "--guidance", "autoguidance", "--guide-ckpt", str(d / "guide.pt"), "--w", "2",
                  "--interval", "0.3", "5", "--n", "4", "--steps", "2", "--no-progress", "--out", str(tmp_path / "a.npz")])
     assert np.load(tmp_path / "a.npz")["images"].shape == (4, 8, 8, 3)
 

@@ -8,7 +8,7 @@ import torch
 
 from imagenet_ext.unet import CONFIGS, build, forward_flops
 from toydiff.guidance import CFG, guided
-from toydiff.nets import count_parameters
+from toydiff.denoiser import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

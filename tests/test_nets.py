@@ -1,13 +1,13 @@
-"""Denoiser contract, EDM preconditioning, energy and twin heads, parametrization wrappers (toydiff.nets)."""
+"""Denoiser contract, EDM preconditioning, energy and twin heads, parametrization wrappers (toydiff.nets, toydiff.denoiser)."""
 import math
 
 import pytest
 import torch
 
 from toydiff.datasets import three_gaussians
-from toydiff.nets import (EnergyMLPDenoiser, EpsDenoiser, MLPDenoiser, ScoreDenoiser, TwinHeadMLPDenoiser,
-                          VDenoiser, VPEpsDenoiser, build_model, count_parameters, denoiser_to_eps,
-                          denoiser_to_score, denoiser_to_v)
+from toydiff.denoiser import (EpsDenoiser, ScoreDenoiser, VDenoiser, VPEpsDenoiser, count_parameters, denoiser_to_eps,
+                              denoiser_to_score, denoiser_to_v, denoiser_to_vp_eps)
+from toydiff.nets import EnergyMLPDenoiser, MLPDenoiser, TwinHeadMLPDenoiser, build_model
 
 VARIANTS = [MLPDenoiser, EnergyMLPDenoiser, TwinHeadMLPDenoiser]
 
@@ -148,17 +148,20 @@ def test_vp_eps_denoiser_ddpm_view():
     sigma = sig_table[t_idx].repeat_interleave(4)
     x = torch.randn(20, 2, dtype=torch.float64)
     calls = []
+    exact_eps = denoiser_to_vp_eps(mix.denoise, abar)        # the library's inverse of VPEpsDenoiser
 
     def eps_model(x_t, t, cond):  # x_t in the VP scale; t continuous
         calls.append(t)
-        s = sig_table[t.round().long()][:, None]
-        x_ve = x_t * (1 + s ** 2).sqrt()
-        return (x_ve - mix.denoise(x_ve, s[:, 0], cond)) / s
+        return exact_eps(x_t, t, cond)
 
     den = VPEpsDenoiser(eps_model, abar)
     torch.testing.assert_close(den(x, sigma, None), mix.denoise(x, sigma))
     torch.testing.assert_close(calls[0], t_idx.double().repeat_interleave(4))
     mid = den.sigma_to_t(((sig_table[10].log() + sig_table[11].log()) / 2).exp().reshape(1))
     assert math.isclose(float(mid), 10.5, abs_tol=1e-9)
-    with pytest.raises(ValueError, match="alphas_cumprod"):
+    # the inverse by hand at a table step: x = x_t sqrt(1 + s^2), eps = (x - D(x; s)) / s
+    x_t, s = x[:4] / (1 + sig_table[10] ** 2).sqrt(), sig_table[10]
+    torch.testing.assert_close(exact_eps(x_t, torch.full((4,), 10.0, dtype=torch.float64), None),
+                               (x[:4] - mix.denoise(x[:4], s)) / s)
+    with pytest.raises(ValueError, match="alphas_cumprod must be a 1-d tensor"):
         VPEpsDenoiser(eps_model, abar.flip(0))

@@ -1,8 +1,8 @@
-"""The `toydiff` command line: demo, train, sample, figure. Thin: the logic lives in toydiff.figures.
+"""The `toydiff` command line: demo, train, sample, figure. Thin: the logic lives in toydiff.zoo / figures / demo.
 
     toydiff demo [--out DIR] [--retrain] [--fast] [--seed S] [--no-progress]
     toydiff train [--out DIR] [--seed S]                 # retrain the tree main/guide checkpoints
-    toydiff sample --method cfg --w 4 [--n N] [--class C] [--out FILE.pt|.png]
+    toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--out FILE.pt|.png]
     toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast]
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-FIGURES = ("tree", "cfg", "sweep", "degradation")
+FIGURES = ("tree", "cfg", "sweep", "degradation")   # = toydiff.figures.FIGURES (kept literal: --help stays instant)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="directory for tree_main.pt and tree_guide.pt")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
-    s = sub.add_parser("sample", help="sample class C of tree() with a guidance method")
-    s.add_argument("--method", choices=("none", "cfg", "score_scaling", "autoguidance"), default="autoguidance")
-    s.add_argument("--w", type=float, default=None, help="guidance weight, 1 = none (default: the method's)")
+    s = sub.add_parser("sample", help="sample class C of tree() with a guidance recipe")
+    s.add_argument("--guidance", default="autoguidance",
+                   help="a recipe of the toydiff.guidance registry that needs at most a guide model (default autoguidance)")
+    s.add_argument("--w", type=float, default=None, help="guidance weight, 1 = none (default: the recipe's)")
+    s.add_argument("--sampler", default="heun", help="a toydiff.samplers method (default heun)")
     s.add_argument("--n", type=int, default=2000)
     s.add_argument("--class", dest="cls", type=int, default=0, choices=(0, 1))
     s.add_argument("--out", type=Path, default=Path("samples.pt"), help=".pt (tensor [n, 2]) or .png")
@@ -51,48 +53,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from . import figures  # deferred: `toydiff --help` stays instant
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import zoo  # deferred: `toydiff --help` stays instant
+    from .guidance import names
+    from .samplers import METHODS
     from .training import torch_threads
 
+    if args.command == "sample":   # the registries' names, checked here so that --help needs no torch import
+        for flag, value, allowed in (("--guidance", args.guidance, names(("guide",))),
+                                     ("--sampler", args.sampler, sorted(METHODS))):
+            if value not in allowed:
+                parser.error(f"argument {flag}: invalid choice {value!r} (choose from {', '.join(allowed)})")
+
     with torch_threads(1):
-        return _run(args, figures)
+        return _run(args, zoo)
 
 
-def _run(args: argparse.Namespace, figures) -> int:
+def _run(args: argparse.Namespace, zoo) -> int:
     progress = not args.no_progress
     if args.command == "demo":
-        figures.demo(args.out, retrain=args.retrain, fast=args.fast, seed=args.seed, progress=progress)
+        from .demo import demo
+        demo(args.out, retrain=args.retrain, fast=args.fast, seed=args.seed, progress=progress)
         return 0
     if args.command == "train":
         t0 = time.perf_counter()
-        paths = figures.save_models(figures.train_models(args.seed, progress), args.out, args.seed)
+        paths = zoo.save_models(zoo.train_models(args.seed, progress), args.out, args.seed)
         print(f"trained in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
     if args.command == "sample" and args.n < 1:
         raise SystemExit(f"toydiff sample: --n must be >= 1, got {args.n}")
-    models = figures.pretrained(args.retrain, args.seed, progress)
+    models = zoo.pretrained(args.retrain, args.seed, progress)
     if args.command == "sample":
         import torch
 
         from . import datasets, metrics, plot
-        x = figures.draw(figures.method_denoiser(models, args.method, args.w), args.n, args.cls, args.seed)
+        try:
+            den = zoo.guided_denoiser(models, args.guidance, args.w)
+            x = zoo.draw(den, args.n, args.cls, args.seed, method=args.sampler)
+        except ValueError as e:
+            raise SystemExit(f"toydiff sample: {e}") from None
         m = metrics.evaluate(x, datasets.tree(), args.cls, seed=args.seed)
         print(" ".join(f"{k}={v:.4f}" for k, v in m.items()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".png":
-            plot.samples_panel(x, title=plot.title_with_metrics(args.method, m)).figure.savefig(args.out)
+            plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m)).figure.savefig(args.out)
         else:
             torch.save(x, args.out)
         print(f"wrote {args.out}")
         return 0
     import matplotlib.pyplot as plt
-    fast = args.fast
-    n = 1500 if fast else 4000
-    fig, _ = {"tree": lambda: figures.tree_figure(models, n=n, seed=args.seed, density_res=24 if fast else 64),
-              "cfg": lambda: figures.cfg_figure(n=n, seed=args.seed),
-              "sweep": lambda: figures.sweep(models, n=n, seed=args.seed),
-              "degradation": lambda: figures.degradation_study(models, n=n, seed=args.seed)}[args.name]()
+
+    from .figures import reproduce
+    fig, _ = reproduce(args.name, models, fast=args.fast, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / f"{args.name}.png")
     plt.close(fig)

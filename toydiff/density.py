@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .denoiser import Denoiser
 from .distributions import GaussianMixture
-from .validation import as_cond, as_sigma, check_points, check_positive_int, check_weight
+from .samplers import edm_sigmas
+from .validation import as_cond, as_sigma, check_nonnegative, check_points, check_positive_int
 
 __all__ = ["Grid", "make_grid", "normalize_on_grid", "guided_log_density", "gaussian_power_product",
            "ratio_gradient", "log_ratio", "energy_log_density", "ode_log_density"]
 
-Denoiser = Callable[[Tensor, Any, Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def guided_log_density(dist: GaussianMixture, cond: int, w: float, grid: Grid, s
         w log p_1(x | c; sigma) + (1 - w) log p_0(x; sigma) - log Z      (w = 1: p_1 itself)
     CFG: p_1 = p(. | c), p_0 = the marginal p(.) of `dist` (default). Autoguidance with an exact guide: pass
     `negative`, a mixture standing in for the guide's p_0(. | c)."""
-    w = check_weight(w, "w")
+    w = check_nonnegative(w, "w")
     pts = grid.points
     log_1 = dist.log_prob(pts, sigma, cond)
     log_0 = dist.log_prob(pts, sigma, None) if negative is None else negative.log_prob(pts, sigma, cond)
@@ -94,7 +95,7 @@ def gaussian_power_product(mean1: Tensor, cov1: Tensor, mean0: Tensor, cov0: Ten
     """N(mean1, cov1)^w N(mean0, cov0)^(1 - w), normalized, is N(m, S) with
         S^-1 = w cov1^-1 + (1 - w) cov0^-1,   m = S (w cov1^-1 mean1 + (1 - w) cov0^-1 mean0)
     (the guided density of CFG for single Gaussians). ValueError if S^-1 is not positive definite (no density)."""
-    w = check_weight(w, "w")
+    w = check_nonnegative(w, "w")
     p1, p0 = torch.linalg.inv(cov1.double()), torch.linalg.inv(cov0.double())
     prec = w * p1 + (1 - w) * p0
     if torch.linalg.eigvalsh(prec).min() <= 0:
@@ -165,14 +166,13 @@ def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: f
     """
     x = check_points(x, 2, "x").double()
     steps = check_positive_int(steps, "steps")
-    sigma, sigma_max, data_std, rho = (check_weight(v, n) for v, n in (
+    sigma, sigma_max, data_std, rho = (check_nonnegative(v, n) for v, n in (
         (sigma, "sigma"), (sigma_max, "sigma_max"), (data_std, "data_std"), (rho, "rho")))
     if not 0 < sigma < sigma_max:
         raise ValueError(f"need 0 < sigma < sigma_max, got sigma={sigma}, sigma_max={sigma_max}")
     cond = as_cond(cond, x.shape[0], None)
     dtype = dtype or (torch.float64 if isinstance(denoiser, GaussianMixture) else torch.float32)
-    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    sigmas = ((sigma ** (1 / rho) + ramp * (sigma_max ** (1 / rho) - sigma ** (1 / rho))) ** rho).tolist()
+    sigmas = edm_sigmas(steps + 1, sigma, sigma_max, rho)[:-1].flip(0).tolist()     # EDM's levels, upwards
     delta = torch.zeros(x.shape[0], dtype=torch.float64)                         # integral of (2 - tr J) du
     f, g = _drift_and_divergence(denoiser, x, sigmas[0], cond, dtype)
     for i in tqdm(range(steps), desc="pf-ode density", disable=not progress, leave=False):

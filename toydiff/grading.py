@@ -191,7 +191,7 @@ def check_sampler(sample_fn: Callable, method: str = "heun") -> None:
     cond = torch.arange(500) % 3
     for w in (1.0, 4.0):
         den = guided(dist, CFG(w))
-        ref = samplers.sample(den, noise, cond, method=method, schedule=sigmas)
+        ref = samplers.sample(den, noise, cond, method=method, sigmas=sigmas)
         out = _tensor(sample_fn(den, noise.clone(), cond, sigmas), "sample_fn", noise.shape)
         assert _close(out, ref, atol=1e-4), (f"w={w}: your samples differ from toydiff.samplers.sample(method={method!r}) "
                                              f"by up to {float((out - ref).abs().max()):.3g}: loop over consecutive "

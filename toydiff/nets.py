@@ -1,11 +1,9 @@
-"""Small MLP denoisers with EDM preconditioning, and wrappers that turn other parametrizations into denoisers.
+"""The toy world's networks: small MLP denoisers with EDM preconditioning, and the noise-aware classifier.
 
-Every class here obeys the denoiser contract of DESIGN.md: ``D(x, sigma, cond) -> x0_hat`` with x [N, dim],
+Every denoiser here obeys the denoiser contract of toydiff.denoiser (docs/DESIGN.md): ``D(x, sigma, cond) -> x0_hat`` with x [N, dim],
 sigma a float / 0-d / [N] tensor (>= 0), cond int64 [N] in [-1, num_classes) (-1 = null) or None (all null).
 
-Preconditioning (Karras et al. 2022, "Elucidating the Design Space...", Table 1), sd = sigma_data:
-    c_skip  = sd^2 / (s^2 + sd^2)         c_out = s sd / sqrt(s^2 + sd^2)
-    c_in    = 1 / sqrt(s^2 + sd^2)        c_noise = log(s) / 4
+Preconditioning (Karras et al. 2022, Table 1; `toydiff.denoiser.edm_preconditioning`), sd = sigma_data:
     D(x; s, c) = c_skip x + c_out F(c_in x, c_noise, c)
 so that the network input c_in x and the training target of F both have unit variance at every s, and F = 0
 (the zero-initialised output layer) is the Wiener filter of N(0, sd^2 I) data.
@@ -13,39 +11,16 @@ so that the network input c_in x and the training target of F both have unit var
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .validation import as_sigma, check_batch, check_points, check_positive_int, label_index
+from .denoiser import SIGMA_TINY, edm_preconditioning
+from .validation import as_sigma, check_points, check_positive_int, label_index
 
-__all__ = [
-    "SIGMA_TINY", "edm_preconditioning", "MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model",
-    "count_parameters", "NoiseAwareClassifier", "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
-    "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v",
-]
-
-# sigma is clamped at SIGMA_TINY wherever it is divided by or logged (c_noise = log(s)/4, the energy head's
-# sd/s); c_skip -> 1 and c_out -> 0 are evaluated at the true sigma, so D(x; 0) == x exactly.
-SIGMA_TINY = 1e-6
-
-Denoiser = Callable[[Tensor, Any, Any], Tensor]
-
-
-def edm_preconditioning(s: Tensor, sigma_data: float, sigma_floor: float = SIGMA_TINY
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(c_skip, c_out, c_in, c_noise) of Karras et al. 2022, Table 1, elementwise in s (any shape):
-    c_skip = sd^2/(s^2 + sd^2), c_out = s sd/sqrt(s^2 + sd^2), c_in = 1/sqrt(s^2 + sd^2), c_noise = log(s)/4,
-    with s clamped at `sigma_floor` only inside the log, so c_skip = 1 and c_out = 0 at s = 0 (D(x; 0) = x)."""
-    sd2, s2 = sigma_data ** 2, s * s
-    c_skip = sd2 / (s2 + sd2)
-    c_out = s * sigma_data * (s2 + sd2).rsqrt()
-    c_in = (s2 + sd2).rsqrt()
-    c_noise = s.clamp_min(sigma_floor).log() / 4
-    return c_skip, c_out, c_in, c_noise
-
+__all__ = ["MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model", "NoiseAwareClassifier"]
 
 class _NoiseConditionedMLP(nn.Module):
     """What the denoisers and the classifier share: validated hyperparameters stored in ``config`` (to rebuild the
@@ -226,11 +201,6 @@ def build_model(class_name: str, config: dict) -> MLPDenoiser:
     return MODELS[class_name](**config)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (frozen ones too: a loaded, eval-mode model counts the same as a training one)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 class NoiseAwareClassifier(_NoiseConditionedMLP):
     """Noise-aware classifier log p(c | x; sigma) for classifier guidance (Dhariwal & Nichol 2021, Sec. 4: a
     classifier trained on noisy samples at every noise level; its gradient guides the sampler).
@@ -238,7 +208,8 @@ class NoiseAwareClassifier(_NoiseConditionedMLP):
     EDM-style inputs (Karras et al. 2022, Table 1): the unit-variance c_in x = x / sqrt(sigma^2 + sd^2) and random
     Fourier features of c_noise = log(sigma) / 4, then ``depth`` SiLU layers of ``width`` -> Linear -> C logits.
     ``forward(x, sigma) -> logits [N, C]``; ``log_prob(x, sigma) -> log p(c | x; sigma) [N, C]``, the signature
-    `toydiff.guidance.ClassifierGuidance` expects. Computes in the parameters' dtype, returns x's dtype.
+    `toydiff.guidance.ClassifierGuidance` expects. It lives beside the MLP denoisers because it shares their
+    noise conditioning (`_NoiseConditionedMLP`: config, seeded init, Fourier features). Computes in the parameters' dtype, returns x's dtype.
     """
 
     min_classes = 2
@@ -257,9 +228,8 @@ class NoiseAwareClassifier(_NoiseConditionedMLP):
         x = check_points(x, self.dim)
         dtype = self.inp.weight.dtype
         s = as_sigma(sigma, x.shape[0], device=x.device, dtype=dtype).unsqueeze(1)
-        x_in = x.to(dtype) * (s * s + self.sigma_data ** 2).rsqrt()                          # c_in x
-        c_noise = s.clamp_min(SIGMA_TINY).log() / 4
-        h = self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1))
+        _, _, c_in, c_noise = edm_preconditioning(s, self.sigma_data)
+        h = self.inp(torch.cat([c_in * x.to(dtype), self._fourier(c_noise)], dim=1))
         for layer in self.hidden:
             h = layer(F.silu(h))
         return self.out(F.silu(h)).to(x.dtype)
@@ -267,107 +237,3 @@ class NoiseAwareClassifier(_NoiseConditionedMLP):
     def log_prob(self, x: Tensor, sigma: Any) -> Tensor:
         """log p(c | x; sigma) [N, C] (log-softmax of the logits), differentiable in x."""
         return F.log_softmax(self(x, sigma), dim=1)
-
-
-# ---- other parametrizations <-> denoisers ---------------------------------------------------------------
-# x = y + s n (VE view, y ~ data, n ~ N(0, I)); D(x; s) ~= E[y | x]. Each wrapper calls model(x, s, cond)
-# with the same arguments as the contract and returns D; each denoiser_to_* is its exact inverse.
-
-def _sig(x: Tensor, sigma: Any) -> Tensor:
-    """sigma as [N, 1, ...] broadcastable against x, in x's dtype."""
-    x = check_batch(x)
-    s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
-    return s.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-class EpsDenoiser(nn.Module):
-    """eps-prediction -> denoiser: D = x - s eps(x, s, c)  (Ho et al. 2020; Karras et al. 2022, Table 1)."""
-
-    def __init__(self, model: Denoiser) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        s = _sig(x, sigma)
-        return x - s * self.model(x, sigma, cond)
-
-
-class ScoreDenoiser(nn.Module):
-    """score -> denoiser by Tweedie's formula: D = x + s^2 grad log p(x; s)  (Song et al. 2021; EDM eq. 3)."""
-
-    def __init__(self, model: Denoiser) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        s = _sig(x, sigma)
-        return x + s * s * self.model(x, sigma, cond)
-
-
-class VDenoiser(nn.Module):
-    """v-prediction (Salimans & Ho 2022, "Progressive distillation") -> denoiser, in the EDM/VE view.
-
-    With data scaled to unit variance (y / sd) and the VP angle alpha = sd / sqrt(s^2 + sd^2),
-    beta = s / sqrt(s^2 + sd^2), Salimans & Ho's target is v = alpha n - beta y / sd
-    = (sd^2 n - s y) / (sd sqrt(s^2 + sd^2)). EDM's F-target (y - c_skip x) / c_out for x = y + s n equals
-    (s y - sd^2 n) / (sd sqrt(s^2 + sd^2)) = -v, hence D = c_skip x - c_out v. The model is called with the
-    contract's (x, s, c); wrap a model that expects the VP-scaled input z = x / sqrt(1 + s^2) yourself.
-    """
-
-    def __init__(self, model: Denoiser, sigma_data: float = 0.5) -> None:
-        super().__init__()
-        self.model, self.sigma_data = model, float(sigma_data)
-
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        s, sd2 = _sig(x, sigma), self.sigma_data ** 2
-        c_skip, c_out = sd2 / (s * s + sd2), s * self.sigma_data / (s * s + sd2).sqrt()
-        return c_skip * x - c_out * self.model(x, sigma, cond)
-
-
-class VPEpsDenoiser(nn.Module):
-    """A DDPM eps-model ``model(x_t, t, cond)`` (Ho et al. 2020) as a VE denoiser (Karras et al. 2022, App. C.1).
-
-    DDPM: x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps. Dividing by sqrt(abar_t) gives the VE form
-    x = y + s eps with s = sqrt((1 - abar_t) / abar_t), and x_t = x / sqrt(1 + s^2). Given s, t is found by
-    linear interpolation of log s over the table (continuous t, float tensor [N]); s outside the table's range
-    is clamped to it. D = x - s eps(x / sqrt(1 + s^2), t(s), cond).
-    """
-
-    def __init__(self, model: Callable[[Tensor, Tensor, Any], Tensor], alphas_cumprod: Tensor) -> None:
-        super().__init__()
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        if abar.ndim != 1 or abar.numel() < 2 or not ((abar > 0) & (abar < 1)).all() or (abar.diff() >= 0).any():
-            raise ValueError("alphas_cumprod must be a 1-d tensor of length >= 2, strictly decreasing, in (0, 1)")
-        self.model = model
-        self.register_buffer("log_sigmas", (((1 - abar) / abar).sqrt()).log())  # [T], increasing
-
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        """Continuous timestep [N] for noise levels [N] (log-sigma interpolation in the abar table)."""
-        ls = self.log_sigmas
-        log_s = sigma.to(torch.float64).clamp(ls[0].exp(), ls[-1].exp()).log()
-        i = torch.searchsorted(ls, log_s).clamp(1, ls.numel() - 1)
-        frac = (log_s - ls[i - 1]) / (ls[i] - ls[i - 1])
-        return (i - 1 + frac).to(sigma.dtype)
-
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        s = _sig(x, sigma)
-        t = self.sigma_to_t(s.reshape(-1))
-        return x - s * self.model(x / (1 + s * s).sqrt(), t, cond)
-
-
-def denoiser_to_eps(denoiser: Denoiser) -> Denoiser:
-    """Inverse of EpsDenoiser: eps(x, s, c) = (x - D(x, s, c)) / s (s > 0)."""
-    return lambda x, sigma, cond=None: (x - denoiser(x, sigma, cond)) / _sig(x, sigma)
-
-
-def denoiser_to_score(denoiser: Denoiser) -> Denoiser:
-    """Inverse of ScoreDenoiser: score(x, s, c) = (D(x, s, c) - x) / s^2 (s > 0)."""
-    return lambda x, sigma, cond=None: (denoiser(x, sigma, cond) - x) / _sig(x, sigma) ** 2
-
-
-def denoiser_to_v(denoiser: Denoiser, sigma_data: float = 0.5) -> Denoiser:
-    """Inverse of VDenoiser: v(x, s, c) = (c_skip x - D(x, s, c)) / c_out (s > 0)."""
-    def v(x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        s, sd2 = _sig(x, sigma), sigma_data ** 2
-        return (sd2 / (s * s + sd2) * x - denoiser(x, sigma, cond)) / (s * sigma_data / (s * s + sd2).sqrt())
-    return v

@@ -7,7 +7,7 @@ All samplers integrate from sigma_max down to 0 along a decreasing schedule sigm
     reverse SDE            dx = -2 sigma s(x; sigma) dsigma + sqrt(2 sigma) dw,  s = (D - x) / sigma^2
 
 The VP/DDPM view (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps) is the same process with sigma = sqrt((1 - abar)/abar)
-and x scaled by sqrt(abar), so DDPM and DDIM run here on sigmas too; `ddpm_sigmas` gives the discrete
+and x scaled by sqrt(abar), so DDPM and DDIM run here on sigmas too; `linear_beta_sigmas` gives the discrete
 schedule of Ho et al. 2020 to run them on their own time steps.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .validation import as_cond, check_batch, check_positive_int, check_weight
+from .denoiser import renoise_of, reset
+from .validation import as_cond, check_batch, check_nonnegative, check_positive_int
 
-__all__ = ["edm_sigmas", "vp_sigmas", "ddpm_sigmas", "SCHEDULES", "METHODS", "RENOISE_METHODS", "sample"]
+__all__ = ["edm_sigmas", "vp_sigmas", "linear_beta_sigmas", "SCHEDULES", "METHODS", "RENOISE_METHODS", "sample"]
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
@@ -52,7 +53,7 @@ def vp_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, bet
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
-def ddpm_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf, num_train_steps: int = 1000,
+def linear_beta_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf, num_train_steps: int = 1000,
                 beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """The discrete linear-beta schedule of Ho et al. 2020, `steps` time steps evenly spaced over the
     `num_train_steps` training steps (as DDIM, Song et al. 2021, does), as sigmas with a final 0.
@@ -72,7 +73,7 @@ def ddpm_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf,
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
-SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigmas, "ddpm": ddpm_sigmas}
+SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigmas, "linear_beta": linear_beta_sigmas}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ RENOISE_METHODS = ("euler", "ddim", "ddpm")
 
 def _denoise(D, x, s, cond) -> tuple[Tensor, Tensor]:
     """(D_guided, D_renoise); one tensor twice for a plain denoiser."""
-    pair = getattr(D, "denoise_with_renoise", None)
+    pair = renoise_of(D)
     if pair is None:
         d = D(x, s, cond)
         return d, d
@@ -150,28 +151,32 @@ METHODS: dict[str, Callable] = {
 @torch.no_grad()
 def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=None, *, method: str = "heun",
            steps: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-           schedule: str | Tensor = "edm", eta: float = 0.0, generator: torch.Generator | None = None,
+           schedule: str = "edm", sigmas: Tensor | None = None, eta: float | None = None,
+           generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
            return_trajectory: bool = False, progress: bool = False, dtype: torch.dtype = torch.float32,
            device: torch.device | str | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples by integrating from sigma_max to 0 with any denoiser D(x, sigma, cond) (guided or not).
 
     Args:
         denoiser: D(x, sigma, cond) -> x0_hat, e.g. a mixture, a network or `guidance.guided(...)`.
-        shape_or_noise: a shape such as (n, 2): the start is sigma_max * N(0, I) drawn from `generator`;
-            or a tensor, taken as the start x at sigma_max as it is.
+        shape_or_noise: a shape such as (n, 2): the start is sigmas[0] * N(0, I) drawn from `generator`;
+            or a tensor, taken as the start x at sigmas[0] as it is.
         cond: int64 labels [N] (-1 = null), an int for the whole batch, or None.
-        method: "heun" (EDM Alg. 1, 2 evaluations a step but the last), "euler", "euler_maruyama"
-            (reverse SDE), "ddpm" (ancestral), "ddim" (with `eta`, 0 = deterministic).
+        method: the sampler: "heun" (EDM Alg. 1, 2 evaluations a step but the last), "euler",
+            "euler_maruyama" (reverse SDE), "ddpm" (ancestral), "ddim" (with `eta`, 0 = deterministic).
         steps: number of noise levels before the final 0 (= denoiser evaluations, but for heun).
         sigma_min, sigma_max, rho: the schedule's range (and EDM's rho).
-        schedule: "edm" (Karras et al. Eq. 5), "vp" (Song et al.), "ddpm" (Ho et al.'s discrete steps, clipped
-            to [sigma_min, sigma_max]) or an explicit decreasing tensor of sigmas ending in 0.
-        eta: DDIM stochasticity (only for method="ddim").
+        schedule: "edm" (Karras et al. Eq. 5), "vp" (Song et al.) or "linear_beta" (Ho et al.'s discrete steps,
+            clipped to [sigma_min, sigma_max]).
+        sigmas: an explicit strictly decreasing tensor of sigmas ending in 0 (k-diffusion's habit); replaces
+            `schedule`, `steps`, `sigma_min`, `sigma_max` and `rho`, which must then be left at their defaults.
+        eta: DDIM stochasticity in [0, 1] (method "ddim" only; default 0); other methods refuse it.
         generator: torch.Generator for the start noise and every stochastic step: same seed, same samples.
+        callback: called after every step with {"i", "x", "sigma", "sigma_next"} (k-diffusion's habit).
         return_trajectory: also return x at every level, [steps + 1, *shape] (x at sigma_i, the last at 0).
         progress: show a tqdm bar over the steps.
-    The denoiser's optional `reset()` is called before the first step (clears APG momentum); one that sets
-    `needs_renoise` (CFG++) runs only with the methods in RENOISE_METHODS.
+    The denoiser's optional `reset()` is called before the first step (clears APG momentum); one that offers
+    `denoise_with_renoise` (CFG++) runs only with the methods in RENOISE_METHODS.
     Returns:
         samples [*shape], and the trajectory when asked.
     """
@@ -179,29 +184,32 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable D(x, sigma, cond), got {type(denoiser).__name__}")
-    sigmas = _schedule(schedule, steps, sigma_min, sigma_max, rho)
-    eta = check_weight(eta, "eta")
+    if eta is not None and method != "ddim":
+        raise ValueError(f"eta is a parameter of method 'ddim' only (ddpm is eta = 1), got eta={eta!r} "
+                         f"with method {method!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable with a dict, got {type(callback).__name__}")
+    levels = _levels(sigmas, schedule, steps, sigma_min, sigma_max, rho)
+    eta = check_nonnegative(0.0 if eta is None else eta, "eta")
     if isinstance(shape_or_noise, Tensor):
         x = check_batch(shape_or_noise, "shape_or_noise").clone()
     elif isinstance(shape_or_noise, (tuple, list, torch.Size)) and len(shape_or_noise) >= 1 and all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_or_noise):
         dev = device if device is not None else (generator.device if generator is not None else "cpu")
-        x = torch.randn(tuple(shape_or_noise), generator=generator, dtype=dtype, device=dev) * sigmas[0].item()
+        x = torch.randn(tuple(shape_or_noise), generator=generator, dtype=dtype, device=dev) * levels[0]
     else:
         raise ValueError(f"shape_or_noise must be a shape tuple of positive ints or a tensor, got {shape_or_noise!r}")
     cond = as_cond(cond, x.shape[0], None, device=x.device)
-    if getattr(denoiser, "needs_renoise", False) and method not in RENOISE_METHODS:
+    if renoise_of(denoiser) is not None and method not in RENOISE_METHODS:
         raise ValueError(f"method {method!r} cannot run {denoiser!r}: CFG++ re-noises with the unguided branch, "
                          f"which only methods {list(RENOISE_METHODS)} support")
-    if callable(getattr(denoiser, "reset", None)):
-        denoiser.reset()
+    reset(denoiser)
 
     def noise() -> Tensor:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
     step = partial(_ddim_step, eta=eta) if method == "ddim" else METHODS[method]
     trajectory = [x] if return_trajectory else None
-    levels = sigmas.tolist()
     for i in tqdm(range(len(levels) - 1), desc=f"sampling ({method})", disable=not progress, leave=False):
         s, s_next = levels[i], levels[i + 1]
         x = step(denoiser, x, s, s_next, cond, noise)
@@ -209,22 +217,36 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
             raise FloatingPointError(f"sampling diverged (non-finite values) at sigma={s_next:g} (step {i + 1})")
         if trajectory is not None:
             trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next})
     return (x, torch.stack(trajectory)) if return_trajectory else x
 
 
-def _schedule(schedule: str | Tensor, steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
-    """The decreasing sigmas [M + 1] (last = 0) to integrate along, validated."""
-    if isinstance(schedule, Tensor):
-        sigmas = schedule.detach().to(torch.float64, copy=True).reshape(-1).cpu()
-        if sigmas.numel() < 2 or sigmas[-1] != 0 or not (sigmas[:-1] > 0).all() or not (sigmas.diff() < 0).all():
-            raise ValueError("schedule must be a strictly decreasing tensor of positive sigmas ending in 0")
-        return sigmas
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a tensor")
-    sigma_min, sigma_max = check_weight(sigma_min, "sigma_min"), check_weight(sigma_max, "sigma_max")
+def _levels(sigmas: Tensor | None, schedule: str, steps: int, sigma_min: float, sigma_max: float,
+            rho: float) -> list[float]:
+    """The decreasing sigmas (last = 0) to integrate along, validated, as floats."""
+    if sigmas is None:
+        return _schedule(schedule, steps, sigma_min, sigma_max, rho).tolist()
+    changed = [k for k, v, d in (("schedule", schedule, "edm"), ("steps", steps, 32), ("sigma_min", sigma_min, 0.002),
+                                 ("sigma_max", sigma_max, 80.0), ("rho", rho, 7.0)) if v != d]
+    if changed:
+        raise ValueError(f"sigmas= gives the whole schedule; do not also pass {', '.join(changed)}")
+    if not isinstance(sigmas, Tensor):
+        raise TypeError(f"sigmas must be a tensor, got {type(sigmas).__name__}")
+    s = sigmas.detach().to(torch.float64, copy=True).reshape(-1).cpu()
+    if s.numel() < 2 or s[-1] != 0 or not (s[:-1] > 0).all() or not (s.diff() < 0).all() or not s.isfinite().all():
+        raise ValueError("sigmas must be a strictly decreasing tensor of finite positive sigmas ending in 0")
+    return s.tolist()
+
+
+def _schedule(schedule: str, steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """The named schedule's decreasing sigmas [M + 1] (last = 0), validated."""
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} (or pass sigmas=)")
+    sigma_min, sigma_max = check_nonnegative(sigma_min, "sigma_min"), check_nonnegative(sigma_max, "sigma_max")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if schedule == "edm":
-        check_weight(rho, "rho")
+        check_nonnegative(rho, "rho")
         return edm_sigmas(steps, sigma_min, sigma_max, rho)
     return SCHEDULES[schedule](steps, sigma_min, sigma_max)

@@ -18,7 +18,7 @@ __all__ = [
     "sigma_like",
     "as_cond",
     "label_index",
-    "check_weight",
+    "check_nonnegative",
     "check_positive_int",
 ]
 
@@ -104,8 +104,8 @@ def label_index(cond: Any, n: int, num_classes: int, *, device: torch.device | N
     return torch.where(c < 0, torch.full_like(c, num_classes), c)
 
 
-def check_weight(w: Any, name: str = "w") -> float:
-    """A finite, non-negative guidance weight."""
+def check_nonnegative(w: Any, name: str) -> float:
+    """A finite, non-negative real number (a guidance weight, a sigma, a scale), named `name` in the error."""
     if isinstance(w, bool) or not isinstance(w, (int, float)) and not (isinstance(w, Tensor) and w.numel() == 1):
         raise TypeError(f"{name} must be a real number, got {type(w).__name__}")
     w = float(w)

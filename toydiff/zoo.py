@@ -1,0 +1,179 @@
+"""The toy world's named models: recipes as data, the shipped checkpoints, guided denoisers and degraded copies.
+
+Each named model is a `ModelSpec` (dataset, class subset, architecture, size, loss and training settings): edit
+a spec and `train_model` / `scripts/make_checkpoints.py` follow. The shipped checkpoints in toydiff/checkpoints/
+are these specs trained with seed 0 (bit-reproducible). Sampling settings of every toy figure: EDM Heun, STEPS
+steps, sigma in [0.002, SIGMA_MAX], rho = 7 (Karras et al. 2022). SIGMA_MAX = 10 = 20 sigma_data: the data's
+std 0.5 changes the std of p(x; 10) by 0.1%, so starting from N(0, 10^2 I) is exact for all practical purposes,
+while 80 (the image value) would spend steps on sigmas where nothing happens.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import datasets, guidance, samplers
+from .distributions import GaussianMixture
+from .nets import MLPDenoiser, build_model
+from .training import load_model, save_checkpoint, train
+from .validation import check_positive_int
+
+__all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "ToyModels", "training_data",
+           "train_model", "train_models", "save_model", "save_models", "load_models", "pretrained", "WEIGHTS",
+           "guided_denoiser", "draw", "Degraded"]
+
+SIGMA_MAX = 10.0
+STEPS = 32
+CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model's whole recipe (toydiff.training.train's arguments; the rest at train()'s defaults).
+
+    dataset: a toydiff.datasets function name; classes: the class subset to train on (relabelled 0..k-1; None =
+    all); conditional: False trains an unconditional model (num_classes = 0); architecture: a toydiff.nets.MODELS
+    class name with width x depth; loss: "dsm" or "exact"; p_uncond: condition dropout (Ho & Salimans 2022).
+    """
+    dataset: str = "tree"
+    classes: tuple[int, ...] | None = None
+    conditional: bool = True
+    architecture: str = "MLPDenoiser"
+    width: int = 64
+    depth: int = 4
+    loss: str = "dsm"
+    steps: int = 4096
+    batch_size: int = 1024
+    lr: float = 1e-2
+    ema_std: float = 0.010
+    p_uncond: float = 0.1
+    seed: int = 0
+
+
+# main 4 x 64; guide 4 x 32 trained 1/8 as long (Karras et al. 2024, Sec. 4 toy); both class-conditional with
+# condition dropout 0.1 (Ho & Salimans 2022) so that CFG works too
+MODEL_SPECS: dict[str, ModelSpec] = {"tree_main": ModelSpec(width=64, depth=4, steps=4096),
+                                     "tree_guide": ModelSpec(width=32, depth=4, steps=512)}
+
+
+@dataclass
+class ToyModels:
+    """The main and guide denoisers of the tree toy (EMA weights, eval mode)."""
+    main: MLPDenoiser
+    guide: MLPDenoiser
+
+
+def training_data(spec: ModelSpec) -> GaussianMixture:
+    """The spec's dataset, restricted to `spec.classes` (components of those classes, relabelled in that order)."""
+    dist = getattr(datasets, spec.dataset)()
+    if spec.classes is None:
+        return dist
+    keep = torch.cat([torch.nonzero(dist.labels == c)[:, 0] for c in spec.classes])
+    relabel = torch.cat([torch.full((int((dist.labels == c).sum()),), i) for i, c in enumerate(spec.classes)])
+    return GaussianMixture(dist.weights[keep], dist.means[keep], dist.covs[keep], relabel, len(spec.classes))
+
+
+def train_model(name: str, seed: int | None = None, progress: bool = True) -> MLPDenoiser:
+    """Train the model of MODEL_SPECS[name] from scratch (seed: the spec's by default) and return its EMA
+    (seeded, bit-reproducible)."""
+    if name not in MODEL_SPECS:
+        raise ValueError(f"name must be one of {sorted(MODEL_SPECS)}, got {name!r}")
+    spec = MODEL_SPECS[name]
+    seed = spec.seed if seed is None else seed
+    data = training_data(spec)
+    model = build_model(spec.architecture, dict(num_classes=data.num_classes if spec.conditional else 0,
+                                                width=spec.width, depth=spec.depth, seed=seed))
+    return train(model, data, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, loss=spec.loss,
+                 p_uncond=spec.p_uncond, ema_std=spec.ema_std, seed=seed, progress=progress).ema
+
+
+def train_models(seed: int | None = None, progress: bool = True) -> ToyModels:
+    """Train the main and guide models from scratch (MODEL_SPECS)."""
+    return ToyModels(train_model("tree_main", seed, progress), train_model("tree_guide", seed, progress))
+
+
+def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
+    """Write a model's float32 EMA weights (only) as the toydiff checkpoint `<directory>/<name>.pt`."""
+    os.makedirs(directory, exist_ok=True)
+    path, spec = Path(directory) / f"{name}.pt", MODEL_SPECS[name]
+    empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
+    save_checkpoint(path, model, model, empty, spec.steps,
+                    dict(steps=spec.steps, p_uncond=spec.p_uncond, seed=seed, dataset=spec.dataset))
+    return path                                               # (model is its own EMA: one copy of the tensors)
+
+
+def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> list[Path]:
+    """Write tree_main.pt and tree_guide.pt into `directory`."""
+    return [save_model("tree_main", models.main, directory, seed), save_model("tree_guide", models.guide, directory, seed)]
+
+
+def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
+    """Load tree_main.pt and tree_guide.pt (FileNotFoundError / ValueError from toydiff.training when bad)."""
+    return ToyModels(load_model(Path(directory) / "tree_main.pt"), load_model(Path(directory) / "tree_guide.pt"))
+
+
+def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> ToyModels:
+    """The shipped checkpoints, or freshly trained models with `retrain=True`."""
+    return train_models(seed, progress) if retrain else load_models()
+
+
+# the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults)
+WEIGHTS = {k: guidance.default_weight(k) for k in ("none", "cfg", "score_scaling", "autoguidance")}
+
+
+def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modifiers: Any) -> Callable:
+    """The main model under the guidance recipe `name` of toydiff.guidance's registry (the guide model for the
+    recipes that need one); w defaults to the recipe's. "none" or w = 1: the main model itself."""
+    if name not in guidance.names():
+        raise ValueError(f"guidance must be one of {guidance.names()}, got {name!r}")
+    w = guidance.default_weight(name) if w is None else w
+    if name == "none" or w == 1:
+        return models.main
+    return guidance.guided(models.main, guidance.make(name, w, guide=models.guide, **modifiers))
+
+
+def draw(denoiser: Callable, n: int, cls: int, seed: int, trajectory: bool = False, method: str = "heun") -> Any:
+    """n samples of class `cls` with the toy sampler (`method`, STEPS steps down from SIGMA_MAX), start noise
+    from `seed`."""
+    n = check_positive_int(n, "n")
+    return samplers.sample(denoiser, (n, 2), torch.full((n,), cls, dtype=torch.long), method=method, steps=STEPS,
+                           sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(seed),
+                           return_trajectory=trajectory)
+
+
+class Degraded:
+    """A synthetically degraded copy of a network (Karras et al. 2024, Sec. 5).
+
+    `kind="dropout"`: a fixed random share `amount` of the hidden units is switched off (the rest scaled by
+    1 / (1 - amount)); the units are ranked by one draw from `seed`, so with the same seed a stronger dropout
+    removes a superset of the units of a weaker one, "the same kind of error, only more".
+    `kind="input_noise"`: D(x + amount * sigma * n; sigma) with fresh noise n on every call: a model that sees
+    noisier inputs than it is told.
+    """
+
+    def __init__(self, model: MLPDenoiser, kind: str, amount: float, seed: int = 0):
+        if kind not in ("dropout", "input_noise"):
+            raise ValueError(f"kind must be 'dropout' or 'input_noise', got {kind!r}")
+        if not 0 <= amount < 1:
+            raise ValueError(f"amount must lie in [0, 1), got {amount}")
+        self.kind, self.amount, self.gen = kind, float(amount), torch.Generator().manual_seed(seed)
+        self.model = copy.deepcopy(model)
+        if kind == "dropout":
+            for layer in self.model.hidden:
+                keep = torch.rand(layer.out_features, generator=self.gen) >= self.amount
+                layer.register_forward_hook(lambda mod, inp, out, keep=keep: out * keep / (1 - self.amount))
+
+    def __call__(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        if self.kind == "input_noise":
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
+            x = x + self.amount * s * torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+        return self.model(x, sigma, cond)
+
+    def __repr__(self) -> str:
+        return f"Degraded({self.kind}={self.amount})"
