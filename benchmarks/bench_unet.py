@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from imagenet_ext.train import edm_loss
 from imagenet_ext.unet import build, forward_flops
 from toydiff.guidance import CFG, guided
 from toydiff.denoiser import count_parameters
+from toydiff.training import edm_loss
 from toydiff.samplers import sample
 
 # dense bf16 tensor-core peaks, FLOP/s (vendor datasheets, without sparsity)
@@ -80,7 +80,8 @@ def bench_config(name: str, a: argparse.Namespace, device: torch.device) -> dict
     def step() -> None:
         sigma = (torch.randn(a.batch, device=device) * 1.2 - 1.2).exp()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = edm_loss(net, y, labels, sigma, torch.randn_like(y)).mean()
+            loss = edm_loss(net(y + sigma[:, None, None, None] * torch.randn_like(y), sigma, labels), y, sigma,
+                            0.5).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,9 +1,5 @@
-"""Atomic checkpoints for imagenet_ext training, and loading a trained denoiser back.
-
-A checkpoint is a dict saved with torch.save: {"step", "config" (UNet name and overrides), "model",
-"ema", "optimizer", "rng", "args", "data"}. It is written to a temp file in the same directory, fsynced,
-then renamed over the target (os.replace is atomic on POSIX), so a crash never leaves a half-written file.
-"""
+"""Finding and loading imagenet_ext checkpoints (written by imagenet_ext.train in toydiff.training's one format:
+model_config = {"name": UNet config name, "overrides": {...}}, config = the run's TrainConfig as a dict)."""
 from __future__ import annotations
 
 import os
@@ -11,30 +7,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from toydiff.atomic import save_atomic
+from toydiff.training import load_checkpoint
 
 from .unet import EDMDenoiser, build
 
-__all__ = ["save_atomic", "load_checkpoint", "latest_checkpoint", "load_denoiser"]
+__all__ = ["latest_checkpoint", "load_denoiser"]
 
 _CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint; clear errors for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
-    missing = [k for k in ("step", "config", "model") if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        raise ValueError(f"{path}: not an imagenet_ext checkpoint (missing {missing})")
-    return ck
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -51,10 +30,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def load_denoiser(path: str | os.PathLike, *, ema: bool = True, map_location: Any = "cpu") -> EDMDenoiser:
-    """The trained denoiser (EMA weights by default) of a checkpoint, in eval mode."""
+    """The trained denoiser (EMA weights by default) of a checkpoint, in eval mode (errors: toydiff.training's
+    `load_checkpoint`; ValueError if it holds no UNet)."""
     ck = load_checkpoint(path, map_location)
-    cfg = ck["config"]
+    cfg = ck["model_config"]
+    if ck["model_class"] != EDMDenoiser.__name__ or not isinstance(cfg, dict) or "name" not in cfg:
+        raise ValueError(f"{path} holds a {ck['model_class']}, not an imagenet_ext UNet (EDMDenoiser)")
     model = build(cfg["name"], **cfg.get("overrides", {}))
-    state = ck["ema"] if ema and ck.get("ema") is not None else ck["model"]
-    model.load_state_dict(state)
+    model.load_state_dict(ck["ema"] if ema else ck["model"])
     return model.eval().requires_grad_(False)

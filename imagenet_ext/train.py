@@ -1,6 +1,7 @@
 """`python -m imagenet_ext.train`: class-conditional EDM training with condition dropout, EMA and DDP.
 
-Loss (Karras et al. 2022, Eq. 2 and Table 1, "EDM" column):
+Loss (Karras et al. 2022, Eq. 2 and Table 1, "EDM" column; `toydiff.training.edm_loss`, the squared norm summed
+over pixels, averaged over the batch):
     ln sigma ~ N(P_mean, P_std^2),  n ~ N(0, I),  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2
     L = E[ lambda(sigma) || D(y + sigma n; sigma, c') - y ||^2 ],
 with condition dropout (Ho & Salimans 2022): c' = -1 (the null label) with probability p_uncond, so one
@@ -13,7 +14,9 @@ every rank draws the whole global batch (indices, sigma, noise, dropout mask) fr
 run equals a 1-process run of the same global batch up to float reduction order, and resuming from a
 checkpoint replays exactly the same batches.
 
-Checkpoints `RUN_DIR/ckpt-<step>.pt` (atomic) every `--ckpt-every` steps and at the end; `--resume`
+Python: `train(TrainConfig(data=..., steps=..., out=...))`; the CLI builds the same TrainConfig (`parse_args`).
+Checkpoints `RUN_DIR/ckpt-<step>.pt` (toydiff.training's format, atomic) every `--ckpt-every` steps and at the
+end; `--resume`
 (latest in RUN_DIR, or a path) restores model, EMA, optimizer, step and RNG. A JSONL log `RUN_DIR/log.jsonl`
 records loss, learning rate and images/s.
 """
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +39,60 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from toydiff.denoiser import count_parameters
+from toydiff.training import (edm_loss, ema_beta_halflife, ema_update, load_checkpoint,
+                              save_checkpoint, torch_threads)
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_atomic
+from .checkpoint import latest_checkpoint
 from .data import load_dataset, to_float
 from .unet import EDMDenoiser, build, forward_flops
 
-__all__ = ["edm_loss", "ema_beta", "main", "parse_args", "train"]
+__all__ = ["TrainConfig", "train", "parse_args", "main"]
 
 
-def edm_loss(model: nn.Module, y: Tensor, labels: Tensor, sigma: Tensor, noise: Tensor,
-             sigma_data: float = 0.5) -> Tensor:
-    """Per-sample EDM loss [N]: lambda(sigma) * mean_pixels (D(y + sigma n; sigma, c) - y)^2 (Karras et al. 2022, Eq. 2)."""
-    s4 = sigma.reshape(-1, 1, 1, 1)
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2          # [N]
-    d = model(y + s4 * noise, sigma, labels)
-    return weight * (d.float() - y).pow(2).flatten(1).mean(1)
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (the CLI flags, same names with '-' for '_'; see `parse_args` for help)."""
+    data: str
+    steps: int
+    out: str
+    resolution: int = 64
+    cache: str | None = None
+    config: str = "tiny"
+    channels: int | None = None
+    dropout: float | None = None
+    batch: int = 64
+    accum: int = 1
+    lr: float = 1e-4
+    warmup: int = 0
+    p_uncond: float = 0.1
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    ema_kimg: float = 50.0
+    ema_rampup: float = 0.05
+    seed: int = 0
+    ckpt_every: int = 1000
+    keep: int = 3
+    resume: str | None = None
+    log_every: int = 10
+    precision: str = "bf16"
+    compile: bool = False
+    device: str | None = None
+    no_progress: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for k in ("steps", "batch", "accum", "ckpt_every", "log_every", "resolution"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be an int >= 1, got {v!r}")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond!r}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
 
 
-def ema_beta(batch: int, nimg: int, halflife_kimg: float, rampup: float | None) -> float:
-    """EMA decay per step for a half-life in images (EDM's training loop): beta = 0.5 ** (batch / halflife),
-    with the half-life capped at `rampup * nimg` early in training."""
-    h = halflife_kimg * 1000
-    if rampup is not None and rampup > 0:
-        h = min(h, nimg * rampup)
-    return 0.5 ** (batch / max(h, 1e-8))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command line (argparse errors: one line, exit 2)."""
     p = argparse.ArgumentParser(prog="python -m imagenet_ext.train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="'digits', an ImageNet-64 directory/file, an image folder or a .zip")
@@ -92,13 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while training (default: as is)")
     a = p.parse_args(argv)
-    for k in ("steps", "batch", "accum", "ckpt_every", "log_every", "resolution"):
-        if getattr(a, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be >= 1")
-    if not 0.0 <= a.p_uncond <= 1.0:
-        p.error("--p-uncond must lie in [0, 1]")
-    return a
+    try:
+        return TrainConfig(**vars(a))
+    except ValueError as e:
+        p.error(str(e))
 
 
 def _dist_setup(device_arg: str | None) -> tuple[int, int, torch.device]:
@@ -132,8 +162,16 @@ def _draw_global_batch(n_data: int, batch: int, shape: tuple[int, ...], seed: in
     return idx, drop, sigma, noise
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run training as configured by `parse_args`; returns a summary {step, loss, images_per_s, checkpoint}."""
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run training as configured; returns a summary {step, loss, images_per_s, checkpoint}. Under torchrun every
+    process calls it; `config.threads` sets torch's intra-op threads for the run (restored afterwards)."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an imagenet_ext.train.TrainConfig, got {type(config).__name__}")
+    with torch_threads(config.threads):
+        return _train(config)
+
+
+def _train(args: TrainConfig) -> dict[str, Any]:
     rank, world, device = _dist_setup(args.device)
     if args.batch % (world * args.accum):
         raise ValueError(f"--batch {args.batch} must be divisible by world size x accum = {world} x {args.accum}")
@@ -166,8 +204,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[train] --resume: no checkpoint in {out}, starting from scratch")
     if resume_path is not None:
         ck = load_checkpoint(resume_path, map_location=device)
-        if ck["config"] != {"name": args.config, "overrides": overrides}:
-            raise ValueError(f"{resume_path}: checkpoint config {ck['config']} does not match this run "
+        if ck["model_config"] != {"name": args.config, "overrides": overrides}:
+            raise ValueError(f"{resume_path}: checkpoint model {ck['model_config']} does not match this run "
                              f"{ {'name': args.config, 'overrides': overrides} }")
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
@@ -179,7 +217,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[train] {args.config}: {count_parameters(model) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/image forward; "
               f"data {data.name}: {len(data)} images, {data.num_classes} classes, {data.channels}x{data.resolution}^2; "
               f"world {world}, micro-batch {micro}, accum {args.accum}, global batch {args.batch}, start step {step}")
-        (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+        (out / "args.json").write_text(json.dumps(asdict(args), indent=1))
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -209,16 +247,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             labels = torch.where(drop[sl], -1, data.labels[idx[sl]]).to(device)
             sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else ddp.no_sync()
             with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                per = edm_loss(net, y, labels, sigma[sl].to(device), noise[sl], sd)       # [micro]
+                s = sigma[sl].to(device)
+                d = net(y + s.reshape(-1, 1, 1, 1) * noise[sl], s, labels)
+                per = edm_loss(d, y, s, sd)                                              # [micro]
                 (per.mean() / args.accum).backward()
             step_loss += per.detach().sum()
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        beta = ema_beta(args.batch, step * args.batch, args.ema_kimg, args.ema_rampup)
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm.detach(), 1 - beta)            # ema = beta ema + (1 - beta) model
+        ema_update(list(ema.parameters()), list(model.parameters()),
+                   ema_beta_halflife(args.batch, step * args.batch, args.ema_kimg, args.ema_rampup))
         if world > 1:
             dist.all_reduce(step_loss)
         loss = step_loss.item() / args.batch              # mean over the global batch
@@ -242,11 +280,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if step % args.ckpt_every == 0 or step == args.steps:
             path = out / f"ckpt-{step:07d}.pt"
             if rank == 0:
-                save_atomic({"step": step, "config": {"name": args.config, "overrides": overrides},
-                             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                             "rng": {"torch": torch.get_rng_state(), "seed": args.seed},
-                             "args": vars(args), "data": {"name": data.name, "num_classes": data.num_classes}},
-                            path)
+                save_checkpoint(path, model, ema, opt, step, asdict(args),
+                                rng_state={"torch": torch.get_rng_state(), "seed": args.seed},
+                                model_config={"name": args.config, "overrides": overrides},
+                                extra={"data": {"name": data.name, "num_classes": data.num_classes}})
                 if args.keep > 0:
                     olds = sorted(out.glob("ckpt-*.pt"))[:-args.keep]
                     for o in olds:

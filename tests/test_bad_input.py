@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toydiff import datasets, metrics, nets, samplers, training
+from toydiff import classifier, datasets, metrics, nets, samplers, training
 from toydiff import guidance as G
 from toydiff.denoiser import VPEpsDenoiser
 
@@ -127,7 +127,7 @@ CASES = {
     "resume into another model": (_resume_other_model, ValueError, "checkpoint"),
     "classifier input of wrong dim": (lambda p: nets.NoiseAwareClassifier(num_classes=3)(torch.zeros(4, 3), 1.0),
                                       ValueError, r"\bx\b"),
-    "classifier for another mixture": (lambda p: training.train_classifier(nets.NoiseAwareClassifier(num_classes=2),
+    "classifier for another mixture": (lambda p: classifier.train_classifier(nets.NoiseAwareClassifier(num_classes=2),
                                                                            THREE, steps=1), ValueError, "classes"),
     # ---- metrics ----
     "metric points of wrong shape": (lambda p: metrics.precision_recall(torch.zeros(10, 3), torch.zeros(10, 2)),
@@ -154,7 +154,8 @@ CASES = {
 
 # every module that validates user input is reached by at least one case (a frame of it in the traceback)
 VALIDATING = {"toydiff/denoiser.py", "toydiff/nets.py", "toydiff/guidance/base.py", "toydiff/guidance/methods.py",
-              "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py", "toydiff/training.py", "toydiff/metrics.py",
+              "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py",
+              "toydiff/training.py", "toydiff/classifier.py", "toydiff/metrics.py",
               "toydiff/validation.py", "toydiff/cli.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py"}
 
 

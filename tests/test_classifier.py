@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from toydiff import datasets, metrics, nets, samplers, training
+from toydiff import datasets, metrics, nets, samplers
+from toydiff.classifier import train_classifier
 from toydiff import guidance as G
 
 # Measured (labels target, 3 layers x 64, 800 steps x 1024, 6000 test points):
@@ -24,7 +25,7 @@ def three():
 @pytest.fixture(scope="module")
 def classifier(three):
     model = nets.NoiseAwareClassifier(num_classes=3, width=64, depth=3, seed=0)
-    return training.train_classifier(model, three, steps=800, batch_size=1024, lr_decay_steps=128,
+    return train_classifier(model, three, steps=800, batch_size=1024, lr_decay_steps=128,
                                      seed=0, progress=False).model
 
 
@@ -70,7 +71,7 @@ def test_calibration(by_sigma, sigma):
 
 def test_posterior_targets_train_too(three):
     model = nets.NoiseAwareClassifier(num_classes=3, width=32, depth=2, seed=1)
-    res = training.train_classifier(model, three, steps=200, batch_size=256, target="posterior", seed=1, progress=False)
+    res = train_classifier(model, three, steps=200, batch_size=256, target="posterior", seed=1, progress=False)
     x, _ = three.sample(2000, sigma=0.3, generator=torch.Generator().manual_seed(3))
     l1 = (res.model.log_prob(x, 0.3).exp() - three.class_posterior(x, 0.3)).abs().sum(1).mean()
     assert l1 < 0.15 and res.losses.shape == (200,)
@@ -79,7 +80,7 @@ def test_posterior_targets_train_too(three):
 def test_same_seed_same_classifier(three):
     def run(seed):
         model = nets.NoiseAwareClassifier(num_classes=3, width=16, depth=2, seed=0)
-        return training.train_classifier(model, three, steps=20, batch_size=64, seed=seed, progress=False).model
+        return train_classifier(model, three, steps=20, batch_size=64, seed=seed, progress=False).model
     a, b, c = run(0), run(0), run(1)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
@@ -102,11 +103,11 @@ def test_classifier_guidance_with_the_trained_classifier(three, classifier):
 
 
 @pytest.mark.parametrize("make, err, word", [
-    (lambda m: training.train_classifier(nets.MLPDenoiser(num_classes=3), m, steps=1), TypeError, "model"),
-    (lambda m: training.train_classifier(nets.NoiseAwareClassifier(num_classes=2), m, steps=1), ValueError, "classes"),
-    (lambda m: training.train_classifier(nets.NoiseAwareClassifier(num_classes=3), m, steps=1, target="soft"),
+    (lambda m: train_classifier(nets.MLPDenoiser(num_classes=3), m, steps=1), TypeError, "model"),
+    (lambda m: train_classifier(nets.NoiseAwareClassifier(num_classes=2), m, steps=1), ValueError, "classes"),
+    (lambda m: train_classifier(nets.NoiseAwareClassifier(num_classes=3), m, steps=1, target="soft"),
      ValueError, "target"),
-    (lambda m: training.train_classifier(nets.NoiseAwareClassifier(num_classes=3), m, steps=0), ValueError, "steps"),
+    (lambda m: train_classifier(nets.NoiseAwareClassifier(num_classes=3), m, steps=0), ValueError, "steps"),
     (lambda m: nets.NoiseAwareClassifier(num_classes=1), ValueError, "num_classes"),
     (lambda m: nets.NoiseAwareClassifier(num_classes=3)(torch.zeros(4, 3), 1.0), ValueError, r"\bx\b"),
     (lambda m: nets.NoiseAwareClassifier(num_classes=3)(torch.zeros(4, 2), -1.0), ValueError, "sigma"),

@@ -94,48 +94,47 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, 
     assert not fresh.exists()
 
 
-# A child that writes checkpoints in a loop on a "slow disk": torch.save's bytes reach the file in 64 kB pieces,
-# 1 ms apart, so nearly every SIGKILL lands in the middle of a write (save_checkpoint itself is unchanged).
+# A child whose first checkpoint write completes and whose second stops half-way: torch.save's bytes reach the
+# temp file in 64 kB pieces, and after the first half the child creates `<dir>/mid-write` and sleeps, so the
+# parent's SIGKILL lands mid-write by construction, not by timing (save_checkpoint itself is unchanged).
 WRITER = textwrap.dedent("""
-    import io, sys, time, torch
+    import io, pathlib, sys, time, torch
     from toydiff import nets, training
-    real_save = torch.save
+    real_save, calls = torch.save, []
     def slow_save(obj, f, *args, **kwargs):
         buf = io.BytesIO()
         real_save(obj, buf, *args, **kwargs)
         data = buf.getvalue()
         for i in range(0, len(data), 1 << 16):
+            if calls and i >= len(data) // 2:
+                (pathlib.Path(sys.argv[1]).parent / "mid-write").touch()
+                time.sleep(600)
             f.write(data[i:i + (1 << 16)])
             f.flush()
-            time.sleep(0.001)
+        calls.append(1)
     torch.save = slow_save
     model = nets.MLPDenoiser(num_classes=3, width=256, depth=4)
     opt = torch.optim.Adam(model.parameters())
-    for step in range(10 ** 6):
+    for step in range(2):
         training.save_checkpoint(sys.argv[1], model, model, opt, step, {})
 """)
 
 
 def test_sigkill_during_writes_never_leaves_a_bad_checkpoint(tmp_path):
-    delays = (0.01, 0.07, 0.19)                                        # three writers at once, killed at staggered times
-    paths = [tmp_path / f"run{i}" / "ck.pt" for i in range(len(delays))]
+    paths = [tmp_path / f"run{i}" / "ck.pt" for i in range(3)]         # three writers at once
     for path in paths:
         path.parent.mkdir()
     procs = [_spawn(WRITER, path) for path in paths]
-    for path, proc, delay in zip(paths, procs, delays):
-        _wait_for(path, proc)
-        time.sleep(delay)
+    for path, proc in zip(paths, procs):
+        _wait_for(path.parent / "mid-write", proc)
         proc.send_signal(signal.SIGKILL)
-    mid_write = 0
     for path, proc in zip(paths, procs):
         proc.wait(timeout=30)
         ck = training.load_checkpoint(path)                              # the last complete write, valid
-        assert ck["model"].keys() == ck["ema"].keys()
+        assert ck["step"] == 0 and ck["model"].keys() == ck["ema"].keys()
         training.load_model(path)
-        leftovers = [p.name for p in path.parent.iterdir() if p != path]
-        assert all(n.startswith(".ck.pt.") and n.endswith(".tmp") for n in leftovers), leftovers
-        mid_write += len(leftovers)
-    assert mid_write >= 2, "the kills should land mid-write (each leaves its temp file behind)"
+        leftovers = sorted(p.name for p in path.parent.iterdir() if p.name not in ("ck.pt", "mid-write"))
+        assert len(leftovers) == 1 and leftovers[0].startswith(".ck.pt.") and leftovers[0].endswith(".tmp"), leftovers
 
 
 def test_truncated_checkpoint_is_refused_with_its_path(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from imagenet_ext import fid, sample
-from imagenet_ext.checkpoint import save_atomic
+from toydiff.training import save_checkpoint
 from imagenet_ext.inception import WEIGHTS_NAME, FIDInceptionV3, load_inception
 from imagenet_ext.unet import build
 from toydiff.guidance import CFG, AutoGuidance, NoGuidance, guided
@@ -21,8 +21,7 @@ def _ckpt(path, seed, channels=16):
         for p in m.parameters():
             if not p.any():
                 p.normal_(0, 0.05)
-    save_atomic({"step": 1, "config": {"name": "tiny", "overrides": ov}, "model": m.state_dict(),
-                 "ema": m.state_dict()}, path)
+    save_checkpoint(path, m, m, torch.optim.Adam(m.parameters()), 1, {}, model_config={"name": "tiny", "overrides": ov})
     return m.eval()
 
 

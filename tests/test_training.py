@@ -6,8 +6,8 @@ import torch
 
 from toydiff.datasets import three_gaussians
 from toydiff.nets import MLPDenoiser, TwinHeadMLPDenoiser
-from toydiff.training import (denoiser_error, ema_beta, load_checkpoint, load_model, save_checkpoint,
-                              train)
+from toydiff.training import (_ema_gamma, denoiser_error, ema_beta_halflife, ema_beta_power, ema_update,
+                              load_checkpoint, load_model, save_checkpoint, train)
 
 FAST = dict(batch_size=128, progress=False, pool_size=4096)
 
@@ -55,10 +55,29 @@ def test_same_seed_identical_different_seed_differs():
     assert not torch.equal(a.model.inp.weight, c.model.inp.weight)
 
 
-def test_ema_is_power_function_average():
-    assert ema_beta(0, 0.01) == 0.0  # first step: the EMA is the weights
-    betas = [ema_beta(t, 0.01) for t in (10, 100, 1000)]
-    assert 0 < betas[0] < betas[1] < betas[2] < 1  # decay grows with training length
+def test_ema_power_function_closed_form():
+    """EDM2 (Karras et al. 2024, Sec. 3.1): the power-function EMA after T updates of theta_1..theta_T weighs theta_t
+    by (t^(g+1) - (t-1)^(g+1)) / T^(g+1), and std 0.10 / 0.05 give the paper's gamma = 6.94 / 16.97."""
+    assert ema_beta_power(0, 0.01) == 0.0  # first step: the EMA is the weights
+    assert _ema_gamma(0.10) == pytest.approx(6.94, abs=0.01) and _ema_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+    T, std = 50, 0.05
+    thetas = torch.randn(T, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ema = [thetas[0].clone()]
+    for step in range(T):
+        ema_update(ema, [thetas[step]], ema_beta_power(step, std))
+    g1 = _ema_gamma(std) + 1
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    weights = (t ** g1 - (t - 1) ** g1) / T ** g1
+    torch.testing.assert_close(ema[0], (weights[:, None] * thetas).sum(0))
+
+
+def test_ema_halflife_closed_form():
+    """EDM's rule: after `halflife` images an old weight counts half; the half-life is capped by rampup * nimg."""
+    beta = ema_beta_halflife(batch=64, nimg=10 ** 6, halflife_kimg=50.0, rampup=0.05)
+    assert beta ** (50_000 / 64) == pytest.approx(0.5, rel=1e-12)
+    ramped = ema_beta_halflife(batch=64, nimg=6400, halflife_kimg=50.0, rampup=0.05)   # h = 320 images
+    assert ramped == pytest.approx(0.5 ** (64 / 320), rel=1e-12)
+    assert ema_beta_halflife(batch=64, nimg=6400, halflife_kimg=50.0, rampup=None) == pytest.approx(beta)
 
 
 def test_resume_is_bit_identical(tmp_path):

@@ -1,10 +1,17 @@
-"""Training: denoising / exact score matching with condition dropout, power-function EMA, atomic checkpoints.
+"""Training: one EDM loss, two EMA rules, one checkpoint format (the core, shared with imagenet_ext.train), and
+the toy trainer (denoising / exact score matching with condition dropout on 2D mixtures).
 
 Loss (Karras et al. 2022, EDM eq. 2 and Table 1), x = y + s n, ln s ~ N(P_mean, P_std^2):
     L = E[ lambda(s) |D(x; s, c) - target|^2 ],   lambda(s) = (s^2 + sd^2) / (s sd)^2
-with target = y (denoising score matching, "dsm") or the mixture's exact E[y | x; s, c] ("exact": same
+|.|^2 is the squared norm, SUMMED over every non-batch dim (EDM's reference code sums over pixels too), averaged
+over the batch. target = y (denoising score matching, "dsm") or the mixture's exact E[y | x; s, c] ("exact": same
 minimizer, far lower variance). Condition dropout (Ho & Salimans 2022): each label becomes -1 (null) with
 probability p_uncond, and for "exact" the target is then the marginal denoiser.
+
+EMA rules: `ema_beta_power` (EDM2's power function, a profile relative to the run length; the toy trainer) and
+`ema_beta_halflife` (EDM's half-life in images; imagenet_ext). Checkpoints: one dict format marked
+{"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}, written atomically, read back only by
+`load_checkpoint` with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -19,22 +26,67 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .atomic import save_atomic
-from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
+from .nets import MLPDenoiser, build_model
 from .validation import check_positive_int
 
-__all__ = ["TrainResult", "train", "torch_threads", "save_checkpoint", "load_checkpoint", "load_model", "ema_beta", "denoiser_error",
-           "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE", "ClassifierResult", "train_classifier"]
+__all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "TrainResult", "train",
+           "load_model", "denoiser_error", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
 
-FORMAT = "toydiff-checkpoint"
+CHECKPOINT_FORMAT = "toydiff-checkpoint"
+CHECKPOINT_VERSION = 1
+_REQUIRED = ("model_class", "model_config", "model", "ema", "optimizer", "step", "config")
 DEFAULT_STEPS = 4096
 DEFAULT_BATCH_SIZE = 1024
 # settings that change the trajectory: a resume must match them exactly
 _TRAJECTORY_KEYS = ("batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
                     "seed", "pool_size")
+
+
+def edm_weight(sigma: Tensor | float, sigma_data: float) -> Tensor | float:
+    """EDM's loss weight lambda(s) = (s^2 + sd^2) / (s sd)^2 (Karras et al. 2022, Table 1)."""
+    sd2 = sigma_data ** 2
+    return (sigma ** 2 + sd2) / (sigma ** 2 * sd2)
+
+
+def edm_loss(denoised: Tensor, target: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
+    """Per-sample EDM loss [N] = lambda(s) |D - target|^2, the square summed over all non-batch dims (EDM eq. 2);
+    `denoised` is cast to the target's dtype (a bf16-autocast network is scored in float32)."""
+    return edm_weight(sigma, sigma_data) * (denoised.to(target.dtype) - target).square().flatten(1).sum(1)
+
+
+def ema_beta_power(step: int, ema_std: float) -> float:
+    """Power-function EMA decay for the update after ``step`` steps (Karras et al. 2024, EDM2, Sec. 3.1).
+
+    The EMA averages the weights of steps 1..t with a profile ~ tau^gamma, where gamma solves
+    std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)) (std relative to the training length), so it adapts to
+    any run length: beta_t = (1 - 1/t)^(gamma + 1), t = step + 1 (beta = 0 at the first step). The EMA after T
+    steps is then exactly sum_t theta_t (t^(gamma+1) - (t-1)^(gamma+1)) / T^(gamma+1).
+    """
+    return (1 - 1 / (step + 1)) ** (_ema_gamma(ema_std) + 1)
+
+
+@functools.lru_cache
+def _ema_gamma(ema_std: float) -> float:
+    return float(max(np.roots([1, 7, 16 - ema_std ** -2, 12 - ema_std ** -2]).real))
+
+
+def ema_beta_halflife(batch: int, nimg: int, halflife_kimg: float, rampup: float | None) -> float:
+    """EMA decay per step for a half-life in images (EDM's training loop, Karras et al. 2022): beta =
+    0.5 ** (batch / h), h = 1000 halflife_kimg capped at `rampup * nimg` early in training (nimg images seen)."""
+    h = halflife_kimg * 1000
+    if rampup is not None and rampup > 0:
+        h = min(h, nimg * rampup)
+    return 0.5 ** (batch / max(h, 1e-8))
+
+
+@torch.no_grad()
+def ema_update(ema_params: list[Tensor], params: list[Tensor], beta: float) -> None:
+    """ema = beta ema + (1 - beta) params, in place."""
+    torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - beta)
 
 
 @dataclass
@@ -44,21 +96,6 @@ class TrainResult:
     ema: MLPDenoiser
     losses: Tensor
     seconds: float
-
-
-def ema_beta(step: int, ema_std: float) -> float:
-    """Power-function EMA decay for the update after ``step`` steps (Karras et al. 2024, EDM2, Sec. 3.1).
-
-    The EMA averages the weights of steps 1..t with a profile ~ tau^gamma, where gamma solves
-    std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)) (std relative to the training length), so it adapts to
-    any run length: beta_t = (1 - 1/t)^(gamma + 1), t = step + 1 (beta = 0 at the first step).
-    """
-    return (1 - 1 / (step + 1)) ** (_ema_gamma(ema_std) + 1)
-
-
-@functools.lru_cache
-def _ema_gamma(ema_std: float) -> float:
-    return float(max(np.roots([1, 7, 16 - ema_std ** -2, 12 - ema_std ** -2]).real))
 
 
 @contextlib.contextmanager
@@ -178,7 +215,7 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
     p_uncond, p_mean, p_std, ema_std = config["p_uncond"], config["p_mean"], config["p_std"], config["ema_std"]
     lr_decay_steps, checkpoint_every = config["lr_decay_steps"], config["checkpoint_every"]
     params, ema_params = list(model.parameters()), list(ema.parameters())
-    sd2, n_pool = model.sigma_data ** 2, pool_x.shape[0]
+    n_pool = pool_x.shape[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
     for step in bar:
         idx = torch.randint(n_pool, (batch_size,), generator=gen)
@@ -188,15 +225,13 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
         x = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
         if loss == "exact":
             y = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
-        weight = (sigma ** 2 + sd2) / (sigma ** 2 * sd2)                           # lambda(s)
-        batch_loss = (weight * (model(x, sigma, c) - y).square().sum(1)).mean()
+        batch_loss = edm_loss(model(x, sigma, c), y, sigma, model.sigma_data).mean()
         for group in opt.param_groups:
             group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
         opt.zero_grad(set_to_none=True)
         batch_loss.backward()
         opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - ema_beta(step, ema_std))
+        ema_update(ema_params, params, ema_beta_power(step, ema_std))
         losses[step] = batch_loss.detach()
         if progress and step % 64 == 0:
             bar.set_postfix(loss=f"{losses[step].item():.4f}")
@@ -212,32 +247,40 @@ def denoiser_error(denoiser: Any, mixture: Any, sigma: float, *, n: int = 1024, 
     x ~ p(x | c; s) (n samples from ``seed``; cond None = the marginal and the null label)."""
     x, _ = mixture.sample(n, cond=cond, sigma=sigma, generator=torch.Generator().manual_seed(seed))
     c = None if cond is None else torch.full((n,), cond, dtype=torch.long)
-    sd2 = getattr(denoiser, "sigma_data", 0.5) ** 2
     err = (denoiser(x, sigma, c) - mixture.denoise(x, sigma, c).to(x.dtype)).square().sum(1).mean()
-    return float(err * (sigma ** 2 + sd2) / (sigma ** 2 * sd2))
+    return float(err * edm_weight(sigma, getattr(denoiser, "sigma_data", 0.5)))
 
 
-def save_checkpoint(path: str | os.PathLike, model: MLPDenoiser, ema: MLPDenoiser, optimizer: torch.optim.Optimizer,
-                    step: int, config: dict, *, rng_state: Tensor | None = None, losses: Tensor | None = None) -> None:
-    """Write a checkpoint atomically: a temp file in the same directory, fsync, then os.replace."""
-    payload = dict(format=FORMAT, version=1, model_class=type(model).__name__, model_config=dict(model.config),
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, ema: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, step: int, config: dict, *, rng_state: Any = None,
+                    losses: Tensor | None = None, model_config: dict | None = None, extra: dict | None = None) -> None:
+    """Write a checkpoint atomically (a temp file in the same directory, fsync, then os.replace) in the one format:
+    {format, version, model_class, model_config (constructor arguments; default `model.config`), model, ema
+    (state dicts), optimizer, step, config (training settings), rng, losses, **extra}. Plain data and tensors only,
+    so `load_checkpoint` reads it with weights_only=True."""
+    payload = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, model_class=type(model).__name__,
+                   model_config=dict(model.config if model_config is None else model_config),
                    model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
-                   config=dict(config), rng=rng_state, losses=losses)
+                   config=dict(config), rng=rng_state, losses=losses, **(extra or {}))
     save_atomic(payload, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint dict; FileNotFoundError if missing, ValueError if corrupt or not a toydiff checkpoint."""
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint dict (torch.load with weights_only=True): FileNotFoundError if missing; ValueError if
+    corrupt or truncated, not in the toydiff format, of a newer version, or incomplete."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, unpickling errors all land here
         raise ValueError(f"checkpoint {path} is corrupt or truncated (torch.load failed: {e})") from e
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a toydiff checkpoint (no format={FORMAT!r} marker)")
-    missing = {"model_class", "model_config", "model", "ema", "optimizer", "step", "config"} - ck.keys()
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a toydiff checkpoint (no format={CHECKPOINT_FORMAT!r} marker)")
+    if not isinstance(ck.get("version"), int) or ck["version"] > CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has format version {ck.get('version')!r}; this toydiff reads "
+                         f"versions <= {CHECKPOINT_VERSION}")
+    missing = set(_REQUIRED) - ck.keys()
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {sorted(missing)}")
     return ck
@@ -253,65 +296,3 @@ def load_model(path: str | os.PathLike) -> MLPDenoiser:
         raise ValueError(f"checkpoint {path}: stored weights do not fit {ck['model_class']}"
                          f"{ck['model_config']}: {e}") from e
     return model.eval().requires_grad_(False)
-
-
-@dataclass
-class ClassifierResult:
-    """The trained classifier (eval mode), per-step cross-entropies [steps] and wall-clock seconds."""
-    model: NoiseAwareClassifier
-    losses: Tensor
-    seconds: float
-
-
-def train_classifier(model: NoiseAwareClassifier, mixture: Any, *, steps: int = 2048, batch_size: int = 1024,
-                     lr: float = 1e-2, lr_decay_steps: int = 512, p_mean: float = -1.2, p_std: float = 1.5,
-                     target: str = "labels", seed: int = 0, pool_size: int = 1 << 16, progress: bool = True,
-                     threads: int | None = 1) -> ClassifierResult:
-    """Train a noise-aware classifier p(c | x; sigma) on a class-labelled mixture, in place (Adam, betas 0.9/0.99,
-    lr / sqrt(max(t / lr_decay_steps, 1)) as `train`), for classifier guidance (Dhariwal & Nichol 2021, Sec. 4).
-
-    Each step: (y, c) from a pool of ``pool_size`` samples of the mixture (drawn once from ``seed``), ln sigma ~
-    N(p_mean, p_std^2) as in EDM training (Karras et al. 2022, Table 1; the defaults reach sigma ~ 10 at 2.5 std),
-    x = y + sigma n, and cross-entropy of the logits against
-      - ``target="labels"``: the sample's own label c (what one can do with any labelled data), or
-      - ``target="posterior"``: the mixture's exact p(c | x; sigma) as soft labels: the same minimizer, since
-        E[1{c = k} | x; sigma] = p(k | x; sigma), with far less variance.
-    One seeded torch.Generator drives every draw, so the same seed gives the same weights.
-    """
-    if not isinstance(model, NoiseAwareClassifier):
-        raise TypeError(f"model must be a toydiff.nets.NoiseAwareClassifier, got {type(model).__name__}")
-    if not (hasattr(mixture, "sample") and hasattr(mixture, "class_log_posterior")):
-        raise TypeError(f"mixture must be a class-labelled GaussianMixture, got {type(mixture).__name__}")
-    if mixture.num_classes != model.num_classes or mixture.means.shape[1] != model.dim:
-        raise ValueError(f"mixture has {mixture.num_classes} classes in {mixture.means.shape[1]}D, the model "
-                         f"{model.num_classes} in {model.dim}D")
-    if target not in ("labels", "posterior"):
-        raise ValueError(f"target must be 'labels' or 'posterior', got {target!r}")
-    steps, batch_size = check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
-    pool_size, lr_decay_steps = check_positive_int(pool_size, "pool_size"), check_positive_int(lr_decay_steps,
-                                                                                               "lr_decay_steps")
-    lr, p_mean = _check_float(lr, "lr", 0, lo_open=True), _check_float(p_mean, "p_mean", -math.inf)
-    p_std = _check_float(p_std, "p_std", 0)
-    pool_x, pool_y = mixture.sample(pool_size, generator=torch.Generator().manual_seed(seed))
-    pool_x = pool_x.to(torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
-    losses, t0 = torch.zeros(steps), time.perf_counter()
-    model.train().requires_grad_(True)
-    with torch_threads(threads):
-        for step in tqdm(range(steps), disable=not progress, desc="train classifier", leave=False):
-            idx = torch.randint(pool_size, (batch_size,), generator=gen)
-            sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()   # ln s ~ N(P_mean, P_std^2)
-            x = pool_x[idx] + sigma[:, None] * torch.randn(batch_size, model.dim, generator=gen)
-            logp = model.log_prob(x, sigma)                                         # [B, C]
-            if target == "labels":
-                loss = F.nll_loss(logp, pool_y[idx])
-            else:
-                loss = -(mixture.class_posterior(x, sigma).to(logp.dtype) * logp).sum(1).mean()
-            for group in opt.param_groups:
-                group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses[step] = loss.detach()
-    return ClassifierResult(model.eval().requires_grad_(False), losses, time.perf_counter() - t0)
