@@ -16,9 +16,8 @@ checkpoint replays exactly the same batches.
 
 Python: `train(TrainConfig(data=..., steps=..., out=...))`; the CLI builds the same TrainConfig (`parse_args`).
 Checkpoints `RUN_DIR/ckpt-<step>.pt` (toydiff.training's format, atomic) every `--ckpt-every` steps and at the
-end; `--resume`
-(latest in RUN_DIR, or a path) restores model, EMA, optimizer, step and RNG. A JSONL log `RUN_DIR/log.jsonl`
-records loss, learning rate and images/s.
+end; `--resume` (latest in RUN_DIR, or a path) restores model, EMA, optimizer, step and RNG. A JSONL log
+`RUN_DIR/log.jsonl` records loss, learning rate and images/s.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 from toydiff.denoiser import count_parameters
 from toydiff.training import (edm_loss, ema_beta_halflife, ema_update, load_checkpoint,
                               save_checkpoint, torch_threads)
+from toydiff.validation import check_positive_int
 
 from .checkpoint import latest_checkpoint
 from .data import load_dataset, to_float
@@ -82,13 +82,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for k in ("steps", "batch", "accum", "ckpt_every", "log_every", "resolution"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be an int >= 1, got {v!r}")
-        if not 0.0 <= self.p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond!r}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+            check_positive_int(getattr(self, k), k)
+        if not 0.0 <= self.p_uncond <= 1.0 or self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"p_uncond must lie in [0, 1] and precision be bf16 or fp32, got {self.p_uncond!r}, "
+                             f"{self.precision!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -96,38 +93,33 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m imagenet_ext.train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="'digits', an ImageNet-64 directory/file, an image folder or a .zip")
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--cache", default=None,
-                   help="directory for a memory-mapped .npy copy of ImageNet-64 (shared by the processes of a node)")
-    p.add_argument("--config", default="tiny", help="UNet config: tiny, xs, s, adm64")
-    p.add_argument("--channels", type=int, default=None, help="override model_channels")
-    p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
+    p.add_argument("--resolution", type=int), p.add_argument("--lr", type=float), p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--cache", help="directory for a memory-mapped .npy copy of ImageNet-64 (shared by a node's processes)")
+    p.add_argument("--config", help="UNet config: tiny, xs, s, adm64")
+    p.add_argument("--channels", type=int, help="override model_channels")
+    p.add_argument("--dropout", type=float, help="override the config's dropout")
     p.add_argument("--steps", type=int, required=True, help="total optimizer steps")
-    p.add_argument("--batch", type=int, default=64, help="GLOBAL batch (over all processes and accumulation)")
-    p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-steps per step")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warmup steps")
-    p.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (Ho & Salimans)")
-    p.add_argument("--p-mean", type=float, default=-1.2)
-    p.add_argument("--p-std", type=float, default=1.2)
-    p.add_argument("--ema-kimg", type=float, default=50.0, help="EMA half-life in thousands of images")
-    p.add_argument("--ema-rampup", type=float, default=0.05, help="cap the EMA half-life at this fraction of images seen")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, help="GLOBAL batch (over all processes and accumulation)")
+    p.add_argument("--accum", type=int, help="gradient accumulation micro-steps per step")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warmup steps")
+    p.add_argument("--p-uncond", type=float, help="condition dropout probability (Ho & Salimans)")
+    p.add_argument("--p-mean", type=float), p.add_argument("--p-std", type=float)
+    p.add_argument("--ema-kimg", type=float, help="EMA half-life in thousands of images")
+    p.add_argument("--ema-rampup", type=float, help="cap the EMA half-life at this fraction of images seen")
+    p.add_argument("--seed", type=int), p.add_argument("--log-every", type=int)
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl)")
-    p.add_argument("--ckpt-every", type=int, default=1000)
-    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (0 = all)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
+    p.add_argument("--keep", type=int, help="checkpoints to keep (0 = all)")
+    p.add_argument("--resume", nargs="?", const="auto",
                    help="resume from the latest checkpoint in --out (or from the given path)")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype on GPU (CPU: fp32)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], help="autocast dtype on GPU (CPU: fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while training (default: as is)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true"), p.add_argument("--threads", type=int, help="torch threads")
+    p.set_defaults(**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING})  # one source
     a = p.parse_args(argv)
     try:
         return TrainConfig(**vars(a))
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         p.error(str(e))
 
 
@@ -148,17 +140,16 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 63 - 1)
 
 
-def _draw_global_batch(n_data: int, batch: int, shape: tuple[int, ...], seed: int, step: int,
-                       p_uncond: float, p_mean: float, p_std: float, device: torch.device
+def _draw_global_batch(n_data: int, shape: tuple[int, ...], c: TrainConfig, step: int, device: torch.device
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The whole global batch's randomness for one step, identical on every rank: indices [B], dropout mask [B],
     sigma [B], noise [B, C, H, W] (drawn on `device` with a generator seeded by (seed, step))."""
-    g = torch.Generator().manual_seed(_step_seed(seed, step))
-    idx = torch.randint(n_data, (batch,), generator=g)
-    drop = torch.rand(batch, generator=g) < p_uncond
-    sigma = (p_mean + p_std * torch.randn(batch, generator=g)).exp()
-    gd = torch.Generator(device=device).manual_seed(_step_seed(seed, step) + 1)
-    noise = torch.randn((batch, *shape), generator=gd, device=device)
+    g = torch.Generator().manual_seed(_step_seed(c.seed, step))
+    idx = torch.randint(n_data, (c.batch,), generator=g)
+    drop = torch.rand(c.batch, generator=g) < c.p_uncond
+    sigma = (c.p_mean + c.p_std * torch.randn(c.batch, generator=g)).exp()
+    gd = torch.Generator(device=device).manual_seed(_step_seed(c.seed, step) + 1)
+    noise = torch.randn((c.batch, *shape), generator=gd, device=device)
     return idx, drop, sigma, noise
 
 
@@ -207,9 +198,7 @@ def _train(args: TrainConfig) -> dict[str, Any]:
         if ck["model_config"] != {"name": args.config, "overrides": overrides}:
             raise ValueError(f"{resume_path}: checkpoint model {ck['model_config']} does not match this run "
                              f"{ {'name': args.config, 'overrides': overrides} }")
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
+        model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
         torch.set_rng_state(ck["rng"]["torch"])
     if rank == 0:
@@ -234,8 +223,7 @@ def _train(args: TrainConfig) -> dict[str, Any]:
     model.train()
     while step < args.steps:
         torch.manual_seed(_step_seed(args.seed + 1 + rank, step))       # dropout RNG: a function of (seed, rank, step)
-        idx, drop, sigma, noise = _draw_global_batch(len(data), args.batch, shape, args.seed, step, args.p_uncond,
-                                                     args.p_mean, args.p_std, device)
+        idx, drop, sigma, noise = _draw_global_batch(len(data), shape, args, step, device)
         lo = rank * (args.batch // world)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
         for grp in opt.param_groups:

@@ -109,5 +109,5 @@ def test_train_python_entry_point(tmp_path):
     assert summary["step"] == 2 and torch.get_num_threads() == threads
     assert parse_args(["--data", "digits", "--steps", "2", "--out", str(tmp_path), "--threads", "1"]) == \
         TrainConfig(data="digits", steps=2, out=str(tmp_path), threads=1)
-    with pytest.raises(ValueError, match="accum must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="accum must be >= 1, got 0"):
         TrainConfig(data="digits", steps=2, out=str(tmp_path), accum=0)
