@@ -6,8 +6,8 @@ toydiff's denoiser contract `D(x, sigma, cond) -> x0_hat`, so the very same `toy
 
   unet.py        the network, named configs (tiny, xs, s, adm64), parameter / FLOP counts
   data.py        ImageNet-64 files, image folders / zips, and the built-in `digits` set
-  checkpoint.py  atomic checkpoints and model loading
-  train.py       `python -m imagenet_ext.train` (condition dropout, EDM loss, EMA, DDP via torchrun)
+  checkpoint.py  finding and loading checkpoints (written in toydiff.training's one format)
+  train.py       `train(TrainConfig)` and `python -m imagenet_ext.train` (toydiff.training's core, DDP via torchrun)
   sample.py      `python -m imagenet_ext.sample` (guided class-conditional sampling, grids, npz)
   inception.py   the FID variant of Inception-v3 (pytorch-fid state-dict layout)
   fid.py         `python -m imagenet_ext.fid` (FID and Inception Score)

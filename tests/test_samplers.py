@@ -118,13 +118,14 @@ def test_deterministic_samplers_solve_the_gaussian_ode(method, steps, tol, order
 
 
 def test_stochastic_samplers_match_the_gaussian_marginal():
-    """Euler-Maruyama and DDPM on N(0, sd^2 I) data end with std sd (exact D; 20000 samples: std error ~0.5%)."""
+    """Euler-Maruyama and DDPM on N(0, sd^2 I) data end with std sd (exact D; 40000 values: the std's standard
+    error is 0.002; measured 0.505 and 0.494, the rest is the discretization of 256 steps)."""
     def exact(x, sigma, cond):
         return 0.25 * x / (torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2 + 0.25)
     for method in ("euler_maruyama", "ddpm"):
         out = samplers.sample(exact, (20000, 2), method=method, steps=256, sigma_max=10.0, dtype=torch.float64,
                               generator=torch.Generator().manual_seed(1))
-        assert abs(float(out.std()) - 0.5) < 0.02, (method, float(out.std()))
+        assert abs(float(out.std()) - 0.5) < 0.012, (method, float(out.std()))
 
 
 def test_guided_sampling_runs_on_images():
