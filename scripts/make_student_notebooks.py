@@ -1,24 +1,16 @@
-"""Generate the student versions of the class assignments from the solution notebooks.
+"""Generate the student versions of the class assignments with nbgrader (the tool does the work).
 
-    python scripts/make_student_notebooks.py            # notebooks/assignments/*.ipynb -> notebooks/assignments/student/
-    python scripts/make_student_notebooks.py --check    # exit 1 if the student notebooks are out of date
+    python scripts/make_student_notebooks.py            # source/aN (solutions) -> student/aN, for every assignment
+    python scripts/make_student_notebooks.py --check    # exit 1 if a committed student notebook is out of date
 
-In a solution notebook, solution code sits between two marker lines (any indentation):
-
-    # BEGIN SOLUTION
-    ...the solution...
-    # END SOLUTION
-
-The generator replaces each region by `raise NotImplementedError("<hint>")` at the indentation of the
-BEGIN marker (the hint: the text after "BEGIN SOLUTION", e.g. `# BEGIN SOLUTION  implement drop_labels`),
-clears every output and execution count, and drops cells whose source starts with `# SOLUTION ONLY`.
-Everything else (narration, the grader cells, the measurement cells) is kept as it is.
+The same as `cd notebooks/assignments && nbgrader generate_assignment aN --force` for each N, through nbgrader's
+Python API (one process instead of one per assignment). The course configuration is
+notebooks/assignments/nbgrader_config.py; `--check` generates into a temporary copy of the course.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
-import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,78 +18,46 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "notebooks" / "assignments"
-STUDENTS = SOLUTIONS / "student"
-BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\b\s*(.*)$")
-END = re.compile(r"^\s*# END SOLUTION\b")
-ONLY = "# SOLUTION ONLY"
+COURSE = ROOT / "notebooks" / "assignments"
 
 
-def strip_source(source: str, where: str = "cell") -> str:
-    """The source with every solution region replaced by a NotImplementedError stub."""
-    out, inside, indent = [], False, ""
-    for lineno, line in enumerate(source.splitlines(), 1):
-        m = BEGIN.match(line)
-        if m:
-            if inside:
-                raise ValueError(f"{where}, line {lineno}: nested '# BEGIN SOLUTION'")
-            inside, indent = True, m.group(1)
-            hint = m.group(2).strip() or "your code here"
-            out.append(f"{indent}# YOUR CODE HERE ({hint})")
-            out.append(f"{indent}raise NotImplementedError({hint!r})")
-        elif END.match(line):
-            if not inside:
-                raise ValueError(f"{where}, line {lineno}: '# END SOLUTION' without a BEGIN")
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise ValueError(f"{where}: '# BEGIN SOLUTION' is never closed")
-    return "\n".join(out)
+def assignments(course: Path = COURSE) -> list[str]:
+    """The assignment ids: the folders of source/."""
+    return sorted(p.name for p in (course / "source").iterdir() if p.is_dir())
 
 
-def solution_lines(source: str) -> list[str]:
-    """The stripped, non-empty lines inside the solution regions of a source (for the no-leak test)."""
-    lines, inside = [], False
-    for line in source.splitlines():
-        if BEGIN.match(line):
-            inside = True
-        elif END.match(line):
-            inside = False
-        elif inside and line.strip():
-            lines.append(line.strip())
-    return lines
+def generate(course: Path = COURSE) -> list[Path]:
+    """Run nbgrader generate_assignment for every assignment of `course`; returns the student notebooks."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    config.CourseDirectory.root = str(course)
+    api = NbGraderAPI(config=config)
+    for aid in assignments(course):
+        result = api.generate_assignment(aid, force=True, create=True)
+        if not result["success"]:
+            raise RuntimeError(f"nbgrader generate_assignment {aid} failed:\n{result['error']}\n{result['log']}")
+    return sorted((course / "student").glob("*/*.ipynb"))
 
 
-def make_student(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
-    """A student copy of a solution notebook (a new object; the input is not modified)."""
-    out = nbformat.v4.new_notebook(metadata={k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")})
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and cell.source.lstrip().startswith(ONLY):
-            continue
-        if cell.cell_type == "code":
-            new = nbformat.v4.new_code_cell(strip_source(cell.source, f"{name} cell {i}"))
-            new.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
-        elif cell.cell_type == "markdown":
-            new = nbformat.v4.new_markdown_cell(cell.source)
-        else:
-            new = nbformat.v4.new_raw_cell(cell.source)
-        new.pop("id", None)
-        out.cells.append(new)
-    out.nbformat, out.nbformat_minor = 4, 4                      # no cell ids: stable bytes from run to run
-    return out
+def cells(path: Path) -> list[tuple]:
+    """What a student notebook is made of: (type, source, nbgrader metadata) per cell."""
+    nb = nbformat.read(path, as_version=4)
+    return [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in nb.cells]
 
 
-def generate(src_dir: Path = SOLUTIONS, dst_dir: Path = STUDENTS) -> list[Path]:
-    """Write a student notebook for every solution notebook in src_dir; returns the written paths."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sorted(src_dir.glob("*.ipynb")):
-        student = make_student(nbformat.read(path, as_version=4), path.name)
-        target = dst_dir / path.name
-        nbformat.write(student, target)
-        written.append(target)
-    return written
+def stale(course: Path = COURSE) -> list[str]:
+    """The student notebooks (relative paths) that differ from what nbgrader generates now, or are missing/extra."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "course"
+        copy.mkdir()
+        shutil.copy(course / "nbgrader_config.py", copy)
+        shutil.copytree(course / "source", copy / "source")
+        fresh = {p.relative_to(copy / "student") for p in generate(copy)}
+        committed = {p.relative_to(course / "student") for p in (course / "student").glob("*/*.ipynb")}
+        return sorted(str(p) for p in fresh ^ committed) + sorted(
+            str(p) for p in fresh & committed if cells(copy / "student" / p) != cells(course / "student" / p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,19 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in generate():
             print(f"wrote {path.relative_to(ROOT)}")
         return 0
-    stale = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in generate(SOLUTIONS, Path(tmp)):
-            committed = STUDENTS / path.name
-            new = path.read_text()
-            old = committed.read_text() if committed.is_file() else ""
-            if new != old:
-                stale += 1
-                sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                                           str(committed), "generated", n=1))
-    print("student notebooks are up to date" if not stale else f"{stale} student notebook(s) out of date: "
-          "run python scripts/make_student_notebooks.py")
-    return 1 if stale else 0
+    bad = stale()
+    print("student notebooks are up to date" if not bad else
+          f"out of date: {', '.join(bad)}; run python scripts/make_student_notebooks.py")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -1,104 +1,130 @@
-"""The class assignments (notebooks/assignments/): the student versions are what the generator makes from the
-solution notebooks, contain no solution code, and their automatic checks fail on the stubs. The solution
-notebooks themselves run under nbval (the README test command)."""
+"""The class assignments (notebooks/assignments/) under nbgrader, with nbgrader's own commands (its Python API):
+
+- the committed student versions are what `nbgrader generate_assignment` makes from the solutions, and hide the
+  solutions and the hidden tests;
+- `nbgrader autograde` gives the solutions full marks and the stubs zero, and the feedback a student receives shows
+  the toydiff.grading messages (the Ho & Salimans weight mix-up, named as such);
+- every graded cell carries points, every assignment has hidden tests.
+The solution notebooks themselves also run under nbval (the README test command)."""
 from __future__ import annotations
 
+import html
 import importlib.util
-import re
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+pytest.importorskip("nbgrader", reason="nbgrader is a test extra: pip install -e '.[test]'")
+from nbgrader.api import Gradebook  # noqa: E402
+from nbgrader.apps import NbGraderAPI  # noqa: E402
+from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "notebooks" / "assignments"
-STUDENTS = SOLUTIONS / "student"
-NAMES = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
+COURSE = ROOT / "notebooks" / "assignments"
+IDS = sorted(p.name for p in (COURSE / "source").iterdir() if p.is_dir())
 
 
-def _generator():
+def _script():
     spec = importlib.util.spec_from_file_location("make_student_notebooks", ROOT / "scripts" / "make_student_notebooks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _tags(cell) -> set[str]:
-    return set(cell.get("metadata", {}).get("tags", []))
+def _nbgrader(cells) -> list[dict]:
+    return [c.metadata["nbgrader"] for c in cells if "nbgrader" in c.metadata]
 
 
-def test_there_are_at_least_three_assignments():
-    assert len(NAMES) >= 3, NAMES
-    for name in NAMES:
-        nb = nbformat.read(SOLUTIONS / name, as_version=4)
-        assert any("exercise" in _tags(c) for c in nb.cells), f"{name}: no cell tagged 'exercise'"
-        assert any("grader" in _tags(c) for c in nb.cells), f"{name}: no cell tagged 'grader'"
+def _course(tmp_path: Path) -> tuple[Path, NbGraderAPI]:
+    course = tmp_path / "course"
+    course.mkdir()
+    shutil.copy(COURSE / "nbgrader_config.py", course)
+    shutil.copytree(COURSE / "source", course / "source")
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    config.CourseDirectory.root = str(course)
+    return course, NbGraderAPI(config=config)
 
 
-def test_student_notebooks_up_to_date(tmp_path):
-    gen = _generator()
-    written = gen.generate(SOLUTIONS, tmp_path)
-    assert sorted(p.name for p in written) == NAMES
-    assert sorted(p.name for p in STUDENTS.glob("*.ipynb")) == NAMES, \
-        "notebooks/assignments/student/ must hold exactly one student notebook per solution notebook"
-    for path in written:
-        new = nbformat.read(path, as_version=4)
-        old = nbformat.read(STUDENTS / path.name, as_version=4)
-        assert [(c.cell_type, c.source) for c in old.cells] == [(c.cell_type, c.source) for c in new.cells], (
-            f"{path.name}: the student notebook is out of date; run python scripts/make_student_notebooks.py")
+def _ok(result: dict, what: str) -> None:
+    assert result["success"], f"nbgrader {what} failed:\n{result.get('error')}\n{result.get('log')}"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_student_notebooks_contain_no_solution_code(name):
-    gen = _generator()
-    solution = nbformat.read(SOLUTIONS / name, as_version=4)
-    student = nbformat.read(STUDENTS / name, as_version=4)
-    student_text = "\n".join(c.source for c in student.cells)
-    assert "BEGIN SOLUTION" not in student_text and "END SOLUTION" not in student_text
-    assert "SOLUTION ONLY" not in student_text
+def test_four_assignments_with_points_and_hidden_tests():
+    assert IDS == ["a1", "a2", "a3", "a4"]
+    for aid in IDS:
+        (path,) = (COURSE / "source" / aid).glob("*.ipynb")
+        nb = nbformat.read(path, as_version=4)
+        meta = _nbgrader(nb.cells)
+        tests = [m for m in meta if m["grade"]]
+        assert sum(m["solution"] for m in meta) >= 2, f"{aid}: fewer than two solution cells"
+        assert len(tests) >= 3 and all(m.get("points", 0) > 0 for m in tests), f"{aid}: test cells need points"
+        assert len({m["grade_id"] for m in meta}) == len(meta), f"{aid}: grade_ids must be unique"
+        hidden = [c for c in nb.cells if "### BEGIN HIDDEN TESTS" in c.source]
+        assert hidden and all(c.metadata.get("nbgrader", {}).get("grade") for c in hidden), f"{aid}: no hidden tests"
+
+
+def test_student_notebooks_are_what_nbgrader_generates():
+    assert _script().stale() == [], "run python scripts/make_student_notebooks.py"
+
+
+@pytest.mark.parametrize("aid", IDS)
+def test_student_notebooks_hide_solutions_and_hidden_tests(aid):
+    (src,) = (COURSE / "source" / aid).glob("*.ipynb")
+    student = nbformat.read(COURSE / "student" / aid / src.name, as_version=4)
+    text = "\n".join(c.source for c in student.cells)
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS"):
+        assert marker not in text
     assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code"), "student notebooks carry no outputs"
-    student_lines = {line.strip() for line in student_text.splitlines()}
-    leaked = []
+    solution = nbformat.read(src, as_version=4)
+    secret = set()
     for cell in solution.cells:
-        if cell.cell_type == "code":
-            leaked += [line for line in gen.solution_lines(cell.source)
-                       if line in student_lines and not line.startswith("#") and len(line) > 8]
-    assert not leaked, f"{name}: solution lines found in the student notebook: {leaked}"
-    n_regions = sum(len(re.findall(r"# BEGIN SOLUTION", c.source)) for c in solution.cells if c.cell_type == "code")
-    assert student_text.count("raise NotImplementedError") >= n_regions > 0
+        lines, inside = cell.source.splitlines(), False
+        for line in lines:
+            if "### BEGIN" in line:
+                inside = True
+            elif "### END" in line:
+                inside = False
+            elif inside and len(line.strip()) > 12 and not line.strip().startswith("#"):
+                secret.add(line.strip())
+    leaked = secret & {line.strip() for line in text.splitlines()}
+    assert secret and not leaked, f"{aid}: solution or hidden-test lines in the student notebook: {leaked}"
 
 
-def test_generator_stub_keeps_indentation_and_hint():
-    gen = _generator()
-    src = "def f(x):\n    '''doc'''\n    # BEGIN SOLUTION implement f\n    return x + 1\n    # END SOLUTION\n"
-    out = gen.strip_source(src)
-    assert "return x + 1" not in out
-    assert "    raise NotImplementedError('implement f')" in out
-    compile(out, "stub", "exec")
-    with pytest.raises(ValueError, match="never closed"):
-        gen.strip_source("# BEGIN SOLUTION\nx = 1\n")
+# a submission with the classic mistake: Ho & Salimans' (1 + w) D_1 - w D_0 where toydiff's w is theirs plus 1
+MISTAKE = ("return d_uncond + w * (d_cond - d_uncond)", "return (1 + w) * d_cond - w * d_uncond")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_student_checks_fail_on_the_stubs(name, monkeypatch):
-    """Run the student notebook's code in order (magics dropped, cells tagged 'uses-solution' skipped): every
-    'exercise' cell defines its stub without error and every 'grader' cell raises NotImplementedError."""
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    import matplotlib
-    matplotlib.use("agg")
-    student = nbformat.read(STUDENTS / name, as_version=4)
-    ns: dict = {"__name__": "__student__"}
-    graders = 0
-    for i, cell in enumerate(student.cells):
-        tags = _tags(cell)
-        if cell.cell_type != "code" or "uses-solution" in tags:
-            continue
-        src = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
-        code = compile(src, f"{name} cell {i}", "exec")
-        if "grader" in tags:
-            graders += 1
-            with pytest.raises(NotImplementedError):
-                exec(code, ns)
-        else:
-            exec(code, ns)
-    assert graders >= 2, f"{name}: expected at least two grader cells"
+@pytest.mark.filterwarnings("ignore:Object of type")        # nbgrader's own SQLAlchemy session warnings
+@pytest.mark.parametrize("aid", IDS)
+def test_nbgrader_autograde_full_marks_for_solutions_zero_for_stubs(aid, tmp_path):
+    """nbgrader's own generate_assignment + autograde + generate_feedback on a copy of the course: the solution
+    notebook scores every point, the stub notebook none, and the feedback shows why (toydiff.grading's messages)."""
+    course, api = _course(tmp_path)
+    _ok(api.generate_assignment(aid, force=True, create=True), "generate_assignment")
+    (src,) = (course / "source" / aid).glob("*.ipynb")
+    student = course / "student" / aid / src.name
+    submissions = {"solution": src.read_text(), "stub": student.read_text()}
+    if aid == "a2":
+        assert MISTAKE[0] in submissions["solution"]
+        submissions["mistake"] = submissions["solution"].replace(*MISTAKE)
+    for sid, text in submissions.items():
+        (course / "submitted" / sid / aid).mkdir(parents=True)
+        (course / "submitted" / sid / aid / src.name).write_text(text)
+        _ok(api.autograde(aid, sid, force=True, create=True), f"autograde {sid}")
+        if sid != "solution":
+            _ok(api.generate_feedback(aid, sid, force=True), f"generate_feedback {sid}")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        scores = {sid: (gb.find_submission(aid, sid).score, gb.find_submission(aid, sid).max_score) for sid in submissions}
+    total = scores["solution"][1]
+    assert total > 0 and scores["solution"][0] == total, scores
+    assert scores["stub"][0] == 0, scores
+    graded = nbformat.read(course / "autograded" / "stub" / aid / src.name, as_version=4)
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in graded.cells), "autograde must restore the hidden tests"
+    feedback = html.unescape((course / "feedback" / "stub" / aid / src.with_suffix(".html").name).read_text())
+    assert "NotImplementedError" in feedback
+    if aid == "a2":
+        assert 0 < scores["mistake"][0] < total, scores
+        feedback = html.unescape((course / "feedback" / "mistake" / aid / src.with_suffix(".html").name).read_text())
+        assert "that is Ho & Salimans' convention" in feedback, "the feedback must explain the weight mix-up"

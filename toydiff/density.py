@@ -26,7 +26,7 @@ from .distributions import GaussianMixture
 from .samplers import edm_sigmas
 from .validation import as_cond, as_sigma, check_nonnegative, check_points, check_positive_int
 
-__all__ = ["Grid", "make_grid", "normalize_on_grid", "guided_log_density", "gaussian_power_product",
+__all__ = ["Grid", "make_grid", "normalize_on_grid", "guided_log_density", "sample_tv", "gaussian_power_product",
            "ratio_gradient", "log_ratio", "energy_log_density", "ode_log_density"]
 
 
@@ -89,6 +89,24 @@ def guided_log_density(dist: GaussianMixture, cond: int, w: float, grid: Grid, s
     log_1 = dist.log_prob(pts, sigma, cond)
     log_0 = dist.log_prob(pts, sigma, None) if negative is None else negative.log_prob(pts, sigma, cond)
     return normalize_on_grid(w * log_1 + (1 - w) * log_0, grid)
+
+
+def sample_tv(x: Tensor, grid: Grid, log_density: Tensor) -> float:
+    """Total variation distance between the histogram of samples x [N, 2] on the grid's cells and a density
+    normalized on the grid (`log_density` [H * W], e.g. `guided_log_density`):
+        TV = 1/2 (sum_cells |n_cell / N - p_cell * area| + share of x outside the grid)    in [0, 1]
+    (the density has no mass outside the grid). 0 = the samples fall exactly as the density says, per cell."""
+    x = check_points(x, 2, "x")
+    if log_density.numel() != grid.resolution ** 2:
+        raise ValueError(f"log_density must have {grid.resolution ** 2} entries (the grid), got {log_density.numel()}")
+    x0, x1, y0, y1 = grid.extent
+    r = grid.resolution
+    ix = torch.floor((x[:, 0].double() - x0) / (x1 - x0) * r).long()
+    iy = torch.floor((x[:, 1].double() - y0) / (y1 - y0) * r).long()
+    inside = (ix >= 0) & (ix < r) & (iy >= 0) & (iy < r)
+    hist = torch.bincount(iy[inside] * r + ix[inside], minlength=r * r).double() / x.shape[0]
+    mass = log_density.reshape(-1).double().exp() * grid.cell_area
+    return float(0.5 * ((hist - mass).abs().sum() + (~inside).double().mean()))
 
 
 def gaussian_power_product(mean1: Tensor, cov1: Tensor, mean0: Tensor, cov0: Tensor, w: float) -> tuple[Tensor, Tensor]:
