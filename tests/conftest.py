@@ -38,3 +38,11 @@ def tree_mix():
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Never skip the browser tests silently: say why at the end of every run (the README command has no -rs)."""
+    reasons = {str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
+               for r in terminalreporter.stats.get("skipped", []) if "test_browser" in r.nodeid}
+    for reason in sorted(reasons):
+        terminalreporter.write_line(f"BROWSER TESTS SKIPPED: {reason}", yellow=True, bold=True)

@@ -4,6 +4,7 @@
     toydiff train [--out DIR] [--seed S]                 # retrain the tree main/guide checkpoints
     toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--out FILE.pt|.png]
     toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast]
+    toydiff explore [--port P] [--open]                  # the classroom page (Voila) on 127.0.0.1
 """
 from __future__ import annotations
 
@@ -49,12 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, default=Path("."), help="output directory")
     f.add_argument("--fast", action="store_true")
     common(f)
+    e = sub.add_parser("explore", help="the classroom explorer: a local page with guidance controls (Voila)")
+    e.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    e.add_argument("--open", action="store_true", help="also open the page in the default web browser")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "explore":
+        from . import explore
+        try:
+            return explore.serve(args.port, open_browser=args.open)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"toydiff explore: {err}", file=sys.stderr)
+            return 2
     from . import zoo  # deferred: `toydiff --help` stays instant
     from .guidance import names
     from .samplers import METHODS

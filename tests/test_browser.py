@@ -1,0 +1,153 @@
+"""Widgets in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium; nothing
+is downloaded at run time) opens JupyterLab on 127.0.0.1, runs notebook 04, moves a slider and must see the rendered
+figure change; then `toydiff explore` (Voila) must render its page and redraw figure and metrics when w moves. This
+catches what nbval cannot: a widget that does not render in JupyterLab ("Error displaying widget", mismatched widget
+versions), or a slider whose callback never reaches the page. `.ci/run` installs the browser; where none can be
+installed the tests skip with the reason, printed at the end of the run (tests/conftest.py)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+selenium = pytest.importorskip("selenium", reason="selenium is a test extra: pip install -e '.[test]'")
+if not (CHROMIUM and DRIVER):
+    pytest.skip("no headless browser: install Debian's chromium and chromium-driver (.ci/run does: apt-get install "
+                "-y chromium chromium-driver)", allow_module_level=True)
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("TOYDIFF_BROWSER_ARTIFACTS", ""))           # set it to keep the screenshots
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _images(driver, css: str) -> list[str]:
+    return [img.get_attribute("src") for img in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def _move_slider(driver, slider, value: str) -> None:
+    """Type a value into the slider's editable readout (what a student does after clicking it) and press Enter."""
+    readout = slider.find_element(By.CSS_SELECTOR, ".widget-readout")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", readout)
+    readout.click()
+    readout.send_keys(Keys.CONTROL, "a")
+    readout.send_keys(value, Keys.ENTER)
+
+
+def _shot(driver, name: str) -> bytes:
+    png = driver.get_screenshot_as_png()
+    if str(ARTIFACTS) not in ("", "."):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / name).write_bytes(png)
+    return png
+
+
+def _errors(driver) -> list[str]:
+    return [e.text for e in driver.find_elements(By.XPATH, "//*[contains(text(), 'Error displaying widget')]")]
+
+
+def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path):
+    work = tmp_path / "nb"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "04_outliers_and_autoguidance.ipynb", work / "04.ipynb")   # autosave stays here
+    port, token = _port(), "toydiff-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                             f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={work}", "--LabApp.news_url=", *(["--allow-root"] if os.geteuid() == 0 else [])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
+        browser.get(f"http://127.0.0.1:{port}/lab/tree/04.ipynb?token={token}&reset")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.25)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
+        wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(@class, 'jp-Notebook-ExecutionIndicator') "
+                                                        "and @data-status='idle']"))
+        browser.find_element(By.XPATH, "//div[contains(@class, 'lm-MenuBar-itemLabel') and text()='Run']").click()
+        browser.find_element(By.XPATH, "//div[contains(@class, 'lm-Menu-itemLabel') and text()='Run All Cells']").click()
+        sliders = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-slider"))
+        before = wait.until(lambda d: _images(d, ".widget-interact .jp-OutputArea img") or None)
+        assert not _errors(browser), _errors(browser)
+        shot_before = _shot(browser, "lab_before.png")
+        _move_slider(browser, sliders[0], "0.3")                                     # sigma: 0.05 -> 0.3
+        after = wait.until(lambda d: (lambda s: s if s and s != before else None)(
+            _images(d, ".widget-interact .jp-OutputArea img")))
+        assert after != before
+        assert _shot(browser, "lab_after.png") != shot_before
+    finally:
+        _stop(proc)
+
+
+def test_toydiff_explore_renders_and_redraws_with_w(browser):
+    port = _port()
+    proc = subprocess.Popen([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", first)
+        assert url and url.group(0) == f"http://127.0.0.1:{port}/", f"explore must print its URL first, got {first!r}"
+        _wait_http(url.group(0), proc)
+        browser.get(url.group(0))
+        wait = WebDriverWait(browser, 60, poll_frequency=0.25)
+        before = wait.until(lambda d: _images(d, ".widget-output img") or None)
+        table = browser.find_element(By.CSS_SELECTOR, ".widget-html table").text
+        assert "outlier_fraction" in table and not _errors(browser)
+        _shot(browser, "explore_before.png")
+        sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider")
+        _move_slider(browser, sliders[0], "1")                                       # w: 3 -> 1 (no guidance)
+        wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")))
+        assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
+        _shot(browser, "explore_after.png")
+    finally:
+        _stop(proc)

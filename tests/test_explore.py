@@ -1,0 +1,65 @@
+"""toydiff.explore without a browser: the controls map to the right guidance, the page's update samples what the
+library samples and measures it, the page notebook ships in the package, and the CLI rejects a bad port (exit 2).
+The page itself in Chromium: tests/test_browser.py."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toydiff import cli, datasets, explore, guidance, samplers
+
+
+def test_make_guidance_maps_method_weight_and_interval():
+    g = explore.make_guidance("cfg", 4.0, (0.0, explore.SIGMA_MAX), None)
+    assert isinstance(g, guidance.CFG) and g.w == 4.0 and g.interval is None          # full range = no interval
+    g = explore.make_guidance("cfg", 4.0, (0.3, 1.0), None)
+    assert g.interval == (0.3, 1.0)
+    assert isinstance(explore.make_guidance("autoguidance", 2.0, (0.5, 0.5), None), guidance.NoGuidance)  # empty
+    assert isinstance(explore.make_guidance("score_scaling", 2.0, (0, 80), None), guidance.ScoreScaling)
+    with pytest.raises(ValueError, match="method"):
+        explore.make_guidance("nope", 2.0, (0, 1), None)
+    with pytest.raises(ValueError, match="interval"):
+        explore.make_guidance("cfg", 2.0, (0, float("nan")), None)
+
+
+def test_every_control_reaches_the_samples_and_metrics():
+    ex = explore.Explorer(n=400, steps=12)
+    data = datasets.three_gaussians()
+    x = ex.sample("three_gaussians", "cfg", 3.0, (0.0, explore.SIGMA_MAX), "euler")
+    ref = samplers.sample(guidance.guided(data, guidance.CFG(3.0)), (400, 2), 0, method="euler", steps=12,
+                          sigma_max=explore.SIGMA_MAX, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x, ref)
+    base = dict(problem="three_gaussians", method="cfg", w=3.0, interval=(0.0, explore.SIGMA_MAX), sampler="heun")
+    fig, m = ex.update(**base)
+    assert set(m) == set(explore.METRICS) and all(0 <= v <= 1 for v in m.values())
+    assert fig.axes and "Ho & Salimans 2" in fig.axes[0].get_title()
+    seen = {json.dumps(m)}
+    for change in (dict(w=1.0), dict(method="autoguidance"), dict(interval=(0.3, 2.0)), dict(sampler="ddpm")):
+        seen.add(json.dumps(ex.update(**{**base, **change})[1]))
+    assert len(seen) == 5, "every control must change the metrics"
+    with pytest.raises(ValueError, match="sampler"):
+        ex.sample("three_gaussians", "cfg", 3.0, (0, 10), "rk4")
+    with pytest.raises(ValueError, match="problem"):
+        explore.problem("moons")
+
+
+def test_tree_problem_uses_the_shipped_networks():
+    p = explore.problem("tree")
+    assert p.main is not p.guide and p.cls == 0 and p.data.num_classes == 2
+
+
+def test_page_ships_in_the_package_and_is_thin():
+    nb = json.loads(explore.NOTEBOOK.read_text())
+    code = "".join(src for c in nb["cells"] if c["cell_type"] == "code" for src in c["source"])
+    assert "explore.Explorer()" in code and "ex.update(" in code
+    assert len(code.splitlines()) < 50
+    cmd = explore.voila_command(8888)
+    assert "--Voila.ip=127.0.0.1" in cmd and "--port=8888" in cmd and "--no-browser" in cmd
+
+
+def test_cli_explore_bad_port_exits_2(capsys):
+    assert cli.main(["explore", "--port", "70000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "port" in err[0]
