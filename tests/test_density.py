@@ -102,3 +102,16 @@ def test_bad_input_names_argument():
         density.ratio_gradient(datasets.three_gaussians(), datasets.three_gaussians(), torch.zeros(3, 2), 0.0)
     with pytest.raises(TypeError, match="energy head"):
         density.energy_log_density(nets.MLPDenoiser(), density.make_grid(resolution=4), 0.5)
+
+
+def test_sample_tv_exact_on_a_small_grid():
+    """density.sample_tv against a hand count: 2 x 2 cells on [0, 2]^2, uniform density (1/4 per cell)."""
+    grid = density.make_grid((0.0, 2.0, 0.0, 2.0), 2)
+    uniform = torch.full((4,), math.log(0.25))
+    x = torch.tensor([[0.5, 0.5], [0.5, 0.6], [1.5, 0.5], [1.5, 1.5], [5.0, 5.0]])   # cells 0, 0, 1, 3 and outside
+    # histogram (2, 1, 0, 1)/5 vs 1/4 each: |0.4-0.25| + |0.2-0.25| + 0.25 + |0.2-0.25| = 0.5, plus 0.2 outside
+    assert density.sample_tv(x, grid, uniform) == pytest.approx(0.5 * (0.5 + 0.2))
+    assert density.sample_tv(torch.tensor([[0.5, 1.5]] * 4), grid, uniform) == pytest.approx(0.75)
+    assert density.sample_tv(torch.tensor([[9.0, 9.0]]), grid, uniform) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="log_density"):
+        density.sample_tv(x, grid, uniform[:3])
