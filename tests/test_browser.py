@@ -116,13 +116,15 @@ def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tm
                                                         "and @data-status='idle']"))
         browser.find_element(By.XPATH, "//div[contains(@class, 'lm-MenuBar-itemLabel') and text()='Run']").click()
         browser.find_element(By.XPATH, "//div[contains(@class, 'lm-Menu-itemLabel') and text()='Run All Cells']").click()
-        sliders = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-slider"))
-        before = wait.until(lambda d: _images(d, ".widget-interact .jp-OutputArea img") or None)
+        sliders = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-slider"),
+                             message="no slider rendered in JupyterLab (Error displaying widget?)")
+        before = wait.until(lambda d: _images(d, ".widget-interact .jp-OutputArea img") or None,
+                            message="the interact of notebook 04 rendered no figure in JupyterLab")
         assert not _errors(browser), _errors(browser)
         shot_before = _shot(browser, "lab_before.png")
         _move_slider(browser, sliders[0], "0.3")                                     # sigma: 0.05 -> 0.3
         after = wait.until(lambda d: (lambda s: s if s and s != before else None)(
-            _images(d, ".widget-interact .jp-OutputArea img")))
+            _images(d, ".widget-interact .jp-OutputArea img")), message="the figure did not change after moving sigma")
         assert after != before
         assert _shot(browser, "lab_after.png") != shot_before
     finally:
@@ -140,13 +142,14 @@ def test_toydiff_explore_renders_and_redraws_with_w(browser):
         _wait_http(url.group(0), proc)
         browser.get(url.group(0))
         wait = WebDriverWait(browser, 60, poll_frequency=0.25)
-        before = wait.until(lambda d: _images(d, ".widget-output img") or None)
+        before = wait.until(lambda d: _images(d, ".widget-output img") or None, message="the explore page drew no figure")
         table = browser.find_element(By.CSS_SELECTOR, ".widget-html table").text
         assert "outlier_fraction" in table and not _errors(browser)
         _shot(browser, "explore_before.png")
         sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider")
         _move_slider(browser, sliders[0], "1")                                       # w: 3 -> 1 (no guidance)
-        wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")))
+        wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")),
+                   message="the explore figure did not change after moving w")
         assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
         _shot(browser, "explore_after.png")
     finally:
