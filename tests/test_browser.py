@@ -75,13 +75,18 @@ def _images(driver, css: str) -> list[str]:
     return [img.get_attribute("src") for img in driver.find_elements(By.CSS_SELECTOR, css)]
 
 
-def _move_slider(driver, slider, value: str) -> None:
-    """Type a value into the slider's editable readout (what a student does after clicking it) and press Enter."""
+def _move_slider(driver, slider) -> str:
+    """Move a slider to the other end of its range (its max, or its min if it sits at the max) by typing into its
+    editable readout, what a student does after clicking it; returns the value typed."""
+    handle = slider.find_element(By.CSS_SELECTOR, ".noUi-handle")
+    now, lo, hi = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemin", "aria-valuemax"))
+    value = f"{lo if now == hi else hi:g}"
     readout = slider.find_element(By.CSS_SELECTOR, ".widget-readout")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", readout)
     readout.click()
     readout.send_keys(Keys.CONTROL, "a")
     readout.send_keys(value, Keys.ENTER)
+    return value
 
 
 def _shot(driver, name: str) -> bytes:
@@ -122,9 +127,9 @@ def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tm
                             message="the interact of notebook 04 rendered no figure in JupyterLab")
         assert not _errors(browser), _errors(browser)
         shot_before = _shot(browser, "lab_before.png")
-        _move_slider(browser, sliders[0], "0.3")                                     # sigma: 0.05 -> 0.3
+        _move_slider(browser, sliders[0])                                           # the first slider to an end
         after = wait.until(lambda d: (lambda s: s if s and s != before else None)(
-            _images(d, ".widget-interact .jp-OutputArea img")), message="the figure did not change after moving sigma")
+            _images(d, ".widget-interact .jp-OutputArea img")), message="the figure did not change after moving the slider")
         assert after != before
         assert _shot(browser, "lab_after.png") != shot_before
     finally:
@@ -147,7 +152,7 @@ def test_toydiff_explore_renders_and_redraws_with_w(browser):
         assert "outlier_fraction" in table and not _errors(browser)
         _shot(browser, "explore_before.png")
         sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider")
-        _move_slider(browser, sliders[0], "1")                                       # w: 3 -> 1 (no guidance)
+        _move_slider(browser, sliders[0])                                           # w: 3 -> its max
         wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")),
                    message="the explore figure did not change after moving w")
         assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
