@@ -14,14 +14,29 @@ from toydiff import cli, datasets, explore, guidance, samplers
 def test_make_guidance_maps_method_weight_and_interval():
     g = explore.make_guidance("cfg", 4.0, (0.0, explore.SIGMA_MAX), None)
     assert isinstance(g, guidance.CFG) and g.w == 4.0 and g.interval is None          # full range = no interval
-    g = explore.make_guidance("cfg", 4.0, (0.3, 1.0), None)
-    assert g.interval == (0.3, 1.0)
-    assert isinstance(explore.make_guidance("autoguidance", 2.0, (0.5, 0.5), None), guidance.NoGuidance)  # empty
+    assert explore.make_guidance("cfg", 4.0, (0.3, 1.0), None).interval == (0.3, 1.0)
+    assert explore.make_guidance("cfg_interval", 4.0, (0.0, 80.0), None).interval == guidance.CFG_INTERVAL
+    assert isinstance(explore.make_guidance("autoguidance", 2.0, (0.5, 0.5), datasets.three_gaussians()),
+                      guidance.NoGuidance)                                             # an empty interval
+    assert isinstance(explore.make_guidance("none", 5.0, (0, 80), None), guidance.NoGuidance)   # none ignores w
     assert isinstance(explore.make_guidance("score_scaling", 2.0, (0, 80), None), guidance.ScoreScaling)
     with pytest.raises(ValueError, match="method"):
         explore.make_guidance("nope", 2.0, (0, 1), None)
     with pytest.raises(ValueError, match="interval"):
         explore.make_guidance("cfg", 2.0, (0, float("nan")), None)
+
+
+def test_methods_follow_the_guidance_registry():
+    """A recipe registered in toydiff.guidance appears on the page with no other edit; one needing a classifier
+    (which the explorer cannot supply) does not."""
+    assert "autoguidance" in explore.methods() and "classifier" not in explore.methods()
+    guidance.register("half_cfg_test", lambda w, **m: guidance.CFG(1 + (w - 1) / 2, **m))
+    try:
+        assert "half_cfg_test" in explore.methods()
+        g = explore.make_guidance("half_cfg_test", 5.0, (0.0, explore.SIGMA_MAX), None)
+        assert isinstance(g, guidance.CFG) and g.w == 3.0
+    finally:
+        del guidance.RECIPES["half_cfg_test"]
 
 
 def test_every_control_reaches_the_samples_and_metrics():

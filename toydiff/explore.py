@@ -23,35 +23,24 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import datasets, density, figures, metrics, plot, samplers
+from . import datasets, density, figures, guidance, metrics, plot, samplers, zoo
 from .distributions import GaussianMixture
-from .guidance import CFG, AutoGuidance, Guidance, NoGuidance, ScoreScaling, guided, to_ho_salimans
+from .guidance import Guidance, NoGuidance, guided, to_ho_salimans
 
-__all__ = ["PROBLEMS", "METHODS", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "Explorer",
+__all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "Explorer",
            "voila_command", "serve"]
 
 NOTEBOOK = Path(__file__).with_name("explore.ipynb")
 PROBLEMS = ("tree", "three_gaussians")
 SAMPLERS = tuple(samplers.METHODS)
-SIGMA_MAX = figures.SIGMA_MAX
+SIGMA_MAX = zoo.SIGMA_MAX
 METRICS = ("outlier_fraction", "precision", "recall", "class_accuracy")
 
 
-def _cfg(w: float, interval, guide) -> Guidance:
-    return CFG(w, interval=interval)
-
-
-def _auto(w: float, interval, guide) -> Guidance:
-    return AutoGuidance(guide, w, interval=interval)
-
-
-def _scaling(w: float, interval, guide) -> Guidance:
-    return ScoreScaling(w, interval=interval)
-
-
-# name -> factory(w, interval, guide): the methods of figures.METHODS (cfg_interval is CFG with the interval control)
-METHODS: dict[str, Callable[..., Guidance]] = {"none": lambda w, interval, guide: NoGuidance(), "cfg": _cfg,
-                                               "autoguidance": _auto, "score_scaling": _scaling}
+def methods() -> list[str]:
+    """The guidance recipes the page offers: every name of the toydiff.guidance registry that needs at most a guide
+    model (a recipe registered later appears with no other edit)."""
+    return guidance.names(("guide",))
 
 
 @dataclass
@@ -70,7 +59,7 @@ def problem(name: str) -> Problem:
     exact mixture is the main denoiser and the same mixture with every covariance doubled (a blurrier model, the
     "bad version") the guide, class 0."""
     if name == "tree":
-        data, models = datasets.tree(), figures.pretrained(progress=False)
+        data, models = datasets.tree(), zoo.pretrained(progress=False)
         return Problem(name, data, models.main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
     if name == "three_gaussians":
         data = datasets.three_gaussians()
@@ -81,16 +70,18 @@ def problem(name: str) -> Problem:
 
 
 def make_guidance(method: str, w: float, interval: tuple[float, float], guide: Callable) -> Guidance:
-    """The guidance of a named method. `interval` = (sigma_lo, sigma_hi): guidance only where sigma_lo < sigma <=
-    sigma_hi; (0, SIGMA_MAX) or wider is the full range (no interval), an empty one (lo >= hi) no guidance at all."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    """The guidance of a registry recipe (toydiff.guidance.make) at weight w ("none" ignores w). `interval` =
+    (sigma_lo, sigma_hi): guidance only where sigma_lo < sigma <= sigma_hi; (0, SIGMA_MAX) or wider leaves the
+    recipe's own (none, or cfg_interval's), an empty one (lo >= hi) means no guidance at all."""
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
     lo, hi = (float(v) for v in interval)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"interval must be two finite sigmas, got {interval!r}")
-    if lo >= hi:
+    if lo >= hi or method == "none":
         return NoGuidance()
-    return METHODS[method](w, None if lo <= 0 and hi >= SIGMA_MAX else (lo, hi), guide)
+    modifiers = {} if lo <= 0 and hi >= SIGMA_MAX else {"interval": (lo, hi)}
+    return guidance.make(method, w, guide=guide, **modifiers)
 
 
 class Explorer:
@@ -99,7 +90,7 @@ class Explorer:
     Problems are built on first use and kept (the tree's models load once); the start noise is fixed by `seed`, so
     moving one control changes only what that control does."""
 
-    def __init__(self, n: int = 1500, steps: int = figures.STEPS, seed: int = 0):
+    def __init__(self, n: int = 1500, steps: int = zoo.STEPS, seed: int = 0):
         self.n, self.steps, self.seed = n, steps, seed
         self._problems: dict[str, Problem] = {}
         self._logp: dict[str, Tensor] = {}
