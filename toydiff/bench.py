@@ -1,0 +1,190 @@
+"""The guidance benchmark: every method, swept over its weight, scored against the exact ground truth.
+
+For each dataset (`toydiff.bench_models.BENCH_DATASETS`) and method (`METHODS`), n samples per weight, the classes
+in turn (label i % C), are drawn with EDM Heun, 32 steps from sigma_max = 10 (CFG++: Euler with the same 63
+denoiser evaluations), from the SAME start noise for every method and weight (common random numbers). One sampler
+call covers the whole sweep of a method: each row carries its own weight (a per-row schedule w(sigma)).
+
+Per class c, then averaged over the classes, against true samples of p(x | c):
+  outliers   share below the 1% quantile of the true log p(x | c) (toydiff.metrics)
+  precision, recall   k-NN manifolds, k = 3 (Kynkaanniemi et al. 2019)
+  accuracy   share whose exact MAP class is c
+  energy     energy distance to true samples (Szekely & Rizzo 2013)
+  tv, kl     the sample histogram against the EXACT mass of p(x | c) in each bin (toydiff.histogram); its noise
+             floor, the TV of n true samples, is reported beside it
+CRITERION: the best weight of a method is the one with the smallest tv (ties: the smaller weight), and the
+leaderboard ranks the methods by that tv. Weights: w = 1 is no guidance (Ho & Salimans' w is w - 1).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import metrics, samplers
+from .bench_models import BENCH_DATASETS, BenchModels, bench_models
+from .guidance import (APG, CFG, AutoGuidance, ClassifierGuidance, CFGpp, Guidance, NoGuidance, ScoreScaling,
+                       guided)
+from .guidance_recent import CFGZeroStar, LinearCFG
+from .histogram import histogram_divergence, noise_floor
+from .validation import check_positive_int
+
+__all__ = ["Method", "METHODS", "BenchConfig", "FULL", "FAST", "CRITERION", "run_method", "bench_dataset", "run"]
+
+STEPS, SIGMA_MIN, SIGMA_MAX, RHO = 32, 0.002, 10.0, 7.0
+# Kynkaanniemi et al. 2024's interval for EDM2-S (sigma_data = 0.5, as here), in sigma
+INTERVAL = (0.28, 5.42)
+# CFG-Zero*'s zero-init on the first solver step only (the paper's default): between the first two sigmas
+_SIGMAS = samplers.edm_sigmas(STEPS, SIGMA_MIN, SIGMA_MAX, RHO)
+ZERO_INIT = float(_SIGMAS[:2].mean())
+CRITERION = "tv"
+METRICS = ("outliers", "precision", "recall", "accuracy", "energy", "tv", "kl")
+# CFG++'s lambda acts like CFG's w_t = lambda sigma / (sigma - sigma') per Euler step (toydiff.guidance.CFGpp):
+# with these 63 steps sigma / (sigma - sigma') is about 7, so lambda ~ 0.14 is no guidance and 0.4 about w = 3
+CFGPP_GRID = (0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
+Weight = Callable[[Tensor], Tensor]
+
+
+class _Unconditional:
+    """A separate unconditional model called as a denoiser that ignores the labels (the D_0 of the paper's CFG)."""
+
+    def __init__(self, model: Callable):
+        self.model = model
+
+    def __call__(self, x: Tensor, sigma, cond=None) -> Tensor:
+        return self.model(x, sigma, None)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark entry: `build(models, w)` gives the guidance (w: a per-row weight schedule) or None for the
+    plain model; `grid` the weights swept (None: the config's); `sampler` the EDM sampler; `exact`: sample the
+    true mixture instead of the network (a reference row)."""
+    build: Callable[[BenchModels, Weight], Guidance | None]
+    label: str
+    grid: tuple[float, ...] | None = None
+    sampler: str = "heun"
+    exact: bool = False
+
+
+def _minus_one(w: Weight) -> Weight:
+    return lambda sigma: w(sigma) - 1
+
+
+METHODS: dict[str, Method] = {
+    "exact": Method(lambda m, w: None, "exact denoiser", (1.0,), exact=True),
+    "none": Method(lambda m, w: None, "no guidance", (1.0,)),
+    "cfg": Method(lambda m, w: CFG(w), "CFG (null label)"),
+    "cfg_separate": Method(lambda m, w: AutoGuidance(_Unconditional(m.uncond), w), "CFG (separate uncond.)"),
+    "cfg_interval": Method(lambda m, w: CFG(w, interval=INTERVAL), "CFG + interval"),
+    "cfg_rescale": Method(lambda m, w: CFG(w, rescale=0.7), "CFG + rescale 0.7"),
+    "apg": Method(lambda m, w: APG(w, eta=0.0, momentum=-0.5), "APG"),
+    "cfgpp": Method(lambda m, w: CFGpp(w), r"CFG++ ($\lambda$)", CFGPP_GRID, sampler="euler"),
+    "classifier": Method(lambda m, w: ClassifierGuidance(m.classifier.log_prob, _minus_one(w)), "classifier guid."),
+    "score_scaling": Method(lambda m, w: ScoreScaling(w), "score scaling"),
+    "autoguidance": Method(lambda m, w: AutoGuidance(m.guide, w), "autoguidance"),
+    "autoguidance_interval": Method(lambda m, w: AutoGuidance(m.guide, w, interval=INTERVAL), "autoguid. + interval"),
+    "cfg_zero_star": Method(lambda m, w: CFGZeroStar(w, zero_init=ZERO_INIT), "CFG-Zero*"),
+    "linear_cfg": Method(lambda m, w: LinearCFG(w, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO),
+                         "CFG, linear schedule"),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """n: samples per weight (all classes together); grid: the weights > 1 swept (w = 1 is the "none" row, where
+    every curve starts); bins: histogram bins per axis."""
+    n: int = 4096
+    grid: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
+    bins: int = 32
+    seed: int = 0
+
+
+FULL = BenchConfig()
+FAST = BenchConfig(n=600, grid=(1.5, 3.0), bins=12)
+
+
+def _rows(values: Tensor) -> Weight:
+    """A weight schedule that gives row i the weight values[i] at every sigma."""
+    return lambda sigma: values.to(sigma.dtype)
+
+
+def run_method(name: str, models: BenchModels, config: BenchConfig) -> tuple[tuple[float, ...], Tensor, Tensor]:
+    """Sample method `name` over its whole grid in ONE sampler call: (weights [G], samples [G, n, 2], labels [n])."""
+    method = METHODS[name]
+    grid = method.grid or config.grid
+    n, classes = config.n, models.data.num_classes
+    labels = torch.arange(n) % classes
+    start = torch.randn(n, 2, generator=torch.Generator().manual_seed(config.seed)) * SIGMA_MAX
+    w_rows = torch.tensor(grid, dtype=torch.float64).repeat_interleave(n)
+    base = models.data if method.exact else models.main
+    guidance = method.build(models, _rows(w_rows))
+    denoiser = base if guidance is None else guided(base, guidance)
+    steps = 2 * STEPS - 1 if method.sampler == "euler" else STEPS           # the same denoiser evaluations
+    dtype = torch.float64 if method.exact else torch.float32
+    x = samplers.sample(denoiser, start.repeat(len(grid), 1).to(dtype), labels.repeat(len(grid)),
+                        method=method.sampler, steps=steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
+    return grid, x.float().reshape(len(grid), n, 2), labels
+
+
+def _score(x: Tensor, labels: Tensor, models: BenchModels, references: list[Tensor], bins: int) -> dict[str, float]:
+    """The METRICS of samples x [n, 2] meant to follow p(x | labels), averaged over the classes."""
+    data, per_class = models.data, []
+    for c, ref in enumerate(references):
+        xc = x[labels == c]
+        lp = metrics.class_log_prob(xc, data)
+        precision, recall = metrics.precision_recall(ref, xc)
+        div = histogram_divergence(xc, data, c, bins=bins)
+        per_class.append(dict(outliers=metrics.outlier_fraction(xc, data, c, log_probs=lp), precision=precision,
+                              recall=recall, accuracy=metrics.class_accuracy(xc, data, c, log_probs=lp),
+                              energy=metrics.energy_distance(ref, xc), tv=div["tv"], kl=div["kl"]))
+    return {k: sum(m[k] for m in per_class) / len(per_class) for k in METRICS}
+
+
+def bench_dataset(name: str, models: BenchModels, config: BenchConfig, methods: list[str],
+                  progress: bool = False) -> dict:
+    """The sweep and the best weight (CRITERION) of every method on one dataset, with the histogram noise floor."""
+    data, n = models.data, config.n
+    counts = [int((torch.arange(n) % data.num_classes == c).sum()) for c in range(data.num_classes)]
+    references = [data.sample(k, cond=c, generator=torch.Generator().manual_seed(config.seed + 1 + c))[0].float()
+                  for c, k in enumerate(counts)]
+    floor = [noise_floor(data, c, k, bins=config.bins, seed=config.seed + 100 + c) for c, k in enumerate(counts)]
+    out = dict(noise_floor={k: sum(f[k] for f in floor) / len(floor) for k in ("tv", "kl")}, methods={})
+    for method in tqdm(methods, desc=name, disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        grid, x, labels = run_method(method, models, config)
+        sweep = [dict(w=w, **_score(xs, labels, models, references, config.bins)) for w, xs in zip(grid, x)]
+        best = min(sweep, key=lambda r: (round(r[CRITERION], 12), r["w"]))
+        out["methods"][method] = dict(label=METHODS[method].label, best=best, sweep=sweep,
+                                      from_none=METHODS[method].grid is None, seconds=time.perf_counter() - t0)
+    return out
+
+
+def check_names(methods: list[str] | None, datasets: list[str] | None) -> tuple[list[str], list[str]]:
+    """The method and dataset lists (all when None), or ValueError naming the unknown ones."""
+    methods, datasets = list(methods or METHODS), list(datasets or BENCH_DATASETS)
+    for kind, names, known in (("method", methods, METHODS), ("dataset", datasets, BENCH_DATASETS)):
+        unknown = [x for x in names if x not in known]
+        if unknown or not names:
+            raise ValueError(f"unknown {kind}(s) {unknown}; expected some of {sorted(known)}")
+    return methods, datasets
+
+
+def run(config: BenchConfig = FULL, methods: list[str] | None = None, datasets: list[str] | None = None,
+        retrain: bool = False, progress: bool = False) -> dict:
+    """The whole benchmark as a JSON-ready dict: the config, the criterion, and per dataset the noise floor and
+    every method's sweep and best weight. Deterministic: the same config gives the same numbers."""
+    methods, datasets = check_names(methods, datasets)
+    check_positive_int(config.n, "n")
+    result = dict(config=dict(n=config.n, grid=list(config.grid), bins=config.bins, seed=config.seed, steps=STEPS,
+                              sigma_max=SIGMA_MAX, interval=list(INTERVAL)), criterion=CRITERION, datasets={})
+    for name in datasets:
+        t0 = time.perf_counter()
+        models = bench_models(name, retrain=retrain, seed=config.seed)
+        result["datasets"][name] = bench_dataset(name, models, config, methods, progress)
+        result["datasets"][name]["seconds"] = time.perf_counter() - t0
+    return result
