@@ -15,6 +15,7 @@ __all__ = ["leaderboard", "pareto_figure", "write_outputs"]
 _COLUMNS = (("tv", "TV"), ("kl", "KL"), ("outliers", "outliers"), ("precision", "precision"), ("recall", "recall"),
             ("accuracy", "class acc."), ("energy", "energy dist."))
 _MARKERS = "osD^v<>pXh*P8d"
+_CFG_LIKE = ("cfg", "cfg_separate", "cfg_interval", "cfg_rescale", "apg", "cfgpp", "cfg_zero_star", "linear_cfg")
 
 
 def _ranked(data: dict, criterion: str) -> list[tuple[str, dict]]:
@@ -45,29 +46,41 @@ def leaderboard(result: dict) -> str:
 
 
 def pareto_figure(name: str, data: dict, criterion: str = "tv") -> Figure:
-    """Outlier fraction (log scale) vs recall, one curve per method through its weights (marker size grows with
-    w), a star at the weight the criterion picks; up-left is better."""
-    fig, ax = plt.subplots(figsize=(8.4, 4.8), layout="constrained")
+    """Outlier fraction vs recall, one curve per method through its weights (marker size
+    grows with w; the curves of the w-swept methods start at the "none" point, w = 1), a star at the weight the
+    criterion picks; up-left is better. Two panels, CFG-like methods (the unconditional or null branch as D_0)
+    and the rest, each with the exact denoiser and no guidance as references."""
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 6.2), sharey=True, layout="constrained")
     cmap = plt.get_cmap("tab20")
-    none = data["methods"].get("none", {}).get("best")
-    for i, (method, entry) in enumerate(data["methods"].items()):
-        sweep = entry["sweep"]
-        xs, ys = [r["outliers"] for r in sweep], [r["recall"] for r in sweep]
-        color, marker = cmap(i % 20), _MARKERS[i % len(_MARKERS)]
-        start = [none] if none is not None and entry["from_none"] else []          # w = 1 is the "none" point
-        ax.plot([r["outliers"] for r in start] + xs, [r["recall"] for r in start] + ys, "-", color=color, lw=1.2,
-                alpha=0.8)
-        ax.scatter(xs, ys, s=[14 + 14 * j for j in range(len(xs))], color=color, marker=marker, alpha=0.85,
-                   label=f"{entry['label']} ($w$ {sweep[0]['w']:g}$\\to${sweep[-1]['w']:g})")
-        ax.scatter([entry["best"]["outliers"]], [entry["best"]["recall"]], s=160, marker="*", facecolor="none",
-                   edgecolor=color, linewidths=1.4)
-    ax.set_xscale("log")
-    ax.set_xlabel("outlier fraction (share below the 1% quantile of true $\\log p(x|c)$)")
-    ax.set_ylabel("recall ($k$-NN, $k=3$)")
-    ax.set_title(f"{name}: outliers vs recall over the guidance weight $w$\n"
-                 f"(curves start at no guidance, $w = 1$; marker size grows with $w$; $\\star$ = best $w$ by {criterion.upper()})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    methods = data["methods"]
+    none = methods.get("none", {}).get("best")
+    refs = [m for m in ("exact", "none") if m in methods]
+    groups = ([m for m in methods if m in _CFG_LIKE], [m for m in methods if m not in _CFG_LIKE and m not in refs])
+    for ax, group, title in zip(axes, groups, ("CFG and its variants", "other guidance")):
+        for method in refs + group:
+            i = list(methods).index(method)
+            entry, color, marker = methods[method], cmap(i % 20), _MARKERS[i % len(_MARKERS)]
+            sweep = entry["sweep"]
+            xs, ys = [r["outliers"] for r in sweep], [r["recall"] for r in sweep]
+            start = [none] if none is not None and entry["from_none"] else []      # w = 1 is the "none" point
+            ax.plot([r["outliers"] for r in start] + xs, [r["recall"] for r in start] + ys, "-", color=color,
+                    lw=1.2, alpha=0.8)
+            grid = f"$w$ {sweep[0]['w']:g}$\\to${sweep[-1]['w']:g}" if len(sweep) > 1 else f"$w$ {sweep[0]['w']:g}"
+            ax.scatter(xs, ys, s=[16 + 14 * j for j in range(len(xs))], color=color, marker=marker, alpha=0.85,
+                       label=f"{entry['label']} ({grid})")
+            ax.scatter([entry["best"]["outliers"]], [entry["best"]["recall"]], s=180, marker="*", facecolor="none",
+                       edgecolor=color, linewidths=1.3)
+        right = ax.get_xlim()[1]
+        ax.set_xlim(-0.02 * right, right)                                           # room for the markers at 0
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.set_xlabel("outlier fraction (below the 1% quantile of true $\\log p(x|c)$)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8.5, frameon=False)
+    axes[0].set_ylabel("recall ($k$-NN, $k=3$)")
+    fig.suptitle(f"{name}: outliers vs recall over the guidance weight $w$ (up-left is better)\n"
+                 f"curves start at no guidance ($w = 1$), marker size grows with $w$, "
+                 f"$\\star$ = best $w$ by {criterion.upper()}")
     return fig
 
 
