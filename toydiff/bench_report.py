@@ -34,7 +34,9 @@ def leaderboard(result: dict) -> str:
     for name, data in result["datasets"].items():
         floor = data["noise_floor"]
         lines += [f"## {name}", "",
-                  f"Histogram noise floor (true samples, same n): TV {floor['tv']:.3f}, KL {floor['kl']:.3f}.", "",
+                  f"Histogram noise floor (true samples, same n, {floor['seeds']} seeds): TV {floor['tv']:.3f} "
+                  f"(std {floor['tv_std']:.3f}), KL {floor['kl']:.3f}. TV gaps smaller than about twice that std are "
+                  f"noise.", "",
                   "| rank | method | w | " + " | ".join(h for _, h in _COLUMNS) + " |",
                   "|---:|---|---:|" + "---:|" * len(_COLUMNS)]
         for rank, (method, entry) in enumerate(_ranked(data, criterion), 1):
