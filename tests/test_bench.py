@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from toydiff import bench, bench_models, bench_report
+from toydiff import bench, bench_models, bench_report, guidance
 
 TINY = bench.BenchConfig(n=60, grid=(1.0, 3.0), bins=6, seed=5)
 
@@ -18,9 +18,9 @@ def tiny():
 
 def test_every_method_runs_and_is_scored(tiny):
     data = tiny["datasets"]["three_gaussians"]
-    assert list(data["methods"]) == list(bench.METHODS)
+    assert list(data["methods"]) == bench.method_names() == ["exact", *guidance.names()]
     for name, entry in data["methods"].items():
-        grid = bench.METHODS[name].grid or TINY.grid
+        grid = bench.GRIDS.get(name, TINY.grid)
         assert [r["w"] for r in entry["sweep"]] == list(grid)
         assert entry["best"] in entry["sweep"]
         assert entry["best"]["tv"] == min(r["tv"] for r in entry["sweep"])
@@ -52,7 +52,7 @@ def test_outputs(tiny, tmp_path):
     md = paths[0].read_text()
     assert "## three_gaussians" in md and "smallest **TV**" in md and "noise floor" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(rows) == len(bench.METHODS)
+    assert len(rows) == len(bench.method_names())
     tvs = [float(r.split("|")[4]) for r in rows]
     assert tvs == sorted(tvs)                                            # best first
     image = mpimg.imread(paths[2])
@@ -76,3 +76,26 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
     (tmp_path / "three_gaussians.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         bench_models.load_bench_models("three_gaussians", tmp_path)
+
+
+def test_a_registered_recipe_appears_in_the_bench(monkeypatch):
+    """A recipe registered once in toydiff.guidance is a bench method with no other edit; one that wants a number
+    (float(w) refuses a schedule) is sampled one call per weight and gives CFG's numbers."""
+    monkeypatch.setitem(guidance.RECIPES, "cfg_number",
+                        guidance.Recipe("cfg_number", lambda w, **m: guidance.CFG(float(w), **m)))
+    assert "cfg_number" in bench.method_names()
+    got = bench.run(TINY, methods=["cfg", "cfg_number"], datasets=["three_gaussians"])["datasets"]["three_gaussians"]
+    for a, b in zip(got["methods"]["cfg"]["sweep"], got["methods"]["cfg_number"]["sweep"]):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_cli_bench(tmp_path, capsys):
+    from toydiff import cli
+    assert cli.main(["bench", "--fast", "--methods", "none", "cfg", "--datasets", "three_gaussians", "--out",
+                     str(tmp_path), "--no-progress"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"leaderboard.md", "bench.json", "pareto_three_gaussians.png"}
+    for argv, word in ((["bench", "--methods", "cfg", "nope"], "unknown method(s) ['nope']"),
+                       (["bench", "--datasets", "mnist"], "unknown dataset(s) ['mnist']")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and word in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 
 from toydiff import guidance as G
 from toydiff import samplers
-from toydiff.guidance_recent import CFGZeroStar, LinearCFG
+from toydiff.guidance import CFGZeroStar, LinearCFG
 
 
 @pytest.fixture

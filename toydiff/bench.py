@@ -1,9 +1,12 @@
-"""The guidance benchmark: every method, swept over its weight, scored against the exact ground truth.
+"""The guidance benchmark: every method of the guidance registry, swept over its weight, scored against the exact
+ground truth.
 
-For each dataset (`toydiff.bench_models.BENCH_DATASETS`) and method (`METHODS`), n samples per weight, the classes
-in turn (label i % C), are drawn with EDM Heun, 32 steps from sigma_max = 10 (CFG++: Euler with the same 63
-denoiser evaluations), from the SAME start noise for every method and weight (common random numbers). One sampler
-call covers the whole sweep of a method: each row carries its own weight (a per-row schedule w(sigma)).
+For each dataset (`toydiff.bench_models.BENCH_DATASETS`) and method (`method_names()`: every recipe registered in
+`toydiff.guidance`, plus the exact denoiser as a reference row), n samples per weight, the classes in turn
+(label i % C), are drawn with EDM Heun, 32 steps from sigma_max = 10 (a re-noising method, CFG++: Euler with the
+same 63 denoiser evaluations), from the SAME start noise for every method and weight (common random numbers).
+One sampler call covers the whole sweep of a method: each row carries its own weight (a per-row schedule
+w(sigma)); a recipe that only takes a number gets one call per weight.
 
 Per class c, then averaged over the classes, against true samples of p(x | c):
   outliers   share below the 1% quantile of the true log p(x | c) (toydiff.metrics)
@@ -11,7 +14,7 @@ Per class c, then averaged over the classes, against true samples of p(x | c):
   accuracy   share whose exact MAP class is c
   energy     energy distance to true samples (Szekely & Rizzo 2013)
   tv, kl     the sample histogram against the EXACT mass of p(x | c) in each bin (toydiff.histogram); its noise
-             floor, the TV of n true samples, is reported beside it
+             floor, the TV of n true samples (mean and std over FLOOR_SEEDS seeds), is reported beside it
 CRITERION: the best weight of a method is the one with the smallest tv (ties: the smaller weight), and the
 leaderboard ranks the methods by that tv. Weights: w = 1 is no guidance (Ho & Salimans' w is w - 1).
 """
@@ -25,22 +28,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import metrics, samplers
+from . import guidance, metrics, samplers
 from .bench_models import BENCH_DATASETS, BenchModels, bench_models
-from .guidance import (APG, CFG, AutoGuidance, ClassifierGuidance, CFGpp, Guidance, NoGuidance, ScoreScaling,
-                       guided)
-from .guidance_recent import CFGZeroStar, LinearCFG
+from .denoiser import renoise_of
 from .histogram import histogram_divergence, noise_floor
 from .validation import check_positive_int
 
-__all__ = ["Method", "METHODS", "BenchConfig", "FULL", "FAST", "CRITERION", "run_method", "bench_dataset", "run"]
+__all__ = ["BenchConfig", "FULL", "FAST", "CRITERION", "METRICS", "GRIDS", "method_names", "run_method",
+           "bench_dataset", "check_names", "run"]
 
-STEPS, SIGMA_MIN, SIGMA_MAX, RHO = 32, 0.002, 10.0, 7.0
-# Kynkaanniemi et al. 2024's interval for EDM2-S (sigma_data = 0.5, as here), in sigma
-INTERVAL = (0.28, 5.42)
-# CFG-Zero*'s zero-init on the first solver step only (the paper's default): between the first two sigmas
-_SIGMAS = samplers.edm_sigmas(STEPS, SIGMA_MIN, SIGMA_MAX, RHO)
-ZERO_INIT = float(_SIGMAS[:2].mean())
+STEPS, SIGMA_MIN, SIGMA_MAX, RHO = 32, 0.002, 10.0, 7.0        # the toy sampler (toydiff.zoo)
 CRITERION = "tv"
 FLOOR_SEEDS = 4
 METRICS = ("outliers", "precision", "recall", "accuracy", "energy", "tv", "kl")
@@ -50,49 +47,25 @@ CFGPP_GRID = (0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
 Weight = Callable[[Tensor], Tensor]
 
 
-class _Unconditional:
-    """A separate unconditional model called as a denoiser that ignores the labels (the D_0 of the paper's CFG)."""
-
-    def __init__(self, model: Callable):
-        self.model = model
-
-    def __call__(self, x: Tensor, sigma, cond=None) -> Tensor:
-        return self.model(x, sigma, None)
+# weights swept where the shared grid does not fit: "none" has only w = 1, CFG++'s lambda lives in [0, 1]
+GRIDS: dict[str, tuple[float, ...]] = {"none": (1.0,), "exact": (1.0,), "cfgpp": CFGPP_GRID}
+LABELS = {"exact": "exact denoiser", "none": "no guidance", "cfg": "CFG (null label)",
+          "cfg_separate": "CFG (separate uncond.)", "cfgpp": r"CFG++ ($\lambda$)", "classifier": "classifier guid.",
+          "cfg_zero_star": "CFG-Zero*", "linear_cfg": "CFG, linear schedule"}
+EXACT = "exact"   # the reference row: the true mixture's denoiser, unguided
 
 
-@dataclass(frozen=True)
-class Method:
-    """A benchmark entry: `build(models, w)` gives the guidance (w: a per-row weight schedule) or None for the
-    plain model; `grid` the weights swept (None: the config's); `sampler` the EDM sampler; `exact`: sample the
-    true mixture instead of the network (a reference row)."""
-    build: Callable[[BenchModels, Weight], Guidance | None]
-    label: str
-    grid: tuple[float, ...] | None = None
-    sampler: str = "heun"
-    exact: bool = False
+def method_names() -> list[str]:
+    """The benchmark's methods: every recipe of the toydiff.guidance registry, after the exact reference row."""
+    return [EXACT, *guidance.names()]
 
 
-def _minus_one(w: Weight) -> Weight:
-    return lambda sigma: w(sigma) - 1
-
-
-METHODS: dict[str, Method] = {
-    "exact": Method(lambda m, w: None, "exact denoiser", (1.0,), exact=True),
-    "none": Method(lambda m, w: None, "no guidance", (1.0,)),
-    "cfg": Method(lambda m, w: CFG(w), "CFG (null label)"),
-    "cfg_separate": Method(lambda m, w: AutoGuidance(_Unconditional(m.uncond), w), "CFG (separate uncond.)"),
-    "cfg_interval": Method(lambda m, w: CFG(w, interval=INTERVAL), "CFG + interval"),
-    "cfg_rescale": Method(lambda m, w: CFG(w, rescale=0.7), "CFG + rescale 0.7"),
-    "apg": Method(lambda m, w: APG(w, eta=0.0, momentum=-0.5), "APG"),
-    "cfgpp": Method(lambda m, w: CFGpp(w), r"CFG++ ($\lambda$)", CFGPP_GRID, sampler="euler"),
-    "classifier": Method(lambda m, w: ClassifierGuidance(m.classifier.log_prob, _minus_one(w)), "classifier guid."),
-    "score_scaling": Method(lambda m, w: ScoreScaling(w), "score scaling"),
-    "autoguidance": Method(lambda m, w: AutoGuidance(m.guide, w), "autoguidance"),
-    "autoguidance_interval": Method(lambda m, w: AutoGuidance(m.guide, w, interval=INTERVAL), "autoguid. + interval"),
-    "cfg_zero_star": Method(lambda m, w: CFGZeroStar(w, zero_init=ZERO_INIT), "CFG-Zero*"),
-    "linear_cfg": Method(lambda m, w: LinearCFG(w, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO),
-                         "CFG, linear schedule"),
-}
+def _denoiser(name: str, models: BenchModels, w: float | Weight) -> Callable:
+    """The denoiser of method `name` at weight w (a number, or a per-row schedule)."""
+    if name == EXACT:
+        return models.data
+    made = guidance.make(name, w, guide=models.guide, classifier=models.classifier.log_prob, uncond=models.uncond)
+    return guidance.guided(models.main, made)
 
 
 @dataclass(frozen=True)
@@ -115,21 +88,25 @@ def _rows(values: Tensor) -> Weight:
 
 
 def run_method(name: str, models: BenchModels, config: BenchConfig) -> tuple[tuple[float, ...], Tensor, Tensor]:
-    """Sample method `name` over its whole grid in ONE sampler call: (weights [G], samples [G, n, 2], labels [n])."""
-    method = METHODS[name]
-    grid = method.grid or config.grid
+    """Sample method `name` over its whole grid: (weights [G], samples [G, n, 2], labels [n]). One sampler call
+    with a weight per row where the recipe takes a schedule; one call per weight where it wants a number."""
+    grid = GRIDS.get(name, config.grid)
     n, classes = config.n, models.data.num_classes
     labels = torch.arange(n) % classes
     start = torch.randn(n, 2, generator=torch.Generator().manual_seed(config.seed)) * SIGMA_MAX
-    w_rows = torch.tensor(grid, dtype=torch.float64).repeat_interleave(n)
-    base = models.data if method.exact else models.main
-    guidance = method.build(models, _rows(w_rows))
-    denoiser = base if guidance is None else guided(base, guidance)
-    steps = 2 * STEPS - 1 if method.sampler == "euler" else STEPS           # the same denoiser evaluations
-    dtype = torch.float64 if method.exact else torch.float32
-    x = samplers.sample(denoiser, start.repeat(len(grid), 1).to(dtype), labels.repeat(len(grid)),
-                        method=method.sampler, steps=steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
-    return grid, x.float().reshape(len(grid), n, 2), labels
+    try:
+        w_rows = torch.tensor(grid, dtype=torch.float64).repeat_interleave(n)
+        calls = [(_denoiser(name, models, grid[0] if len(grid) == 1 else _rows(w_rows)), len(grid))]
+    except (TypeError, ValueError):                                             # a recipe that takes numbers only
+        calls = [(_denoiser(name, models, w), 1) for w in grid]
+    dtype = torch.float64 if name == EXACT else torch.float32
+    out = []
+    for denoiser, k in calls:
+        sampler = "euler" if renoise_of(denoiser) is not None else "heun"       # CFG++ re-noises: Euler only
+        steps = 2 * STEPS - 1 if sampler == "euler" else STEPS                  # the same denoiser evaluations
+        out.append(samplers.sample(denoiser, start.repeat(k, 1).to(dtype), labels.repeat(k), method=sampler,
+                                   steps=steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO))
+    return grid, torch.cat(out).float().reshape(len(grid), n, 2), labels
 
 
 def _score(x: Tensor, labels: Tensor, models: BenchModels, references: list[Tensor], bins: int) -> dict[str, float]:
@@ -164,15 +141,16 @@ def bench_dataset(name: str, models: BenchModels, config: BenchConfig, methods: 
         grid, x, labels = run_method(method, models, config)
         sweep = [dict(w=w, **_score(xs, labels, models, references, config.bins)) for w, xs in zip(grid, x)]
         best = min(sweep, key=lambda r: (round(r[CRITERION], 12), r["w"]))
-        out["methods"][method] = dict(label=METHODS[method].label, best=best, sweep=sweep,
-                                      from_none=METHODS[method].grid is None, seconds=time.perf_counter() - t0)
+        out["methods"][method] = dict(label=LABELS.get(method, method.replace("_", " ")), best=best, sweep=sweep,
+                                      from_none=method not in GRIDS, seconds=time.perf_counter() - t0)
     return out
 
 
 def check_names(methods: list[str] | None, datasets: list[str] | None) -> tuple[list[str], list[str]]:
     """The method and dataset lists (all when None), or ValueError naming the unknown ones."""
-    methods, datasets = list(methods or METHODS), list(datasets or BENCH_DATASETS)
-    for kind, names, known in (("method", methods, METHODS), ("dataset", datasets, BENCH_DATASETS)):
+    known_methods = method_names()
+    methods, datasets = list(methods or known_methods), list(datasets or BENCH_DATASETS)
+    for kind, names, known in (("method", methods, known_methods), ("dataset", datasets, BENCH_DATASETS)):
         unknown = [x for x in names if x not in known]
         if unknown or not names:
             raise ValueError(f"unknown {kind}(s) {unknown}; expected some of {sorted(known)}")
@@ -186,7 +164,7 @@ def run(config: BenchConfig = FULL, methods: list[str] | None = None, datasets: 
     methods, datasets = check_names(methods, datasets)
     check_positive_int(config.n, "n")
     result = dict(config=dict(n=config.n, grid=list(config.grid), bins=config.bins, seed=config.seed, steps=STEPS,
-                              sigma_max=SIGMA_MAX, interval=list(INTERVAL)), criterion=CRITERION, datasets={})
+                              sigma_max=SIGMA_MAX), criterion=CRITERION, datasets={})
     for name in datasets:
         t0 = time.perf_counter()
         models = bench_models(name, retrain=retrain, seed=config.seed)

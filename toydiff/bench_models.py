@@ -24,7 +24,8 @@ from . import datasets
 from .atomic import save_atomic
 from .distributions import GaussianMixture
 from .nets import MLPDenoiser, NoiseAwareClassifier
-from .training import train, train_classifier
+from .classifier import train_classifier
+from .training import train
 
 __all__ = ["BENCH_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "save_bench_models",
            "load_bench_models", "bench_models", "CHECKPOINT_DIR"]

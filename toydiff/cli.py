@@ -1,10 +1,11 @@
-"""The `toydiff` command line: demo, train, sample, figure. Thin: the logic lives in toydiff.zoo / figures / demo.
+"""The `toydiff` command line: demo, train, sample, figure, explore, bench. Thin: the logic lives in toydiff.zoo / figures / demo.
 
     toydiff demo [--out DIR] [--retrain] [--fast] [--seed S] [--no-progress]
     toydiff train [--out DIR] [--seed S]                 # retrain the tree main/guide checkpoints
     toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--out FILE.pt|.png]
     toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast]
     toydiff explore [--port P] [--open]                  # the classroom page (Voila) on 127.0.0.1
+    toydiff bench [--fast] [--out DIR] [--methods NAME ...] [--datasets NAME ...]
 """
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explore", help="the classroom explorer: a local page with guidance controls (Voila)")
     e.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     e.add_argument("--open", action="store_true", help="also open the page in the default web browser")
+    b = sub.add_parser("bench", help="every registered guidance method, swept over w, scored against the exact "
+                                     "ground truth: leaderboard.md, bench.json, pareto_<dataset>.png")
+    b.add_argument("--out", type=Path, default=Path("toydiff-bench"), help="output directory (default ./toydiff-bench)")
+    b.add_argument("--fast", action="store_true", help="600 samples, 2 weights, 12x12 bins: a smoke run")
+    b.add_argument("--methods", nargs="+", metavar="NAME", help="guidance registry names and 'exact' (default: all)")
+    b.add_argument("--datasets", nargs="+", metavar="NAME", help="bench datasets (default: all)")
+    common(b)
     return p
 
 
@@ -77,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             if value not in allowed:
                 parser.error(f"argument {flag}: invalid choice {value!r} (choose from {', '.join(allowed)})")
 
+    if args.command == "bench":
+        from .bench import check_names
+        try:
+            check_names(args.methods, args.datasets)
+        except ValueError as e:
+            parser.error(str(e))
+
     with torch_threads(1):
         return _run(args, zoo)
 
@@ -91,6 +106,16 @@ def _run(args: argparse.Namespace, zoo) -> int:
         t0 = time.perf_counter()
         paths = zoo.save_models(zoo.train_models(args.seed, progress), args.out, args.seed)
         print(f"trained in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
+        return 0
+    if args.command == "bench":
+        import dataclasses
+
+        from . import bench, bench_report
+        t0 = time.perf_counter()
+        config = dataclasses.replace(bench.FAST if args.fast else bench.FULL, seed=args.seed)
+        result = bench.run(config, args.methods, args.datasets, retrain=args.retrain, progress=progress)
+        paths = bench_report.write_outputs(result, args.out)
+        print(f"bench done in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
     if args.command == "sample" and args.n < 1:
         raise SystemExit(f"toydiff sample: --n must be >= 1, got {args.n}")

@@ -17,14 +17,15 @@ extensions (toydiff.denoiser: `reset()`, `denoise_with_renoise`). `make(name, w,
 the registry of named recipes (`register`), which the CLIs, benchmarks and apps list.
 
 Modules: base (this machinery, `guided`), methods (CFG, autoguidance, score scaling, classifier guidance),
-modifiers (APG, CFG++), registry (names -> builders).
+modifiers (APG, CFG++), recent (CFG-Zero*, linear-schedule CFG: methods since 2024), registry (names -> builders).
 """
 from __future__ import annotations
 from .base import Guidance, GuidedDenoiser, Weight, from_ho_salimans, guided, to_ho_salimans
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
+from .recent import CFGZeroStar, LinearCFG
 from .registry import CFG_INTERVAL, RECIPES, Recipe, default_weight, make, names, register
 
-__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG", "CFGpp",
+__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG", "CFGpp", "CFGZeroStar", "LinearCFG",
            "GuidedDenoiser", "guided", "to_ho_salimans", "from_ho_salimans", "Recipe", "RECIPES", "register", "make",
            "names", "default_weight", "CFG_INTERVAL"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import Guidance
+from .base import Guidance, Weight
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
+from .recent import CFGZeroStar, LinearCFG
 
 __all__ = ["Recipe", "RECIPES", "CFG_INTERVAL", "register", "make", "names", "default_weight"]
 
-ROLES = ("guide", "classifier")
+ROLES = ("guide", "classifier", "uncond")
 # CFG only where sigma <= 0.3 (Kynkaanniemi et al. 2024), tuned on the tree toy (figures.sweep): full-range CFG
 # overshoots class A to the far branch tips, where the network is poor (Chidambaram et al. 2024)
 CFG_INTERVAL = (0.0, 0.3)
@@ -58,11 +59,13 @@ def default_weight(name: str) -> float:
     return _recipe(name).default_w
 
 
-def make(name: str, w: float | None = None, *, guide: Any = None, classifier: Any = None, **modifiers: Any) -> Guidance:
-    """The Guidance of recipe `name` at weight `w` (None: its default), given the models it needs; `modifiers`:
-    `interval`, `rescale` (toydiff.guidance.Guidance)."""
+def make(name: str, w: Weight | None = None, *, guide: Any = None, classifier: Any = None, uncond: Any = None,
+         **modifiers: Any) -> Guidance:
+    """The Guidance of recipe `name` at weight `w` (None: its default; a callable sigma -> w works for the
+    built-in recipes but "none"), given the models it needs; `modifiers`: `interval`, `rescale`
+    (toydiff.guidance.Guidance)."""
     recipe = _recipe(name)
-    models = {"guide": guide, "classifier": classifier}
+    models = {"guide": guide, "classifier": classifier, "uncond": uncond}
     missing = [r for r in recipe.needs if models[r] is None]
     if missing:
         raise ValueError(f"guidance {name!r} needs {' and '.join(missing)} (a model), got None")
@@ -73,6 +76,23 @@ def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"guidance must be one of {list(RECIPES)}, got {name!r}")
     return RECIPES[name]
+
+
+def _minus_one(w: Weight) -> Weight:
+    """w - 1, for a number or a schedule sigma -> w (the classifier scale of weight w)."""
+    return (lambda sigma: w(sigma) - 1) if callable(w) else w - 1
+
+
+class _Unconditional:
+    """A separate unconditional model as a denoiser that ignores the labels: the D_0 of CFG with two networks."""
+
+    def __init__(self, model: Any):
+        if not callable(model):
+            raise TypeError(f"uncond must be a denoiser callable D(x, sigma, cond), got {type(model).__name__}")
+        self.model = model
+
+    def __call__(self, x, sigma, cond=None):
+        return self.model(x, sigma, None)
 
 
 def _none(w: float, **modifiers: Any) -> Guidance:
@@ -88,9 +108,21 @@ register("cfg_interval", lambda w, **m: CFG(w, **{"interval": CFG_INTERVAL, **m}
 register("score_scaling", lambda w, **m: ScoreScaling(w, **m), default_w=1.5, help="naive score scaling")
 register("autoguidance", lambda w, guide, **m: AutoGuidance(guide, w, **m), needs=("guide",), default_w=3.0,
          help="guided by a weaker model (Karras et al. 2024)")
-register("classifier", lambda w, classifier, **m: ClassifierGuidance(classifier, w - 1, **m), needs=("classifier",),
+register("classifier", lambda w, classifier, **m: ClassifierGuidance(classifier, _minus_one(w), **m), needs=("classifier",),
          default_w=2.0, help="classifier guidance at scale w - 1 (Dhariwal & Nichol 2021)")
 register("apg", lambda w, **m: APG(w, eta=0.0, norm_threshold=0.0, momentum=-0.5, **m), default_w=4.0,
          help="adaptive projected guidance on CFG (Sadat et al. 2024)")
 register("cfgpp", lambda w, **m: CFGpp(w, **m), default_w=0.5,
          help="CFG++, w = lambda in [0, 1] (Chung et al. 2024); euler/ddim/ddpm samplers only")
+register("cfg_separate", lambda w, uncond, **m: AutoGuidance(_Unconditional(uncond), w, **m), needs=("uncond",),
+         default_w=4.0, help="CFG with D_0 a separate unconditional model (the autoguidance paper's toy CFG)")
+register("cfg_rescale", lambda w, **m: CFG(w, **{"rescale": 0.7, **m}), default_w=4.0,
+         help="CFG with rescale phi = 0.7 (Lin et al. 2023)")
+register("autoguidance_interval", lambda w, guide, **m: AutoGuidance(guide, w, **{"interval": CFG_INTERVAL, **m}),
+         needs=("guide",), default_w=3.0, help=f"autoguidance on sigma in {CFG_INTERVAL} only")
+# the toy sampler (toydiff.zoo: 32 Heun steps, sigma 10 -> 0.002, rho 7) goes 10 -> 8.49 in its first step, so
+# sigma > 9 zeroes exactly the first denoiser call, the paper's default zero-init
+register("cfg_zero_star", lambda w, **m: CFGZeroStar(w, zero_init=9.0, **m), default_w=4.0,
+         help="CFG-Zero*: optimized scale + zero-init (Fan et al. 2025)")
+register("linear_cfg", lambda w, **m: LinearCFG(w, sigma_min=0.002, sigma_max=10.0, rho=7.0, **m), default_w=4.0,
+         help="CFG with a linearly increasing weight, mean w (Wang et al. 2024)")

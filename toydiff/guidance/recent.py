@@ -1,4 +1,4 @@
-"""Guidance methods published since 2024 that fit 2D data, on the same Guidance machinery as toydiff.guidance.
+"""Guidance methods published since 2024 that fit 2D data, on the same machinery as the rest of toydiff.guidance.
 
 - `CFGZeroStar`: CFG-Zero* (Fan et al. 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching
   Models", arXiv 2503.18886): optimized scale + zero-init, in the rectified-flow velocity space it is defined in.
@@ -14,19 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .guidance import CFG, Guidance, Weight
-from .validation import check_weight, sigma_like
+from ..validation import check_nonnegative, sigma_like
+from .base import Guidance, Weight
+from .modifiers import _check_base
 
 __all__ = ["CFGZeroStar", "LinearCFG"]
-
-
-def _base(on: Guidance | None, owner: str) -> Guidance:
-    if on is None:
-        return CFG()
-    if not isinstance(on, Guidance) or on.renoise or hasattr(on, "on"):
-        raise TypeError(f"on must be a plain Guidance (CFG, AutoGuidance, ...) supplying the branches of {owner}, "
-                        f"got {type(on).__name__}")
-    return on
 
 
 class CFGZeroStar(Guidance):
@@ -49,8 +41,8 @@ class CFGZeroStar(Guidance):
         super().__init__(w, **kwargs)
         if self.rescale:
             raise ValueError("CFGZeroStar does not take rescale: its optimized scale replaces it")
-        self.on = _base(on, "CFGZeroStar")
-        self.zero_init = None if zero_init is None else check_weight(zero_init, "zero_init")
+        self.on = _check_base(on, "CFGZeroStar")
+        self.zero_init = None if zero_init is None else check_nonnegative(zero_init, "zero_init")
 
     def unguided(self, denoiser, x, sigma, cond):
         return self.on.unguided(denoiser, x, sigma, cond)
@@ -93,9 +85,9 @@ class LinearCFG(Guidance):
     def __init__(self, w: Weight = 1.0, *, on: Guidance | None = None, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, rho: float = 7.0, **kwargs):
         super().__init__(w, **kwargs)
-        self.on = _base(on, "LinearCFG")
-        self.sigma_min, self.sigma_max = check_weight(sigma_min, "sigma_min"), check_weight(sigma_max, "sigma_max")
-        self.rho = check_weight(rho, "rho")
+        self.on = _check_base(on, "LinearCFG")
+        self.sigma_min, self.sigma_max = check_nonnegative(sigma_min, "sigma_min"), check_nonnegative(sigma_max, "sigma_max")
+        self.rho = check_nonnegative(rho, "rho")
         if not 0 < self.sigma_min < self.sigma_max or self.rho == 0:
             raise ValueError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
 
