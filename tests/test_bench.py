@@ -99,3 +99,16 @@ def test_cli_bench(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_readme_example_registers_and_benchmarks_a_new_method(monkeypatch, capsys):
+    """The README's user-defined guidance, run as written: registered once, it is ranked in the leaderboard."""
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Benchmark a guidance method")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    monkeypatch.setattr(guidance, "RECIPES", dict(guidance.RECIPES))           # the registration is undone after
+    monkeypatch.setattr("toydiff.guidance.registry.RECIPES", guidance.RECIPES)
+    exec(compile(code, "README.md", "exec"), {})
+    table = capsys.readouterr().out
+    assert "| fading_cfg |" in table and "| cfg |" in table and "## three_gaussians" in table
