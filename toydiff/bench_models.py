@@ -33,7 +33,7 @@ __all__ = ["BENCH_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "sa
 FORMAT = "toydiff-bench-models"
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoints") / "bench"
 BENCH_DATASETS: dict[str, Callable[[], GaussianMixture]] = {
-    "tree": datasets.tree,
+    "thin_tree": datasets.tree,                    # the thin tree, on which full-range CFG overshoots
     "three_gaussians": datasets.three_gaussians,
     "spirals": datasets.spirals,
 }
