@@ -46,3 +46,12 @@ def pytest_terminal_summary(terminalreporter):
                for r in terminalreporter.stats.get("skipped", []) if "test_browser" in r.nodeid}
     for reason in sorted(reasons):
         terminalreporter.write_line(f"BROWSER TESTS SKIPPED: {reason}", yellow=True, bold=True)
+
+
+@pytest.fixture
+def batch(gen):
+    """64 points [64, 2] (float64), sigmas from 0.05 to 3 and labels of three classes, for the guidance tests."""
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5
+    sigma = torch.linspace(0.05, 3.0, 64, dtype=torch.float64)
+    cond = torch.randint(0, 3, (64,), generator=gen)
+    return x, sigma, cond

@@ -71,7 +71,7 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
     x = torch.zeros(4, 2)
     assert models.main(x, 1.0, torch.zeros(4, dtype=torch.long)).shape == (4, 2)
     assert models.classifier.log_prob(x, torch.ones(4)).shape == (4, 3)
-    with pytest.raises(FileNotFoundError, match="make_bench_checkpoints"):
+    with pytest.raises(FileNotFoundError, match="make_checkpoints"):
         bench_models.load_bench_models("three_gaussians", tmp_path)
     (tmp_path / "three_gaussians.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):

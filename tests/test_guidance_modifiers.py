@@ -9,14 +9,6 @@ from toydiff import guidance as G
 from toydiff import samplers
 
 
-@pytest.fixture
-def batch(gen):
-    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5
-    sigma = torch.linspace(0.05, 3.0, 64, dtype=torch.float64)
-    cond = torch.randint(0, 3, (64,), generator=gen)
-    return x, sigma, cond
-
-
 def _weak(mix):
     """A 'bad version' of the exact model for autoguidance: the denoiser of the data blurred by 0.3."""
     return lambda x, s, c: mix(x, (torch.as_tensor(s, dtype=x.dtype) ** 2 + 0.09).sqrt(), c)

@@ -8,14 +8,6 @@ from toydiff import samplers
 from toydiff.guidance import CFGZeroStar, LinearCFG
 
 
-@pytest.fixture
-def batch(gen):
-    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 1.5
-    sigma = torch.linspace(0.05, 3.0, 64, dtype=torch.float64)
-    cond = torch.randint(0, 3, (64,), generator=gen)
-    return x, sigma, cond
-
-
 def _cfg_zero_star_reference(x, sigma, d_c, d_u, w):
     """Fan et al. 2025, written out in flow-matching terms: z = x / (1 + sigma), t = sigma / (1 + sigma),
     v = eps - x0 with eps = (x - D) / sigma; s* = <v_c, v_u> / |v_u|^2; v = (1 - w) s* v_u + w v_c."""

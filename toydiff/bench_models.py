@@ -1,5 +1,5 @@
 """The small models `toydiff.bench` guides, one set per dataset, trained by fixed seeded recipes and shipped as
-checkpoints that `scripts/make_bench_checkpoints.py --check` rebuilds bit for bit.
+checkpoints that `scripts/make_checkpoints.py --check` rebuilds bit for bit.
 
 Per dataset (the roles of the autoguidance paper's toy, Karras et al. 2024, Sec. 4 and its released code):
 - `main`: class-conditional 4 x 64 MLP with condition dropout 0.1 (Ho & Salimans 2022), so CFG with the null
@@ -93,7 +93,7 @@ def load_bench_models(name: str, directory: str | os.PathLike = CHECKPOINT_DIR) 
     data = _dataset(name)
     path = Path(directory) / f"{name}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"bench checkpoint not found: {path} (run scripts/make_bench_checkpoints.py)")
+        raise FileNotFoundError(f"bench checkpoint not found: {path} (run scripts/make_checkpoints.py --only bench)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ck, dict) or ck.get("format") != FORMAT or set(ck["models"]) != set(RECIPES):
