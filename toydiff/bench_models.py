@@ -72,7 +72,8 @@ def train_bench_models(name: str, seed: int = 0, progress: bool = False) -> Benc
         kwargs = dict(num_classes=data.num_classes, seed=seed) | kwargs
         if role == "classifier":
             net = NoiseAwareClassifier(**kwargs)
-            models[role] = train_classifier(net, data, steps=steps, batch_size=BATCH, seed=seed, progress=progress).model
+            models[role] = train_classifier(net, data, steps=steps, batch_size=BATCH, seed=seed,
+                                            progress=progress).model
         else:
             net = MLPDenoiser(**kwargs)
             models[role] = train(net, data, steps=steps, batch_size=BATCH, p_uncond=0.1, seed=seed,

@@ -26,9 +26,9 @@ def leaderboard(result: dict) -> str:
     """Markdown: per dataset, the methods at their best weight, ranked by the criterion (smaller is better)."""
     cfg, criterion = result["config"], result["criterion"]
     lines = ["# toydiff bench: guidance methods against the exact ground truth", "",
-             f"Criterion: each method at the weight w with the smallest **{criterion.upper()}** (total variation between "
-             f"the sample histogram and the exact mass of p(x|c) per bin, {cfg['bins']}x{cfg['bins']} bins + outside, "
-             f"mean over classes), ranked by it. w = 1 is no guidance (Ho & Salimans' w is w - 1); for CFG++ the "
+             f"Criterion: each method at the weight w with the smallest **{criterion.upper()}** (total variation "
+             f"between the sample histogram and the exact mass of p(x|c) per bin, {cfg['bins']}x{cfg['bins']} bins "
+             f"+ outside, mean over classes), ranked by it. w = 1 is no guidance (Ho & Salimans' w is w - 1); for CFG++ the "
              f"column is its lambda. {cfg['n']} samples per weight, EDM Heun {cfg['steps']} steps from sigma_max = "
              f"{cfg['sigma_max']:g}, seed {cfg['seed']}, weights swept: {cfg['grid']}.", ""]
     for name, data in result["datasets"].items():

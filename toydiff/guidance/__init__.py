@@ -26,6 +26,6 @@ from .modifiers import APG, CFGpp
 from .recent import CFGZeroStar, LinearCFG
 from .registry import CFG_INTERVAL, RECIPES, Recipe, default_weight, make, names, register
 
-__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG", "CFGpp", "CFGZeroStar", "LinearCFG",
-           "GuidedDenoiser", "guided", "to_ho_salimans", "from_ho_salimans", "Recipe", "RECIPES", "register", "make",
+__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG", "CFGpp",
+           "CFGZeroStar", "LinearCFG", "GuidedDenoiser", "guided", "to_ho_salimans", "from_ho_salimans", "Recipe", "RECIPES", "register", "make",
            "names", "default_weight", "CFG_INTERVAL"]

@@ -86,7 +86,8 @@ class LinearCFG(Guidance):
                  sigma_max: float = 80.0, rho: float = 7.0, **kwargs):
         super().__init__(w, **kwargs)
         self.on = _check_base(on, "LinearCFG")
-        self.sigma_min, self.sigma_max = check_nonnegative(sigma_min, "sigma_min"), check_nonnegative(sigma_max, "sigma_max")
+        self.sigma_min = check_nonnegative(sigma_min, "sigma_min")
+        self.sigma_max = check_nonnegative(sigma_max, "sigma_max")
         self.rho = check_nonnegative(rho, "rho")
         if not 0 < self.sigma_min < self.sigma_max or self.rho == 0:
             raise ValueError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")

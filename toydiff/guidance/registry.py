@@ -108,8 +108,8 @@ register("cfg_interval", lambda w, **m: CFG(w, **{"interval": CFG_INTERVAL, **m}
 register("score_scaling", lambda w, **m: ScoreScaling(w, **m), default_w=1.5, help="naive score scaling")
 register("autoguidance", lambda w, guide, **m: AutoGuidance(guide, w, **m), needs=("guide",), default_w=3.0,
          help="guided by a weaker model (Karras et al. 2024)")
-register("classifier", lambda w, classifier, **m: ClassifierGuidance(classifier, _minus_one(w), **m), needs=("classifier",),
-         default_w=2.0, help="classifier guidance at scale w - 1 (Dhariwal & Nichol 2021)")
+register("classifier", lambda w, classifier, **m: ClassifierGuidance(classifier, _minus_one(w), **m),
+         needs=("classifier",), default_w=2.0, help="classifier guidance at scale w - 1 (Dhariwal & Nichol 2021)")
 register("apg", lambda w, **m: APG(w, eta=0.0, norm_threshold=0.0, momentum=-0.5, **m), default_w=4.0,
          help="adaptive projected guidance on CFG (Sadat et al. 2024)")
 register("cfgpp", lambda w, **m: CFGpp(w, **m), default_w=0.5,
