@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toydiff import classifier, datasets, metrics, nets, samplers, training
+from toydiff import bench, bench_models, classifier, datasets, histogram, metrics, nets, samplers, training
 from toydiff import guidance as G
 from toydiff.denoiser import VPEpsDenoiser
 
@@ -144,6 +144,13 @@ CASES = {
                                            "--no-progress"), SystemExit, "method 'heun' cannot run"),
     "cli unknown figure": (lambda p: _cli("figure", "nosuch"), SystemExit, "name"),
     "cli train without --out": (lambda p: _cli("train"), SystemExit, "--out"),
+    "cli bench unknown method": (lambda p: _cli("bench", "--methods", "magic"), SystemExit, "unknown method"),
+    "bench unknown dataset": (lambda p: bench.run(datasets=["mnist"]), ValueError, "unknown dataset"),
+    "bench missing checkpoint": (lambda p: bench_models.load_bench_models("spirals", p), FileNotFoundError,
+                                 "bench checkpoint not found"),
+    "histogram points of 3 dims": (lambda p: histogram.histogram_divergence(torch.zeros(4, 3), THREE, 0), ValueError,
+                                   "x"),
+    "histogram unknown class": (lambda p: histogram.class_box(THREE, 7), ValueError, "cls"),
     "imagenet sample missing checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(p / "none.pt"), "--out",
                                                                str(p / "g.png")), FileNotFoundError, "none.pt"),
     "imagenet fid missing Inception weights": (lambda p: _imagenet("fid", str(p / "s.npz"), "--ref", str(p / "r.npz"),
@@ -156,7 +163,8 @@ CASES = {
 VALIDATING = {"toydiff/denoiser.py", "toydiff/nets.py", "toydiff/guidance/base.py", "toydiff/guidance/methods.py",
               "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py",
               "toydiff/training.py", "toydiff/classifier.py", "toydiff/metrics.py",
-              "toydiff/validation.py", "toydiff/cli.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py"}
+              "toydiff/validation.py", "toydiff/cli.py", "toydiff/bench.py", "toydiff/bench_models.py",
+              "toydiff/histogram.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py"}
 
 
 def test_cases_reach_every_validating_module(tmp_path, capsys):
