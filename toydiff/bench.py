@@ -49,9 +49,10 @@ Weight = Callable[[Tensor], Tensor]
 
 # weights swept where the shared grid does not fit: "none" has only w = 1, CFG++'s lambda lives in [0, 1]
 GRIDS: dict[str, tuple[float, ...]] = {"none": (1.0,), "exact": (1.0,), "cfgpp": CFGPP_GRID}
-LABELS = {"exact": "exact denoiser", "none": "no guidance", "cfg": "CFG (null label)",
-          "cfg_separate": "CFG (separate uncond.)", "cfgpp": r"CFG++ ($\lambda$)", "classifier": "classifier guid.",
-          "cfg_zero_star": "CFG-Zero*", "linear_cfg": "CFG, linear schedule"}
+LABELS = {"exact": "exact denoiser", "none": "no guidance", "cfg": "CFG (null label)", "cfg_interval": "CFG + interval",
+          "cfg_rescale": "CFG + rescale 0.7", "apg": "APG", "cfg_separate": "CFG (separate uncond.)",
+          "cfgpp": r"CFG++ ($\lambda$)", "classifier": "classifier guid.", "autoguidance_interval": "autoguid. + interval",
+          "cfg_zero_star": "CFG-Zero*", "linear_cfg": "CFG, linear schedule"}   # others: the name
 EXACT = "exact"   # the reference row: the true mixture's denoiser, unguided
 
 
