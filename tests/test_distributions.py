@@ -19,7 +19,7 @@ def _scipy_log_prob(mix, x, sigma, cls=None):
     return logsumexp(np.stack(terms), axis=0)
 
 
-@pytest.mark.parametrize("name", ["three_gaussians", "moons"])
+@pytest.mark.parametrize("name", ["three_gaussians", "moons", "tree"])
 @pytest.mark.parametrize("sigma", [0.0, 0.1, 1.0])
 def test_log_prob_matches_scipy(name, sigma, gen):
     mix = datasets.get(name)
@@ -113,8 +113,8 @@ def test_mixed_conditions_in_one_batch(three, gen):
         torch.testing.assert_close(batch[i:i + 1], single)
 
 
-def test_tree_structure():
-    t = datasets.tree()
+def test_thin_tree_structure():
+    t = datasets.thin_tree()
     assert t.num_classes == 2 and len(t) == 2 * 127 * 8
     assert (t.labels == 0).sum() == 1016
     assert abs(math.sqrt(t.covariance().trace().item() / 2) - 0.5) < 1e-9

@@ -1,7 +1,8 @@
 """Named 2D toy problems, each a class-labelled GaussianMixture so every density stays exact.
 
 - `three_gaussians`: three isotropic Gaussians, one class each (Ho & Salimans 2022, Fig. 2).
-- `tree`: the branching two-class distribution of Karras et al. 2024 (autoguidance), Fig. 1.
+- `tree`: the branching two-class distribution of Karras et al. 2024 (autoguidance), Fig. 1, exactly.
+- `thin_tree`: a thinner tree (the hard case, on which CFG overshoots past the branch tips).
 - `rings`, `moons`, `spirals`: classic shapes as chains of small Gaussians, one class per shape.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from .distributions import GaussianMixture
 
-__all__ = ["three_gaussians", "tree", "rings", "moons", "spirals", "DATASETS", "get"]
+__all__ = ["three_gaussians", "tree", "thin_tree", "rings", "moons", "spirals", "DATASETS", "get"]
 
 
 def _rotation(angle: np.ndarray) -> np.ndarray:
@@ -38,11 +39,14 @@ def _chain(points: np.ndarray, std_along: float, std_across: float):
     return points, _oriented_covs(angle, np.full(n, std_along), np.full(n, std_across))
 
 
-def three_gaussians(radius: float = 1.0, std: float = 0.45) -> GaussianMixture:
-    """Three isotropic Gaussians at 90, 210 and 330 degrees on a circle, one class each, equal weights.
+def three_gaussians(radius: float = 0.7, std: float = 0.5) -> GaussianMixture:
+    """Three overlapping isotropic Gaussians at 90, 210 and 330 degrees on a circle, one class each, equal weights.
 
-    The setting of Ho & Salimans 2022, Fig. 2: as the guidance weight grows, the guided conditionals
-    p(x|c)^w p(x)^(1-w) move apart and away from the other classes.
+    The setting of Ho & Salimans 2022, Fig. 2: the classes overlap (the marginal is one blob with three shallow
+    bumps; the means are 2.4 std apart), so the exact guided conditionals p(x|c)^w p(x)^(1-w) visibly pull apart
+    as w grows: with the defaults each guided class mean sits 0.70 from the marginal mean at w = 1, 0.87 at
+    w = 2, 1.00 at w = 4 (1.42x) and 1.11 at w = 8 (w = 1 is no guidance; Ho & Salimans' w is w - 1).
+    Well-separated Gaussians barely move under guidance.
     """
     angles = np.deg2rad([90.0, 210.0, 330.0])
     means = radius * np.stack([np.cos(angles), np.sin(angles)], 1)
@@ -50,9 +54,55 @@ def three_gaussians(radius: float = 1.0, std: float = 0.45) -> GaussianMixture:
     return GaussianMixture(np.ones(3), means, covs, labels=np.arange(3), num_classes=3)
 
 
-def tree(depth: int = 7, seed: int = 0, sigma_data: float = 0.5) -> GaussianMixture:
-    """The branching distribution of Karras et al. 2024 ("Guiding a Diffusion Model with a Bad Version of
-    Itself"), Fig. 1: two classes, A = 0 and B = 1, growing from the origin towards angles pi/4 and 5pi/4.
+# the paper's tree (Karras et al. 2024, Fig. 1): elementwise scale, class origin, branch-component positions
+TREE_SCALE = np.array([1.3136, 1.3844])
+TREE_ORIGIN = np.array([0.0030, 0.0325])
+TREE_DEPTH = 7
+
+
+def tree() -> GaussianMixture:
+    """The distribution of Karras et al. 2024 ("Guiding a Diffusion Model with a Bad Version of Itself"), Fig. 1,
+    component for component: two classes, A = 0 (towards pi/4) and B = 1 (towards 5pi/4), 2032 components.
+
+    Built in unscaled coordinates from one stream n of legacy `RandomState(2)` normals, class A fully, then B,
+    depth-first. A branch at depth d = 0..6 from p at angle th, u = (cos th, sin th):
+        L = 0.292 * 0.8^d * (1 + 0.2 n),  tau = 0.2 * 0.8^d / L,  s = S * L * 0.06,
+        8 components at t = linspace(0.07, 0.93, 8): raw weight L 0.5^d, mean S * (p + u L t),
+        covariance (u u^T + tau^2 (I - u u^T)) * (s s^T) (elementwise);
+    then its children at p + u L with angles th +- 0.7^d (1 + 0.2 n) (each drawn just before descending, also
+    for the depth-7 calls, which build nothing). S = TREE_SCALE; the raw weights are normalized over all
+    components, so p(A) = 0.4770. Union std ~0.5. Detail at every scale and low local dimension: the small,
+    light outer branches are where an unguided model puts its outliers. The thinner `thin_tree` is the hard case.
+    """
+    rnd = np.random.RandomState(2)
+    t = np.linspace(0.07, 0.93, 8)
+    means, covs, weights, labels = [], [], [], []
+
+    def branch(cls: int, d: int, p: np.ndarray, th: float) -> None:
+        if d >= TREE_DEPTH:
+            return
+        u = np.array([math.cos(th), math.sin(th)])
+        length = 0.292 * 0.8 ** d * (1 + 0.2 * rnd.randn())
+        tau = 0.2 * 0.8 ** d / length
+        s = TREE_SCALE * length * 0.06
+        uu = np.outer(u, u)
+        means.append(TREE_SCALE * (p + u * length * t[:, None]))
+        covs.append(np.tile((uu + tau ** 2 * (np.eye(2) - uu)) * np.outer(s, s), (8, 1, 1)))
+        weights.append(np.full(8, length * 0.5 ** d))
+        labels.append(np.full(8, cls))
+        for sign in (1.0, -1.0):
+            branch(cls, d + 1, p + u * length, th + sign * 0.7 ** d * (1 + 0.2 * rnd.randn()))
+
+    for cls, angle in enumerate((math.pi / 4, 5 * math.pi / 4)):
+        branch(cls, 0, TREE_ORIGIN, angle)
+    return GaussianMixture(np.concatenate(weights), np.concatenate(means), np.concatenate(covs),
+                           np.concatenate(labels), num_classes=2)
+
+
+def thin_tree(depth: int = 7, seed: int = 0, sigma_data: float = 0.5) -> GaussianMixture:
+    """The hard variant of `tree`: the same idea with branches ~2.5x thinner relative to their length (across /
+    along ~0.27 instead of ~0.68) and a first split of 0.7 rad instead of 1 rad. Two classes, A = 0 and B = 1,
+    growing from the origin towards angles pi/4 and 5pi/4. Full-range CFG overshoots past its thin branch tips.
 
     Each class is a recursive binary tree of `depth` levels (2^depth - 1 branches); a branch is a row of
     8 narrow Gaussians along it. Going one level down, the branch length shrinks about 0.8x (with random
@@ -135,6 +185,7 @@ def spirals(turns: float = 1.5, per_arm: int = 48, std: float = 0.03) -> Gaussia
 DATASETS: dict[str, Callable[[], GaussianMixture]] = {
     "three_gaussians": three_gaussians,
     "tree": tree,
+    "thin_tree": thin_tree,
     "rings": rings,
     "moons": moons,
     "spirals": spirals,
