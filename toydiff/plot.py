@@ -15,11 +15,12 @@ from torch import Tensor
 from .density import Grid
 
 __all__ = ["STYLE", "COLORS", "figure", "density_panel", "samples_panel", "score_field", "trajectories_panel",
-           "ratio_panel", "title_with_metrics"]
+           "ratio_panel", "title_with_metrics", "class_regions", "colorbar", "mark_box", "arrows"]
 
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": 90,
          "image.cmap": "Greys", "savefig.bbox": "tight"}
-COLORS = {"samples": "#d62728", "true": "#1f77b4", "outline": "0.35", "arrows": "#2ca02c", "traj": "#ff7f0e"}
+COLORS = {"samples": "#d62728", "true": "#1f77b4", "outline": "0.35", "arrows": "#2ca02c", "traj": "#ff7f0e",
+          "other_class": "0.88", "other_class_edge": "0.65", "class": "#ffcc99", "class_edge": "#cc9980"}
 
 
 def figure(rows: int = 1, cols: int = 1, size: float = 2.6) -> tuple[Figure, Any]:
@@ -117,3 +118,40 @@ def ratio_panel(grid: Grid, log_ratio: Tensor, ax: Axes | None = None, *, field:
 def title_with_metrics(name: str, m: dict[str, float]) -> str:
     """'name\\noutliers 3.1%  P 0.95  R 0.88' from a metrics dict."""
     return f"{name}\noutliers {100 * m['outlier_fraction']:.1f}%  P {m['precision']:.2f}  R {m['recall']:.2f}"
+
+
+def class_regions(ax: Axes, grid: Grid, log_all: Tensor, log_class: Tensor, nats: float = 4.5) -> Axes:
+    """The data as Karras et al. 2024 draw it (Fig. 1): the region where log p(x) is within `nats` of its maximum
+    in light grey (the other class shows as grey), the same region of log p(x | c) in light orange, outlined."""
+    for logp, fill, edge in ((log_all, COLORS["other_class"], COLORS["other_class_edge"]),
+                             (log_class, COLORS["class"], COLORS["class_edge"])):
+        img = grid.image(logp.detach().double().cpu())
+        img = (img - img.max()).numpy()
+        ax.contourf(grid.xs.numpy(), grid.ys.numpy(), img, levels=[-nats, 0], colors=[fill])
+        ax.contour(grid.xs.numpy(), grid.ys.numpy(), img, levels=[-nats], colors=[edge], linewidths=0.6)
+    ax.set_xlim(grid.extent[:2]), ax.set_ylim(grid.extent[2:])
+    return ax
+
+
+def colorbar(ax: Axes, mappable: Any, label: str) -> Any:
+    """A slim colorbar beside `ax` with its units in `label`."""
+    cb = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+    cb.set_label(label), cb.ax.tick_params(labelsize=6)
+    return cb
+
+
+def mark_box(ax: Axes, box: tuple[float, float, float, float], color: str = "k") -> Axes:
+    """Outline the region `box` = (x0, x1, y0, y1) (a zoom shown elsewhere) on `ax`."""
+    x0, x1, y0, y1 = box
+    ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color=color, lw=0.8, ls="--")
+    return ax
+
+
+def arrows(ax: Axes, at: Tensor, vectors: Tensor, length: float, color: str = "k") -> Axes:
+    """Arrows of `vectors` [N, 2] at points `at` [N, 2], all scaled by one factor so the longest is `length`
+    (data units): relative lengths stay comparable within a panel."""
+    at, v = at.detach().double().cpu(), vectors.detach().double().cpu()
+    v = v * (length / v.norm(dim=1).max().clamp_min(1e-12))
+    ax.quiver(at[:, 0].numpy(), at[:, 1].numpy(), v[:, 0].numpy(), v[:, 1].numpy(), color=color, angles="xy",
+              scale_units="xy", scale=1, width=0.006, headwidth=4, headlength=3, headaxislength=2.5)
+    return ax
