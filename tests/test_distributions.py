@@ -166,17 +166,3 @@ def test_class_log_prob_matches_per_class_log_prob(tree_mix, gen):
         all_classes = tree_mix.class_log_prob(x, sigma)
         for c in range(2):
             torch.testing.assert_close(all_classes[:, c], tree_mix.log_prob(x, sigma, c))
-
-
-def test_class_mixture_is_the_conditional(tree_mix, gen):
-    x = torch.randn(32, 2, generator=gen, dtype=torch.float64)
-    for c in range(tree_mix.num_classes):
-        sub = tree_mix.class_mixture(c)
-        assert sub.num_classes == 1 and len(sub) == int((tree_mix.labels == c).sum())
-        for sigma in (0.0, 0.05):
-            torch.testing.assert_close(sub.log_prob(x, sigma), tree_mix.log_prob(x, sigma, c))
-            torch.testing.assert_close(sub.denoise(x, sigma, torch.zeros(32, dtype=torch.long)),
-                                       tree_mix.denoise(x, sigma, torch.full((32,), c)))
-    for bad in (-1, 2, 0.0, True):
-        with pytest.raises(ValueError, match="cond"):
-            tree_mix.class_mixture(bad)

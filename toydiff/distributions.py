@@ -230,12 +230,5 @@ class GaussianMixture:
         second = (w[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]
 
-    def class_mixture(self, cond: int) -> "GaussianMixture":
-        """p(x | cond) as a mixture of its own, with one class (label 0): data for a model of one class only."""
-        if isinstance(cond, bool) or not isinstance(cond, int) or not 0 <= cond < self.num_classes:
-            raise ValueError(f"cond must be a class label in [0, {self.num_classes}), got {cond!r}")
-        keep = self.labels == cond
-        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], num_classes=1)
-
     def __repr__(self) -> str:
         return f"GaussianMixture(components={len(self)}, num_classes={self.num_classes})"
