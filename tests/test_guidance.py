@@ -28,24 +28,6 @@ def test_cfg_is_tilted_score(three, batch, w):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("w", [0.0, 2.5, 4.0])
-def test_cfg_with_separate_unconditional_model(tree_mix, gen, w):
-    # the setup of the autoguidance paper's toy: D_1 a model of class c alone, D_0 a separate model of all classes
-    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
-    sigma = torch.rand(64, generator=gen, dtype=torch.float64) + 0.02
-    zeros = torch.zeros(64, dtype=torch.long)
-    seen = []
-
-    def unconditional(x, s, cond):
-        seen.append(cond)
-        return tree_mix(x, s, cond)
-    got = G.guided(tree_mix.class_mixture(0), G.CFG(w, unconditional=unconditional))(x, sigma, zeros)
-    torch.testing.assert_close(got, _cfg_formula(tree_mix, x, sigma, zeros, w), rtol=1e-6, atol=1e-6)
-    assert seen == [None]
-    with pytest.raises(TypeError, match="unconditional"):
-        G.CFG(w, unconditional="net")
-
-
 @pytest.mark.parametrize("w", [1.0, 3.0])
 def test_classifier_guidance_with_exact_posterior_is_cfg(three, batch, w):
     # Bayes: grad log p(c|x) = s(x|c) - s(x)
