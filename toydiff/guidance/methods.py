@@ -30,26 +30,13 @@ class CFG(Guidance):
 
     A denoiser that exposes `denoise_pair(x, sigma, cond) -> (D(x|c), D(x|null))` (a twin-head network)
     is called through it instead. Rows whose label is -1 get the unconditional prediction unchanged.
-
-    Args:
-        unconditional: a SEPARATE unconditional denoiser for D_0, called with cond None (the setup of the 2D toy
-            of Karras et al. 2024: a model of class c as D_1 and a small unconditional model of all classes as D_0).
-            Default None: the null label of the guided network itself (condition dropout).
     """
-
-    def __init__(self, w: Weight = 1.0, *, unconditional: Denoiser | None = None, **kwargs):
-        if unconditional is not None and not callable(unconditional):
-            raise TypeError(f"unconditional must be a denoiser callable D(x, sigma, cond), got {type(unconditional).__name__}")
-        super().__init__(w, **kwargs)
-        self.unconditional = unconditional
 
     def branches(self, denoiser, x, sigma, cond):
         if cond is None:
             raise ValueError("CFG needs class labels: cond must be an int64 tensor [N], got None")
         pair = pair_of(denoiser)
-        if self.unconditional is not None:
-            d1, d0 = denoiser(x, sigma, cond), self.unconditional(x, sigma, None)
-        elif pair is not None:
+        if pair is not None:
             d1, d0 = pair(x, sigma, cond)
         else:
             # [x; x] with labels [c; null]: one forward for both branches
