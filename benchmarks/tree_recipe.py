@@ -8,7 +8,8 @@ recall >= 0.77. The paper's released code gives 0.118 / 0.125 / 0.053 there. Als
 condition-dropout network (Ho & Salimans 2022), w = 4.
 
 Every model is trained single-threaded with toydiff.training.train; each row prints the seconds it took.
-    python benchmarks/tree_recipe.py --recipes base energy --seeds 0 1 2
+    python benchmarks/tree_recipe.py --recipes base energy --seeds 0 1 2    # the alternatives (here: separate seeds)
+    python benchmarks/tree_recipe.py --zoo --seeds 0 1 2                    # the shipped recipe, toydiff.zoo specs
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from toydiff import datasets, metrics, nets, samplers
+from toydiff import datasets, metrics, nets, samplers, zoo
 from toydiff.distributions import GaussianMixture
 from toydiff.guidance import CFG, AutoGuidance, guided
 from toydiff.training import train
@@ -52,7 +53,7 @@ def fit(recipe: dict, data: GaussianMixture, steps: int, width: int, batch: int,
 
 def run(name: str, seed: int, tree: GaussianMixture, reference: torch.Tensor) -> dict:
     recipe = {**BASE, **RECIPES[name]}
-    class_a = tree.class_mixture(0)
+    class_a = zoo.training_data(zoo.ModelSpec(classes=(0,)))
     main, t_main = fit(recipe, class_a, *recipe["main"], 0, seed)
     guide, t_guide = fit(recipe, class_a, *recipe["guide"], 0, seed + 1000)
     uncond, t_uncond = fit(recipe, tree, *recipe["uncond"], 0, seed + 2000, head="uncond_head")
@@ -72,10 +73,28 @@ def run(name: str, seed: int, tree: GaussianMixture, reference: torch.Tensor) ->
     return row
 
 
+def run_zoo(seed: int, tree: GaussianMixture, reference: torch.Tensor) -> dict:
+    """The zoo's recipe (every spec of toydiff.zoo.MODEL_SPECS trained with `seed`) through zoo.guided_denoiser."""
+    times = []
+    for name in zoo.MODEL_SPECS:
+        t0 = time.perf_counter()
+        times.append((name, zoo.train_model(name, seed, progress=False)))
+        times[-1] += (time.perf_counter() - t0,)
+    models = zoo.ToyModels(*(m for _, m, _ in times))
+    row = dict(recipe="zoo", seed=seed, seconds=sum(t for *_, t in times), times=tuple(t for *_, t in times))
+    for method, key in (("none", "none"), ("cfg", "cfg"), ("cfg_dropout", "cfg_dropout"), ("autoguidance", "auto")):
+        x = samplers.sample(zoo.guided_denoiser(models, method), (N, 2), torch.zeros(N, dtype=torch.long), steps=STEPS,
+                            sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(7))
+        m = metrics.evaluate(x, tree, 0, reference=reference)
+        row[key] = (m["outlier_fraction"], m["precision"], m["recall"])
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="+", default=["base"], choices=sorted(RECIPES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--zoo", action="store_true", help="train and measure the shipped recipe (toydiff.zoo) instead")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override recipe settings, e.g. head=energy main=2048,64 dropout=0,64")
     args = ap.parse_args()
@@ -90,10 +109,10 @@ def main() -> None:
     reference = tree.sample(N, cond=0, generator=torch.Generator().manual_seed(1))[0]
     print(f"{'recipe':8s} {'seed':>4s} {'train s':>7s}  " + "  ".join(f"{m:>17s}" for m in
           ("none", "cfg (paper)", "cfg_dropout", "autoguidance")) + "   (outliers / precision / recall)")
-    for name in args.recipes:
+    for name in ["zoo"] if args.zoo else args.recipes:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            row = run(name, seed, tree, reference)
+            row = run_zoo(seed, tree, reference) if args.zoo else run(name, seed, tree, reference)
             cells = "  ".join("{:.3f}/{:.2f}/{:.2f}".format(*row[m]) for m in ("none", "cfg", "cfg_dropout", "auto"))
             times = "+".join(f"{t:.0f}" for t in row["times"])
             print(f"{name:8s} {seed:4d} {row['seconds']:7.1f}  {cells}   [{times} s; {time.perf_counter() - t0:.0f} s "

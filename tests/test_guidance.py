@@ -28,6 +28,32 @@ def test_cfg_is_tilted_score(three, batch, w):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("w", [0.0, 2.5, 4.0])
+def test_cfg_with_a_separate_unconditional_model(tree_mix, gen, w):
+    # the autoguidance paper's toy: D_1 a model of class A alone, D_0 a separate model of both classes
+    from toydiff import zoo
+    from toydiff.denoiser import SeparateNull
+    class_a = zoo.training_data(zoo.ModelSpec(classes=(0,)))
+    calls = []
+
+    def unconditional(x, s, cond):
+        calls.append(cond)
+        return tree_mix(x, s, cond)
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    sigma = torch.rand(64, generator=gen, dtype=torch.float64) + 0.02
+    zeros = torch.zeros(64, dtype=torch.long)
+    pair = SeparateNull(class_a, unconditional)
+    got = G.guided(pair, G.CFG(w))(x, sigma, zeros)
+    torch.testing.assert_close(got, _cfg_formula(tree_mix, x, sigma, zeros, w), rtol=1e-6, atol=1e-6)
+    assert calls == [None]
+    mixed = torch.tensor([0, -1] * 32)                              # as a plain denoiser: rows by their label
+    expect = torch.where((mixed < 0)[:, None], tree_mix(x, sigma, None), class_a(x, sigma, zeros))
+    torch.testing.assert_close(pair(x, sigma, mixed), expect)
+    torch.testing.assert_close(pair(x, sigma, None), tree_mix(x, sigma, None))
+    with pytest.raises(TypeError, match="unconditional"):
+        SeparateNull(class_a, "net")
+
+
 @pytest.mark.parametrize("w", [1.0, 3.0])
 def test_classifier_guidance_with_exact_posterior_is_cfg(three, batch, w):
     # Bayes: grad log p(c|x) = s(x|c) - s(x)

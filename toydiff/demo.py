@@ -37,7 +37,7 @@ def _demo(out: Path, retrain: bool, fast: bool, seed: int, progress: bool, log: 
     for name in FIGURES:
         t = time.perf_counter()
         fig, numbers = reproduce(name, models, fast=fast, seed=seed)
-        fig.savefig(out / f"{name}.png", dpi=60 if fast else 90, bbox_inches="tight")
+        fig.savefig(out / f"{name}.png", dpi=60 if fast else 150, bbox_inches="tight")
         plt.close(fig)
         report["methods" if name == "tree" else name] = numbers
         timing[name] = time.perf_counter() - t

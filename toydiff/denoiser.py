@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from .validation import as_sigma, check_batch
 
 __all__ = [
-    "Denoiser", "SIGMA_TINY", "pair_of", "renoise_of", "reset", "edm_preconditioning", "count_parameters",
+    "Denoiser", "SIGMA_TINY", "pair_of", "renoise_of", "reset", "SeparateNull", "edm_preconditioning",
+    "count_parameters",
     "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
     "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v", "denoiser_to_vp_eps",
 ]
@@ -51,6 +52,36 @@ def reset(denoiser: Any) -> None:
     fn = getattr(denoiser, "reset", None)
     if callable(fn):
         fn()
+
+
+class SeparateNull:
+    """One conditional denoiser from two models: `conditional` for labelled rows (c >= 0) and a SEPARATE
+    `unconditional` model, called with cond None, for the null label (-1 / None). The setup of the 2D toy of
+    Karras et al. 2024, where CFG's D_0 is a small unconditional model of all classes, not the null label of D_1.
+    Offers `denoise_pair`, so CFG (and every recipe built on it) takes D_1 and D_0 from the two models."""
+
+    def __init__(self, conditional: Denoiser, unconditional: Denoiser) -> None:
+        for name, model in (("conditional", conditional), ("unconditional", unconditional)):
+            if not callable(model):
+                raise TypeError(f"{name} must be a denoiser callable D(x, sigma, cond), got {type(model).__name__}")
+        self.conditional, self.unconditional = conditional, unconditional
+
+    def denoise_pair(self, x: Tensor, sigma: Any, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """(D(x|c), D(x|null)) [N, ...] each: the conditional model on cond, the unconditional one on None."""
+        return self.conditional(x, sigma, cond), self.unconditional(x, sigma, None)
+
+    def __call__(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+        x = check_batch(x, "x")
+        if cond is None:
+            return self.unconditional(x, sigma, None)
+        s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
+        null = torch.as_tensor(cond, device=x.device) < 0
+        out = torch.empty_like(x)
+        if (~null).any():
+            out[~null] = self.conditional(x[~null], s[~null], cond[~null]).to(x.dtype)
+        if null.any():
+            out[null] = self.unconditional(x[null], s[null], None).to(x.dtype)
+        return out
 
 
 def edm_preconditioning(s: Tensor, sigma_data: float, sigma_floor: float = SIGMA_TINY

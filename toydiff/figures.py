@@ -1,9 +1,9 @@
 """The reproductions behind `toydiff demo`: each returns a matplotlib Figure and the numbers it shows.
 
 - `tree_figure`: Karras et al. 2024 ("Guiding a Diffusion Model with a Bad Version of Itself"), Fig. 1, on
-  `tree()`: true samples, no guidance, CFG, naive score scaling and autoguidance over the true density, the
-  main and guide densities (probability-flow ODE), their log-ratio with the score-difference arrows, and
-  zoomed sampling trajectories.
+  `tree()`, drawn as the paper draws it: true samples, no guidance, CFG (the paper's setup and condition
+  dropout), naive score scaling and autoguidance; the main and guide densities (probability-flow ODE) with their
+  scores, their log-ratio with its gradient, and trajectories in the zoom from sigma = 0.03.
 - `cfg_figure`: Ho & Salimans 2022, Fig. 2, on `three_gaussians()`: the exact guided conditionals
   p(x|c)^w p(x)^(1-w) beside what the CFG sampler really produces with the EXACT denoiser.
 - `sweep`: w from 1 to 6 for CFG and autoguidance (the 2D analogue of the FID/IS tables).
@@ -23,17 +23,18 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import datasets, density, metrics, plot
+from . import datasets, density, metrics, plot, samplers
 from .guidance import CFG, AutoGuidance, guided, to_ho_salimans
-from .zoo import SIGMA_MAX, WEIGHTS, Degraded, ToyModels, draw, guided_denoiser
+from .zoo import SIGMA_MAX, STEPS, WEIGHTS, Degraded, ToyModels, draw, guided_denoiser
 
-__all__ = ["CLASS_A", "FIGURES", "reproduce", "class_a_box", "outer_branch_box", "tree_figure", "cfg_figure", "sweep",
+__all__ = ["CLASS_A", "FIGURES", "FULL_VIEW", "ZOOM", "ZOOM_SIGMA", "reproduce", "class_a_box", "spread_starts",
+           "tree_figure", "cfg_figure", "sweep",
            "degradation_study", "format_table"]
 
 CLASS_A = 0
 # keyword arguments of each reproduction, full size and "fast" (seconds; for tests); n is the sample count
 FIGURES: dict[str, dict[str, dict[str, Any]]] = {
-    "tree": {"full": dict(n=4000, grid_res=160, density_res=64), "fast": dict(n=1500, grid_res=100, density_res=24)},
+    "tree": {"full": dict(n=4096, grid_res=200, density_res=64), "fast": dict(n=1500, grid_res=100, density_res=24)},
     "cfg": {"full": dict(n=4000, grid_res=120), "fast": dict(n=500, grid_res=60)},
     "sweep": {"full": dict(n=4000, ws=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)), "fast": dict(n=750, ws=(1.0, 3.0, 6.0))},
     "degradation": {"full": dict(n=4000), "fast": dict(n=750)},
@@ -59,60 +60,88 @@ def class_a_box(dist, pad: float = 0.1) -> tuple[float, float, float, float]:
     return (float(c[0]) - half, float(c[0]) + half, float(c[1]) - half, float(c[1]) + half)
 
 
+FULL_VIEW = (-0.9, 1.5, -0.9, 1.5)      # Karras et al. 2024, Fig. 1: centre (0.3, 0.3), half-size 1.2
+ZOOM = (0.15, 0.75, 0.92, 1.52)         # their zoom on an outer branch of class A: centre (0.45, 1.22), half-size 0.3
+ZOOM_SIGMA = 0.03                       # their sigma for the zoomed densities, arrows and trajectories
+TREE_PANELS = {"none": "no guidance", "cfg": "CFG, paper setup\n(separate uncond. $D_0$)",
+               "cfg_dropout": "CFG, condition dropout\n(one network)", "score_scaling": "score scaling",
+               "autoguidance": "autoguidance"}
+
+
 def _reference(dist, n: int, seed: int) -> Tensor:
     return dist.sample(n, cond=CLASS_A, generator=torch.Generator().manual_seed(seed + 1))[0]
 
 
-def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: int = 160, density_res: int = 64,
-                density_sigma: float = 0.03) -> tuple[Figure, dict[str, dict[str, float]]]:
-    """Autoguidance Fig. 1 on tree(), class A. Returns the figure and {method: metrics} (plus "true")."""
+def spread_starts(x: Tensor, box: tuple[float, float, float, float], spacing: float) -> Tensor:
+    """The points of x [N, 2] inside `box`, the first one in each square cell of side `spacing` (evenly spread)."""
+    inside = x[(x[:, 0] > box[0]) & (x[:, 0] < box[1]) & (x[:, 1] > box[2]) & (x[:, 1] < box[3])]
+    cell = ((inside - torch.tensor([box[0], box[2]], dtype=x.dtype)) / spacing).long()
+    _, inverse = torch.unique(cell[:, 0] * 1_000_000 + cell[:, 1], return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(inside)).scatter_reduce(0, inverse, torch.arange(len(inside)),
+                                                                              "amin")
+    return inside[first.sort().values]
+
+
+def tree_figure(models: ToyModels, *, n: int = 4096, seed: int = 0, grid_res: int = 200, density_res: int = 64
+                ) -> tuple[Figure, dict[str, dict[str, float]]]:
+    """Karras et al. 2024, Fig. 1, on tree(), class A, drawn as the paper draws it. Top: ground truth, no guidance,
+    CFG (paper setup and condition dropout), score scaling and autoguidance over the data (class B grey, class A
+    orange), with outliers / precision / recall; the dashed box is the zoom of the bottom row. Bottom, in the zoom at
+    sigma = ZOOM_SIGMA: the main and guide models' log-densities (PF-ODE) with their score arrows at evenly spread
+    starting points, their log-ratio with its gradient (what autoguidance adds, over w - 1), and sampling
+    trajectories from those points (from sigma = ZOOM_SIGMA) without guidance, with CFG and with autoguidance.
+    Returns the figure and {method: metrics} (plus "true")."""
     tree = datasets.tree()
-    grid = density.make_grid(class_a_box(tree), grid_res)
-    true_logp = tree.log_prob(grid.points, 0.0, CLASS_A)
+    full, zoom = density.make_grid(FULL_VIEW, grid_res), density.make_grid(ZOOM, density_res)
+    regions = (tree.log_prob(full.points, 0.0, None), tree.log_prob(full.points, 0.0, CLASS_A))
     ref = _reference(tree, n, seed)
     true = tree.sample(n, cond=CLASS_A, generator=torch.Generator().manual_seed(seed + 2))[0]
     results = {"true": metrics.evaluate(true, tree, CLASS_A, reference=ref, seed=seed)}
-    fig, axes = plot.figure(2, 5, size=3.2)
-    plot.samples_panel(true, axes[0, 0], grid=grid, log_density=true_logp, color=plot.COLORS["true"],
-                       title=plot.title_with_metrics("ground truth", results["true"]))
-    labels = {"none": "no guidance", "cfg": "CFG", "score_scaling": "score scaling", "autoguidance": "autoguidance"}
-    for i, method in enumerate(WEIGHTS):
-        x = draw(guided_denoiser(models, method), n, CLASS_A, seed)
-        results[method] = dict(w=WEIGHTS[method], **metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed))
-        name = labels[method] + ("" if method == "none" else f" (w={WEIGHTS[method]:g})")
-        plot.samples_panel(x, axes[0, i + 1], grid=grid, log_density=true_logp,
-                           title=plot.title_with_metrics(name, results[method]))
-    # row 2: learned densities of main and guide at a small sigma (PF-ODE), their ratio and its gradient
-    zoom = outer_branch_box(tree)
-    dgrid = density.make_grid(zoom, density_res)
-    cond = torch.full((dgrid.points.shape[0],), CLASS_A, dtype=torch.long)
-    logp = {}
-    for k, (name, model) in enumerate((("main", models.main), ("guide", models.guide))):
-        logp[name] = density.normalize_on_grid(density.ode_log_density(
-            model, dgrid.points, cond, sigma=density_sigma, sigma_max=SIGMA_MAX, steps=32), dgrid)
-        plot.density_panel(dgrid, logp[name], axes[1, k], log_scale=True,
-                           title=f"{name}: log p(x|A; s={density_sigma:g})\nPF-ODE, zoom")
-    plot.ratio_panel(dgrid, logp["main"] - logp["guide"], axes[1, 2], every=max(1, density_res // 12),
-                     field=lambda p: density.ratio_gradient(models.main, models.guide, p, density_sigma,
-                                                             torch.full((p.shape[0],), CLASS_A, dtype=torch.long)),
-                     title="log(p_main / p_guide)\narrows: (D_1 - D_0) / s^2")
-    zgrid = density.make_grid(zoom, 100)
-    zoom_logp = tree.log_prob(zgrid.points, 0.0, CLASS_A)
-    for k, method in enumerate(("none", "autoguidance")):
-        _, traj = draw(guided_denoiser(models, method), 300, CLASS_A, seed + 7, trajectory=True)
-        plot.samples_panel(torch.empty(0, 2), axes[1, 3 + k], grid=zgrid, log_density=zoom_logp)
-        plot.trajectories_panel(traj, axes[1, 3 + k], title=f"trajectories (zoom)\n{labels[method]}")
-        axes[1, 3 + k].set_xlim(zoom[:2]), axes[1, 3 + k].set_ylim(zoom[2:])
-    fig.suptitle("Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); w = 1 is no guidance", y=1.0)
+    fig, axes = plot.figure(2, 6, size=2.5)
+    for ax, method in zip(axes[0], (None, *TREE_PANELS)):
+        x = true if method is None else draw(guided_denoiser(models, method), n, CLASS_A, seed)
+        if method is not None:
+            results[method] = dict(w=WEIGHTS[method], **metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed))
+        plot.class_regions(ax, full, *regions)
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=0.4, c="k", linewidths=0, alpha=0.5)
+        plot.mark_box(ax, ZOOM)
+        name = "ground truth" if method is None else TREE_PANELS[method] + (
+            "" if method == "none" else f", $w={WEIGHTS[method]:g}$")
+        ax.set_title(plot.title_with_metrics(name, results[method or "true"]), fontsize=7)
+    # bottom row: the zoom at sigma = ZOOM_SIGMA, from starts spread over p(x | A; ZOOM_SIGMA)
+    pool = tree.sample(8 * n, cond=CLASS_A, sigma=ZOOM_SIGMA, generator=torch.Generator().manual_seed(seed + 3))[0]
+    starts = spread_starts(pool.float(), ZOOM, 0.045)
+    c, cz = (torch.full((m,), CLASS_A, dtype=torch.long) for m in (starts.shape[0], zoom.points.shape[0]))
+    true_zoom = tree.log_prob(zoom.points, ZOOM_SIGMA, CLASS_A)
+    logp, score = {}, {}
+    for k, model in (("main", models.main), ("guide", models.guide)):
+        logp[k] = density.normalize_on_grid(density.ode_log_density(model, zoom.points, cz, sigma=ZOOM_SIGMA,
+                                                                    sigma_max=SIGMA_MAX, steps=24), zoom)
+        with torch.no_grad():
+            score[k] = (model(starts, ZOOM_SIGMA, c) - starts) / ZOOM_SIGMA ** 2
+    for ax, (title, img, vec, cmap) in zip(axes[1], (
+            ("main model: $\\log p_1(x|A;\\sigma)$\narrows: its score", logp["main"], score["main"], "Greens"),
+            ("guide: $\\log p_0(x|A;\\sigma)$\narrows: its score", logp["guide"], score["guide"], "Reds"),
+            ("ratio $\\log(p_1/p_0)$, arrows: its\ngradient (autoguidance)", logp["main"] - logp["guide"],
+             score["main"] - score["guide"], "Blues"))):
+        image = zoom.image(img.detach().double())
+        top = float(image.max())
+        im = ax.imshow(image.numpy(), origin="lower", extent=zoom.extent, cmap=cmap, vmin=top - 8, vmax=top)
+        plot.colorbar(ax, im, "nats" if cmap != "Blues" else "nats (+ const.)")
+        plot.outline(ax, zoom, true_zoom)
+        ax.scatter(starts[:, 0].numpy(), starts[:, 1].numpy(), s=2, c="k", linewidths=0)
+        plot.arrows(ax, starts, vec, 0.03)
+        ax.set_title(title, fontsize=7)
+    for ax, method in zip(axes[1, 3:], ("none", "cfg", "autoguidance")):
+        _, traj = samplers.sample(guided_denoiser(models, method), starts, c, steps=STEPS, sigma_max=ZOOM_SIGMA,
+                                  return_trajectory=True)
+        plot.density_panel(zoom, true_zoom, ax, log_scale=True, floor=8.0, cmap="Oranges")
+        plot.trajectories_panel(traj, ax, color="k")
+        ax.set_title(f"trajectories from $\\sigma={ZOOM_SIGMA:g}$:\n{TREE_PANELS[method].splitlines()[0]}", fontsize=7)
+        ax.set_xlim(ZOOM[:2]), ax.set_ylim(ZOOM[2:])
+    fig.suptitle(f"Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); bottom row: the dashed zoom at "
+                 f"$\\sigma={ZOOM_SIGMA:g}$; $w = 1$ is no guidance")
     return fig, results
-
-
-def outer_branch_box(tree) -> tuple[float, float, float, float]:
-    """A box on the outer branches of class A (where unguided models leave outliers)."""
-    m = tree.means[tree.labels == CLASS_A]
-    tip = m[(m.norm(dim=1)).argsort()[int(0.8 * len(m))]]
-    half = 0.2 * float((tree.means.max(0).values - tree.means.min(0).values).max())
-    return (float(tip[0]) - half, float(tip[0]) + half, float(tip[1]) - half, float(tip[1]) + half)
 
 
 def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0),
@@ -150,7 +179,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
                     "one\ndiffused density.", fontsize=7, va="center")
     fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): p_w(x|c) ~ p(x|c)^w p(x)^(1-w) vs the sampler",
-                 y=1.02)
+                 )
     return fig, {"tv_sampler_vs_exact": tv}
 
 
@@ -176,8 +205,7 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
             ax.axhline(0.01, color="0.5", lw=0.5, ls="--", label="true samples")
         ax.set_xlabel("w (1 = no guidance)"), ax.set_title(key)
     axes[0, 2].legend(fontsize=6)
-    fig.suptitle("Guidance weight sweep on tree(), class A", y=1.02)
-    fig.tight_layout()
+    fig.suptitle("Guidance weight sweep on tree(), class A")
     return fig, table
 
 
@@ -207,7 +235,7 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
             plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
                                title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
-    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}", y=1.03)
+    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}")
     return fig, rows
 
 

@@ -15,18 +15,18 @@ from torch import Tensor
 from .density import Grid
 
 __all__ = ["STYLE", "COLORS", "figure", "density_panel", "samples_panel", "score_field", "trajectories_panel",
-           "ratio_panel", "title_with_metrics", "class_regions", "colorbar", "mark_box", "arrows"]
+           "ratio_panel", "title_with_metrics", "outline", "class_regions", "colorbar", "mark_box", "arrows"]
 
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": 90,
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": 150,
          "image.cmap": "Greys", "savefig.bbox": "tight"}
 COLORS = {"samples": "#d62728", "true": "#1f77b4", "outline": "0.35", "arrows": "#2ca02c", "traj": "#ff7f0e",
           "other_class": "0.88", "other_class_edge": "0.65", "class": "#ffcc99", "class_edge": "#cc9980"}
 
 
 def figure(rows: int = 1, cols: int = 1, size: float = 2.6) -> tuple[Figure, Any]:
-    """A rows x cols grid of square panels without ticks, in the toolkit's style."""
+    """A rows x cols grid of square panels without ticks, in the toolkit's style (constrained layout)."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([]), ax.set_aspect("equal")
     return fig, axes
@@ -48,7 +48,7 @@ def density_panel(grid: Grid, log_density: Tensor, ax: Axes | None = None, *, lo
     return ax
 
 
-def _outline(ax: Axes, grid: Grid, log_density: Tensor, levels: float = 6.0) -> None:
+def outline(ax: Axes, grid: Grid, log_density: Tensor, levels: float = 6.0) -> None:
     """Contours of the true density at 1 and `levels` nats (relative, log-spaced) below its maximum."""
     img = grid.image(log_density.detach().double().cpu())
     img = img - img.max()
@@ -63,7 +63,7 @@ def samples_panel(x: Tensor, ax: Axes | None = None, *, grid: Grid | None = None
     if grid is not None and log_density is not None:
         density_panel(grid, log_density, ax, log_scale=True, cmap="Greys")
         ax.images[-1].set_alpha(0.35)
-        _outline(ax, grid, log_density)
+        outline(ax, grid, log_density)
         ax.set_xlim(grid.extent[:2]), ax.set_ylim(grid.extent[2:])
     x = x.detach().cpu()
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=size, c=color or COLORS["samples"], linewidths=0, alpha=0.7)

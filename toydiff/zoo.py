@@ -3,9 +3,17 @@
 Each named model is a `ModelSpec` (dataset, class subset, architecture, size, loss and training settings): edit
 a spec and `train_model` / `scripts/make_checkpoints.py` follow. The shipped checkpoints in toydiff/checkpoints/
 are these specs trained with seed 0 (bit-reproducible). Sampling settings of every toy figure: EDM Heun, STEPS
-steps, sigma in [0.002, SIGMA_MAX], rho = 7 (Karras et al. 2022). SIGMA_MAX = 10 = 20 sigma_data: the data's
-std 0.5 changes the std of p(x; 10) by 0.1%, so starting from N(0, 10^2 I) is exact for all practical purposes,
-while 80 (the image value) would spend steps on sigmas where nothing happens.
+steps, sigma in [0.002, SIGMA_MAX], rho = 7 (Karras et al. 2022). SIGMA_MAX = 5 = 10 sigma_data, the value of
+the autoguidance paper's toy: the data's std 0.5 changes the std of p(x; 5) by 0.5%, so starting from
+N(0, 5^2 I) is exact for all practical purposes, while 80 (the image value) would spend steps where nothing happens.
+
+The tree recipe (benchmarks/tree_recipe.py measured the alternatives; RESULTS.md has the table): the setup of
+Karras et al. 2024's toy on the same tree, trained with denoising score matching at batch 4096 instead of their
+exact score matching (the exact target costs ~35 us per sample on this CPU; the paper's 16.7M exact samples would
+take ~10 min): a main model of class A alone, 4 x 64, 4096 steps; the autoguidance guide, class A, 4 x 32, 1/8 of
+the training (512 steps); for CFG as the paper sets it up, a separate small unconditional model of both classes,
+4 x 32, 512 steps; and for CFG as it is used in practice, one class-conditional 4 x 64 network with condition
+dropout 0.1 (Ho & Salimans 2022). All four train in about a minute on one CPU thread.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import datasets, guidance, samplers
+from .denoiser import SeparateNull
 from .distributions import GaussianMixture
 from .nets import MLPDenoiser, build_model
 from .training import load_model, save_checkpoint, train
@@ -28,7 +37,7 @@ __all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "
            "train_model", "train_models", "save_model", "save_models", "load_models", "pretrained", "WEIGHTS",
            "guided_denoiser", "draw", "Degraded"]
 
-SIGMA_MAX = 10.0
+SIGMA_MAX = 5.0
 STEPS = 32
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
 
@@ -56,17 +65,24 @@ class ModelSpec:
     seed: int = 0
 
 
-# main 4 x 64; guide 4 x 32 trained 1/8 as long (Karras et al. 2024, Sec. 4 toy); both class-conditional with
-# condition dropout 0.1 (Ho & Salimans 2022) so that CFG works too
-MODEL_SPECS: dict[str, ModelSpec] = {"tree_main": ModelSpec(width=64, depth=4, steps=4096),
-                                     "tree_guide": ModelSpec(width=32, depth=4, steps=512)}
+# see the module docstring; class A alone is classes=(0,) (label 0 = A, no null label: p_uncond = 0)
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "tree_main": ModelSpec(classes=(0,), width=64, steps=4096, batch_size=4096, p_uncond=0.0),
+    "tree_guide": ModelSpec(classes=(0,), width=32, steps=512, batch_size=4096, p_uncond=0.0),
+    "tree_uncond": ModelSpec(conditional=False, width=32, steps=512, batch_size=4096, p_uncond=0.0),
+    "tree_dropout": ModelSpec(width=64, steps=4096, batch_size=4096, p_uncond=0.1),
+}
 
 
 @dataclass
 class ToyModels:
-    """The main and guide denoisers of the tree toy (EMA weights, eval mode)."""
+    """The tree toy's denoisers (EMA weights, eval mode): `main` and its autoguidance `guide` (class A only, label
+    0), `uncond` (both classes, no label: CFG's D_0 in the paper's setup) and `dropout` (both classes, condition
+    dropout: CFG's D_1 and D_0 in one network)."""
     main: MLPDenoiser
     guide: MLPDenoiser
+    uncond: MLPDenoiser
+    dropout: MLPDenoiser
 
 
 def training_data(spec: ModelSpec) -> GaussianMixture:
@@ -94,8 +110,8 @@ def train_model(name: str, seed: int | None = None, progress: bool = True) -> ML
 
 
 def train_models(seed: int | None = None, progress: bool = True) -> ToyModels:
-    """Train the main and guide models from scratch (MODEL_SPECS)."""
-    return ToyModels(train_model("tree_main", seed, progress), train_model("tree_guide", seed, progress))
+    """Train every model of MODEL_SPECS from scratch."""
+    return ToyModels(*(train_model(name, seed, progress) for name in MODEL_SPECS))
 
 
 def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
@@ -103,19 +119,20 @@ def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHE
     os.makedirs(directory, exist_ok=True)
     path, spec = Path(directory) / f"{name}.pt", MODEL_SPECS[name]
     empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
-    save_checkpoint(path, model, model, empty, spec.steps,
-                    dict(steps=spec.steps, p_uncond=spec.p_uncond, seed=seed, dataset=spec.dataset))
+    save_checkpoint(path, model, model, empty, spec.steps, dict(steps=spec.steps, batch_size=spec.batch_size,
+                                                                p_uncond=spec.p_uncond, seed=seed, dataset=spec.dataset,
+                                                                classes=spec.classes))
     return path                                               # (model is its own EMA: one copy of the tensors)
 
 
 def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> list[Path]:
-    """Write tree_main.pt and tree_guide.pt into `directory`."""
-    return [save_model("tree_main", models.main, directory, seed), save_model("tree_guide", models.guide, directory, seed)]
+    """Write <name>.pt of every model of MODEL_SPECS into `directory`."""
+    return [save_model(name, getattr(models, name.removeprefix("tree_")), directory, seed) for name in MODEL_SPECS]
 
 
 def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
-    """Load tree_main.pt and tree_guide.pt (FileNotFoundError / ValueError from toydiff.training when bad)."""
-    return ToyModels(load_model(Path(directory) / "tree_main.pt"), load_model(Path(directory) / "tree_guide.pt"))
+    """Load <name>.pt of every model of MODEL_SPECS (FileNotFoundError / ValueError from toydiff.training when bad)."""
+    return ToyModels(*(load_model(Path(directory) / f"{name}.pt") for name in MODEL_SPECS))
 
 
 def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> ToyModels:
@@ -123,19 +140,27 @@ def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> T
     return train_models(seed, progress) if retrain else load_models()
 
 
-# the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults)
+# the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults);
+# "cfg_dropout" is the recipe "cfg" on the condition-dropout network
 WEIGHTS = {k: guidance.default_weight(k) for k in ("none", "cfg", "score_scaling", "autoguidance")}
+WEIGHTS = {**WEIGHTS, "cfg_dropout": WEIGHTS["cfg"]}
 
 
 def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modifiers: Any) -> Callable:
-    """The main model under the guidance recipe `name` of toydiff.guidance's registry (the guide model for the
-    recipes that need one); w defaults to the recipe's. "none" or w = 1: the main model itself."""
-    if name not in guidance.names():
-        raise ValueError(f"guidance must be one of {guidance.names()}, got {name!r}")
+    """The main model under the guidance recipe `name` of toydiff.guidance's registry, with the models it needs:
+    the guide for autoguidance; for CFG and the recipes built on it the main model's null label is the separate
+    unconditional model (`SeparateNull`: the setup of Karras et al. 2024's toy, where the main model knows class A
+    only). "cfg_dropout": CFG on the condition-dropout network (its own null label as D_0; Ho & Salimans 2022).
+    w defaults to the recipe's; "none" or w = 1: the main model itself."""
+    if name != "cfg_dropout" and name not in guidance.names():
+        raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
+    if name == "cfg_dropout":
+        return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
     w = guidance.default_weight(name) if w is None else w
     if name == "none" or w == 1:
         return models.main
-    return guidance.guided(models.main, guidance.make(name, w, guide=models.guide, **modifiers))
+    return guidance.guided(SeparateNull(models.main, models.uncond), guidance.make(name, w, guide=models.guide,
+                                                                                    **modifiers))
 
 
 def draw(denoiser: Callable, n: int, cls: int, seed: int, trajectory: bool = False, method: str = "heun") -> Any:
