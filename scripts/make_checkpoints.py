@@ -28,8 +28,9 @@ def sha256(path: Path) -> str:
 
 def write(kind: str, directory: Path, seed: int) -> list[Path]:
     """Train the `kind` checkpoints from scratch and write them into `directory`."""
-    if kind == "zoo":
-        return zoo.save_models(zoo.train_models(seed, progress=False), directory, seed)
+    if kind == "zoo":   # every MODEL_SPECS entry: the tree models and the thin tree's
+        return [zoo.save_model(name, zoo.train_model(name, seed, progress=False), directory, seed)
+                for name in zoo.MODEL_SPECS]
     return [bench_models.save_bench_models(name, bench_models.train_bench_models(name, seed), directory)
             for name in bench_models.BENCH_DATASETS]
 

@@ -17,7 +17,7 @@ def test_demo_writes_pngs_and_metrics(demo_out):
     for name in ("tree", "cfg", "sweep", "degradation"):
         assert (demo_out / f"{name}.png").stat().st_size > 5000
     report = json.loads((demo_out / "metrics.json").read_text())
-    assert set(report["methods"]) == {"none", "cfg", "score_scaling", "autoguidance"}
+    assert set(report["methods"]) == {"none", "cfg", "cfg_dropout", "score_scaling", "autoguidance"}
     for m in report["methods"].values():
         assert {"outlier_fraction", "precision", "recall", "class_accuracy"} <= set(m)
         assert all(0 <= m[k] <= 1 for k in ("outlier_fraction", "precision", "recall", "class_accuracy"))
@@ -40,6 +40,9 @@ def test_demo_tells_the_story(demo_out):
 def test_shipped_checkpoints_load_and_are_small():
     models = zoo.load_models()
     assert models.main.config["width"] == 64 and models.guide.config["width"] == 32
+    assert models.main.num_classes == 1 and models.guide.num_classes == 1            # class A alone
+    assert models.uncond.num_classes == 0 and models.uncond.config["width"] == 32
+    assert models.dropout.num_classes == 2 and models.dropout.config["width"] == 64
     for path in zoo.CHECKPOINT_DIR.glob("*.pt"):
         assert path.stat().st_size < 300_000
 

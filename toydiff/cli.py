@@ -33,17 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("toydiff-demo"), help="output directory (default ./toydiff-demo)")
     d.add_argument("--fast", action="store_true", help="reduced sample counts and grids (seconds; for tests)")
     common(d)
-    t = sub.add_parser("train", help="train the tree main (4x64) and guide (4x32, 1/8 steps) models")
-    t.add_argument("--out", type=Path, required=True, help="directory for tree_main.pt and tree_guide.pt")
+    t = sub.add_parser("train", help="train the zoo's tree models: main 4x64 and guide 4x32 (class A), unconditional "
+                                      "4x32 (CFG's D_0 in the paper's setup), condition-dropout 4x64")
+    t.add_argument("--out", type=Path, required=True, help="directory for the checkpoints tree_<name>.pt")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
-    s = sub.add_parser("sample", help="sample class C of tree() with a guidance recipe")
+    s = sub.add_parser("sample", help="sample class A of tree() with a guidance recipe")
     s.add_argument("--guidance", default="autoguidance",
                    help="a recipe of the toydiff.guidance registry that needs at most a guide model (default autoguidance)")
     s.add_argument("--w", type=float, default=None, help="guidance weight, 1 = none (default: the recipe's)")
     s.add_argument("--sampler", default="heun", help="a toydiff.samplers method (default heun)")
     s.add_argument("--n", type=int, default=2000)
-    s.add_argument("--class", dest="cls", type=int, default=0, choices=(0, 1))
+    s.add_argument("--class", dest="cls", type=int, default=0, choices=(0,),
+                   help="0 = class A, the class the zoo's main model knows (as in the paper's toy)")
     s.add_argument("--out", type=Path, default=Path("samples.pt"), help=".pt (tensor [n, 2]) or .png")
     common(s)
     f = sub.add_parser("figure", help="write one reproduction as a PNG")

@@ -33,8 +33,9 @@ from .nets import MLPDenoiser, build_model
 from .training import load_model, save_checkpoint, train
 from .validation import check_positive_int
 
-__all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "ToyModels", "training_data",
-           "train_model", "train_models", "save_model", "save_models", "load_models", "pretrained", "WEIGHTS",
+__all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "TREE_MODELS", "ToyModels",
+           "training_data", "train_model", "train_models", "save_model", "save_models", "load_models", "thin_models",
+           "pretrained", "WEIGHTS",
            "guided_denoiser", "draw", "Degraded"]
 
 SIGMA_MAX = 5.0
@@ -71,7 +72,11 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "tree_guide": ModelSpec(classes=(0,), width=32, steps=512, batch_size=4096, p_uncond=0.0),
     "tree_uncond": ModelSpec(conditional=False, width=32, steps=512, batch_size=4096, p_uncond=0.0),
     "tree_dropout": ModelSpec(width=64, steps=4096, batch_size=4096, p_uncond=0.1),
+    # the hard case (notebook 04): thin_tree() with the earlier recipe, both classes, condition dropout 0.1
+    "thin_main": ModelSpec(dataset="thin_tree", width=64, steps=4096),
+    "thin_guide": ModelSpec(dataset="thin_tree", width=32, steps=512),
 }
+TREE_MODELS = ("tree_main", "tree_guide", "tree_uncond", "tree_dropout")    # the fields of ToyModels, in order
 
 
 @dataclass
@@ -110,8 +115,8 @@ def train_model(name: str, seed: int | None = None, progress: bool = True) -> ML
 
 
 def train_models(seed: int | None = None, progress: bool = True) -> ToyModels:
-    """Train every model of MODEL_SPECS from scratch."""
-    return ToyModels(*(train_model(name, seed, progress) for name in MODEL_SPECS))
+    """Train the tree models (TREE_MODELS) from scratch."""
+    return ToyModels(*(train_model(name, seed, progress) for name in TREE_MODELS))
 
 
 def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
@@ -126,13 +131,19 @@ def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHE
 
 
 def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> list[Path]:
-    """Write <name>.pt of every model of MODEL_SPECS into `directory`."""
-    return [save_model(name, getattr(models, name.removeprefix("tree_")), directory, seed) for name in MODEL_SPECS]
+    """Write <name>.pt of every tree model (TREE_MODELS) into `directory`."""
+    return [save_model(name, getattr(models, name.removeprefix("tree_")), directory, seed) for name in TREE_MODELS]
 
 
 def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
-    """Load <name>.pt of every model of MODEL_SPECS (FileNotFoundError / ValueError from toydiff.training when bad)."""
-    return ToyModels(*(load_model(Path(directory) / f"{name}.pt") for name in MODEL_SPECS))
+    """Load <name>.pt of every tree model (FileNotFoundError / ValueError from toydiff.training when bad)."""
+    return ToyModels(*(load_model(Path(directory) / f"{name}.pt") for name in TREE_MODELS))
+
+
+def thin_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> tuple[MLPDenoiser, MLPDenoiser]:
+    """The shipped (main, guide) of the thin tree: class-conditional with condition dropout, so CFG uses the main
+    model's own null label."""
+    return load_model(Path(directory) / "thin_main.pt"), load_model(Path(directory) / "thin_guide.pt")
 
 
 def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> ToyModels:
