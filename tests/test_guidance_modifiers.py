@@ -222,7 +222,8 @@ def test_bad_modifier_construction(make, err, word):
         make()
 
 
-# ---- measured effects on tree() with the shipped checkpoints (Heun 32 / Euler 64 steps, sigma_max 10) ------
+# ---- measured effects on thin_tree() with its shipped checkpoints (Heun 32 / Euler 64 steps, sigma_max 10) -----
+# (thin_main / thin_guide: one class-conditional network with condition dropout, as CFG's modifiers expect)
 # class A, 1500 samples, seed 1; outliers = share below the 1% quantile of true log p(x|c), k-NN recall (k=3).
 # Measured (outliers / recall): none 0.28 / 0.98; CFG 4: 0.47 / 0.62; + interval (0.05, 1]: 0.35 / 0.73;
 # + rescale 0.7: 0.43 / 0.71; schedule w = 1 + 3 exp(-sigma): 0.24 / 0.72; APG 4 (eta 0): 0.15 / 0.69;
@@ -235,8 +236,8 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "toydiff" / "checkpoints"
 @pytest.fixture(scope="module")
 def effects():
     from toydiff import datasets, metrics, training
-    tree = datasets.tree()
-    main, weak = (training.load_model(CHECKPOINTS / f"tree_{k}.pt") for k in ("main", "guide"))
+    tree = datasets.thin_tree()
+    main, weak = (training.load_model(CHECKPOINTS / f"thin_{k}.pt") for k in ("main", "guide"))
     n, cond = 1500, torch.zeros(1500, dtype=torch.long)
     real, _ = tree.sample(n, cond=0, generator=torch.Generator().manual_seed(9))
     configs = {
@@ -268,6 +269,6 @@ def effects():
     ("euler_cfgpp", "euler_cfg", 0.0, 0.2),    # CFG++ keeps diversity where CFG collapses it
     ("euler_cfgpp_auto", "euler_cfgpp", 0.15, 0.0),
 ])
-def test_measured_effect_on_tree(effects, better, than, outliers_drop, recall_gain):
+def test_measured_effect_on_thin_tree(effects, better, than, outliers_drop, recall_gain):
     (o, r), (o_ref, r_ref) = effects[better], effects[than]
     assert o <= o_ref - outliers_drop and r >= r_ref + recall_gain, (effects[better], effects[than])
