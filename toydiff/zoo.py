@@ -13,7 +13,7 @@ exact score matching (the exact target costs ~35 us per sample on this CPU; the 
 take ~10 min): a main model of class A alone, 4 x 64, 4096 steps; the autoguidance guide, class A, 4 x 32, 1/8 of
 the training (512 steps); for CFG as the paper sets it up, a separate small unconditional model of both classes,
 4 x 32, 512 steps; and for CFG as it is used in practice, one class-conditional 4 x 64 network with condition
-dropout 0.1 (Ho & Salimans 2022). All four train in about a minute on one CPU thread.
+dropout 0.1 (Ho & Salimans 2022). The four took 95 s of CPU time on one thread (measured under load, RESULTS.md).
 """
 from __future__ import annotations
 
