@@ -154,7 +154,8 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
     hist_grid = density.make_grid(grid.extent, 40)
     colors = torch.tensor([[0.84, 0.15, 0.16], [0.12, 0.47, 0.71], [0.17, 0.63, 0.17]], dtype=torch.float64)
     fig, axes = plot.figure(2, len(ws) + 1, size=2.8)
-    plot.density_panel(grid, dist.log_prob(grid.points, 0.0), axes[0, 0], title="marginal p(x)")
+    plot.density_panel(grid, dist.log_prob(grid.points, 0.0), axes[0, 0], title="marginal $p(x)$")
+    plot.colorbar(axes[0, 0], axes[0, 0].images[-1], "$p(x)\\,/\\,\\max p$")
     tv = {}
     for j, w in enumerate(ws):
         img = torch.ones(grid_res, grid_res, 3, dtype=torch.float64)
@@ -171,14 +172,15 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
             tvs.append(0.5 * float((hist - exact).abs().sum()))
         tv[str(w)] = sum(tvs) / len(tvs)
         axes[0, j + 1].imshow(img.numpy(), origin="lower", extent=grid.extent)
-        axes[0, j + 1].set_title(f"exact p_w(x|c), w={w:g}\n(Ho-Salimans w={to_ho_salimans(w):g})")
+        axes[0, j + 1].set_title(f"exact $p_w(x|c)$, $w={w:g}$\n(Ho & Salimans' $w={to_ho_salimans(w):g}$)")
         axes[1, j + 1].set_xlim(grid.extent[:2]), axes[1, j + 1].set_ylim(grid.extent[2:])
-        axes[1, j + 1].set_title(f"sampler, w={w:g}\nTV to p_w: {tv[str(w)]:.2f}")
+        axes[1, j + 1].set_title(f"sampler, $w={w:g}$\nTV to $p_w$: {tv[str(w)]:.2f}")
     axes[1, 0].axis("off")
     axes[1, 0].text(0.0, 0.5, "Top: the density CFG is said to sample.\nBottom: what the ODE sampler\nproduces "
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
                     "one\ndiffused density.", fontsize=7, va="center")
-    fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): p_w(x|c) ~ p(x|c)^w p(x)^(1-w) vs the sampler",
+    fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): $p_w(x|c) \\propto p(x|c)^w p(x)^{1-w}$ "
+                 "(colour: each class's $p_w$ over its maximum) vs the sampler",
                  )
     return fig, {"tv_sampler_vs_exact": tv}
 

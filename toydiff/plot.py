@@ -106,7 +106,8 @@ def ratio_panel(grid: Grid, log_ratio: Tensor, ax: Axes | None = None, *, field:
     gradient (the autoguidance direction) when `field` is given."""
     ax = _ax(ax)
     img = grid.image(log_ratio.detach().double().cpu()).clamp(-clip, clip)
-    ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap="RdBu_r", vmin=-clip, vmax=clip)
+    im = ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap="RdBu_r", vmin=-clip, vmax=clip)
+    colorbar(ax, im, "log ratio (nats)")
     if field is not None:
         score_field(field, grid, ax, every=every, color="k")
     ax.set_xlim(grid.extent[:2]), ax.set_ylim(grid.extent[2:])
