@@ -36,9 +36,10 @@ def test_sampler_reproduces_data(three, reference, method):
 def test_conditional_sampling_hits_the_class(three):
     cond = torch.arange(3).repeat_interleave(2000)
     x = samplers.sample(three, (6000, 2), cond, generator=torch.Generator().manual_seed(2))
-    # exact class accuracy of true samples of three_gaussians is ~0.95: the classes overlap
-    acc = (three.class_posterior(x, 0.0).argmax(1) == cond).float().mean().item()
-    assert 0.92 < acc < 0.98
+    # the classes of three_gaussians overlap: even true samples are classified right only ~82% of the time
+    true = torch.cat([three.sample(2000, cond=c, generator=torch.Generator().manual_seed(3))[0] for c in range(3)])
+    acc, true_acc = ((three.class_posterior(v, 0.0).argmax(1) == cond).float().mean().item() for v in (x, true))
+    assert 0.75 < true_acc < 0.9 and abs(acc - true_acc) < 0.02
 
 
 def test_same_seed_same_samples(three):
