@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import datasets, density, figures, guidance, metrics, plot, samplers, zoo
+from .denoiser import SeparateNull
 from .distributions import GaussianMixture
 from .guidance import Guidance, NoGuidance, guided, to_ho_salimans
 
@@ -55,12 +56,14 @@ class Problem:
 
 
 def problem(name: str) -> Problem:
-    """`tree`: the shipped main (4 x 64) and guide (4 x 32, 1/8 the training) MLPs, class A. `three_gaussians`: the
+    """`tree`: the shipped main (4 x 64, class A) and guide (4 x 32, 1/8 the training) MLPs, class A; CFG's D_0 is the
+    separate unconditional model (the paper's setup, `zoo.guided_denoiser`). `three_gaussians`: the
     exact mixture is the main denoiser and the same mixture with every covariance doubled (a blurrier model, the
     "bad version") the guide, class 0."""
     if name == "tree":
         data, models = datasets.tree(), zoo.pretrained(progress=False)
-        return Problem(name, data, models.main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
+        main = SeparateNull(models.main, models.uncond)          # CFG's D_0: the separate unconditional model
+        return Problem(name, data, main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
     if name == "three_gaussians":
         data = datasets.three_gaussians()
         blurred = GaussianMixture(data.weights, data.means, data.covs * 2.0, labels=data.labels,
