@@ -5,8 +5,10 @@ Noising the data with N(0, sigma^2 I) keeps a Gaussian mixture a Gaussian mixtur
 so every quantity a diffusion model learns is known in closed form (Karras et al. 2022, EDM, Sec. 2):
     score      s(x; sigma) = grad_x log p(x; sigma)
     denoiser   D(x; sigma) = E[x0 | x] = x + sigma^2 s(x; sigma)        (Tweedie / Miyasawa)
-The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse) and every sum over
-components is a log-sum-exp, so results stay finite anywhere on the plane.
+The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse), evaluated in float64, and every sum
+over components is a log-sum-exp, so results (float64 or float32) stay finite over the stated range
+|x| <= X_LIMIT = 1e15 (each coordinate) and 0 <= sigma <= SIGMA_LIMIT = 1e15; inputs beyond it raise a ValueError
+(past ~1e77 the float64 terms sigma^4 and |x|^2 sigma^2 themselves overflow).
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from torch import Tensor
 
 from .validation import as_cond, as_sigma, check_points
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "X_LIMIT", "SIGMA_LIMIT"]
+
+X_LIMIT = 1e15      # |x| and sigma where every method is still finite in float32 too (see the module docstring)
+SIGMA_LIMIT = 1e15
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
@@ -102,6 +107,12 @@ class GaussianMixture:
         n = x.shape[0]
         s = as_sigma(sigma, n, device=x.device)
         c = as_cond(cond, n, self.num_classes, device=x.device)
+        if x.abs().max() > X_LIMIT:
+            raise ValueError(f"x lies outside the mixture's finite range |x| <= {X_LIMIT:g}: max |x| = "
+                             f"{x.abs().max().item():g}")
+        if s.max() > SIGMA_LIMIT:
+            raise ValueError(f"sigma lies outside the mixture's finite range 0 <= sigma <= {SIGMA_LIMIT:g}: "
+                             f"got {s.max().item():g}")
         return x, s, c
 
     def _logw_rows(self, cond: Tensor | None, n: int, device) -> Tensor:
@@ -143,7 +154,7 @@ class GaussianMixture:
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact score grad_x log p(x | c; sigma) [N, 2] = sum_k r_k (-S_k^-1 (x - mu_k)), r = responsibilities."""
         x, s, c = self._prepare(x, sigma, cond)
-        return self._score(x, s, c)
+        return self._score(x, s, c).to(x.dtype)
 
     def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         xd, s2 = x.double(), s.double() ** 2
@@ -156,12 +167,12 @@ class GaussianMixture:
             m = p[:, :4].reshape(-1, 2, 2)
             adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
             out.append(-adj_r)                                                    # -sum_k r_k S_k^-1 (x - mu_k)
-        return torch.cat(out).to(x.dtype)
+        return torch.cat(out)                                                     # float64
 
     def denoise(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact posterior mean E[x0 | x; sigma, c] [N, 2] = x + sigma^2 s(x | c; sigma) (Tweedie's formula)."""
         x, s, c = self._prepare(x, sigma, cond)
-        return x + (s.to(x.dtype) ** 2)[:, None] * self._score(x, s, c)
+        return (x.double() + (s.double() ** 2)[:, None] * self._score(x, s, c)).to(x.dtype)
 
     __call__ = denoise
 
