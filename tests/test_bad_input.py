@@ -1,10 +1,15 @@
 """Bad input across the library and the CLIs: each case must raise a clear error whose message names the
 argument (DESIGN.md, Conventions). One table; `word` is a regex the message (or the CLI's stderr) must contain."""
+import io
+import json
 import math
+import pickle
 import re
 import traceback
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,7 +160,52 @@ CASES = {
                                                                str(p / "g.png")), FileNotFoundError, "none.pt"),
     "imagenet fid missing Inception weights": (lambda p: _imagenet("fid", str(p / "s.npz"), "--ref", str(p / "r.npz"),
                                                                    "--inception", str(p / "none.pth")),
-                                               (FileNotFoundError, ValueError), "none.pth"),
+                                               SystemExit, "none.pth"),
+    # ---- issue 11: schedules ----
+    "edm sigma_min above sigma_max": (lambda p: samplers.edm_sigmas(8, 5.0, 1.0), ValueError, "sigma_min"),
+    "edm negative sigma_min": (lambda p: samplers.edm_sigmas(8, -0.1, 1.0), ValueError, "sigma_min"),
+    "edm rho zero": (lambda p: samplers.edm_sigmas(8, rho=0), ValueError, "rho"),
+    "edm rho NaN": (lambda p: samplers.edm_sigmas(8, rho=math.nan), ValueError, "rho"),
+    "vp sigma_min above sigma_max": (lambda p: samplers.vp_sigmas(8, 5.0, 1.0), ValueError, "sigma_min"),
+    "vp negative sigma_max": (lambda p: samplers.vp_sigmas(8, 0.002, -80.0), ValueError, "sigma_max"),
+    "vp beta_d zero": (lambda p: samplers.vp_sigmas(8, beta_d=0.0), ValueError, "beta_d"),
+    "ddpm more steps than time steps": (lambda p: samplers.linear_beta_sigmas(2000), ValueError, "num_train_steps"),
+    "ddpm beta above 1": (lambda p: samplers.linear_beta_sigmas(10, beta_end=1.5), ValueError, "beta_end"),
+    "edm schedule collapsing to repeats": (lambda p: samplers.edm_sigmas(100, 1.0, 1.0 + 1e-15), ValueError,
+                                           "strictly decreasing"),
+    # ---- issue 11: the mixture's finite range, devices, seeds, overflowing weights ----
+    "mixture sigma beyond its finite range": (lambda p: THREE.denoise(X, 1e77), ValueError, r"sigma.*1e\+15"),
+    "mixture x beyond its finite range": (lambda p: THREE.log_prob(X.double() * 1e154), ValueError, r"\bx\b.*1e\+15"),
+    "meta-device x": (lambda p: THREE.denoise(torch.zeros(4, 2, device="meta"), 1.0), ValueError, r"\bx\b.*meta"),
+    "meta-device sigma": (lambda p: THREE.denoise(X, torch.ones(4, device="meta")), ValueError, "sigma.*meta"),
+    "meta-device labels": (lambda p: THREE.denoise(X, 1.0, C.to("meta")), ValueError, "cond.*meta"),
+    "meta-device net input": (lambda p: _model()(torch.zeros(4, 2, device="meta"), 1.0), ValueError, "meta"),
+    "seed of 2**64": (lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 64), ValueError, "seed"),
+    "negative seed": (lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=-1), ValueError, "seed"),
+    "seed a float": (lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=1.5), TypeError, "seed"),
+    "weight beyond float32": (lambda p: G.guided(THREE, G.CFG(1e308))(X, 1.0, C), ValueError, r"\bw\b"),
+    "weight overflowing the output": (lambda p: G.guided(THREE, G.CFG(3e38))(X * 10, 1.0, C), ValueError, r"\bw\b"),
+    "interval lower bound inf": (lambda p: G.CFG(2.0, interval=(math.inf, math.inf)), ValueError, "interval"),
+    "interval NaN": (lambda p: G.CFG(2.0, interval=(math.nan, 1.0)), ValueError, "interval"),
+    "sampler steps a numpy float": (lambda p: samplers.edm_sigmas(np.float32(4.0)), TypeError, "steps"),
+    # ---- issue 11: imagenet_ext data and FID ----
+    "imagenet float labels": (lambda p: _imagenet_labels(p, np.array([1.0, 2.7])), ValueError, "labels.*float"),
+    "imagenet bool labels": (lambda p: _imagenet_labels(p, np.array([True, False])), ValueError, "labels.*bool"),
+    "imagenet pickled bool labels": (lambda p: _imagenet_labels(p, [True, 2], pickled=True), ValueError, "bool"),
+    "zip with a JSON true label": (lambda p: _zip_labels(p, True), ValueError, "label"),
+    "16-bit float TIFF image": (lambda p: _zip_labels(p, 0, mode="F"), ValueError, "range"),
+    "fid --splits 0": (lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--splits", "0"), SystemExit, "--splits"),
+    "fid --batch 0": (lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--batch", "0"), SystemExit, "--batch"),
+    "fid --save-ref without .npz": (lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--save-ref",
+                                                        str(p / "stats")), SystemExit, "--save-ref.*npz"),
+    "fid --save-ref in a missing directory's file": (lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--save-ref",
+                                                                         str(_write(p, "f", b"x") / "s.npz")),
+                                                     SystemExit, "--save-ref"),
+    "fid --device foo": (lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--device", "foo"), SystemExit,
+                         "--device"),
+    "Inception file holding a tensor": (lambda p: _inception_file(p, torch.zeros(3)), ValueError,
+                                        "not an FID Inception-v3 state dict"),
+    "Inception file of wrong shapes": (lambda p: _inception_file(p, "shapes"), ValueError, "wrong shapes"),
 }
 
 
@@ -178,6 +228,61 @@ def test_cases_reach_every_validating_module(tmp_path, capsys):
             reached |= {m for m in VALIDATING if path.endswith("/" + m)}
     capsys.readouterr()
     assert reached == VALIDATING, f"no bad-input case reaches {sorted(VALIDATING - reached)}"
+def _imagenet_labels(tmp_path, labels, pickled=False):
+    from imagenet_ext.data import load_imagenet64_file
+    data = np.zeros((len(labels), 3 * 8 * 8), dtype=np.uint8)
+    if pickled:
+        path = tmp_path / "val_data"
+        path.write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    else:
+        path = tmp_path / "val_data.npz"
+        np.savez(path, data=data, labels=labels)
+    return load_imagenet64_file(path, 8)
+
+
+def _zip_labels(tmp_path, label, mode="L"):
+    from PIL import Image
+    from imagenet_ext.data import load_zip
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32 if mode == "F" else np.uint8)).save(
+        buf, format="TIFF" if mode == "F" else "PNG")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        z.writestr("a.img", buf.getvalue())
+        z.writestr("dataset.json", json.dumps({"labels": [["a.img", label]]}))
+    return load_zip(tmp_path / "d.zip", 4)
+
+
+def _inception_file(tmp_path, content):
+    from imagenet_ext.inception import FIDInceptionV3, load_inception
+    if content == "shapes":
+        content = {k: v[..., :1] if v.ndim else v for k, v in FIDInceptionV3(75).state_dict().items()}
+    torch.save(content, tmp_path / "w.pth")
+    return load_inception(tmp_path / "w.pth", input_size=75)
+
+
+VALID = {  # inputs issue 11 found refused although they are valid: each must now run
+    "numpy float32 sigma": lambda p: THREE.denoise(X, np.float32(0.5)),
+    "numpy float32 weight": lambda p: G.guided(THREE, G.CFG(np.float32(2.0)))(X, 1.0, C),
+    "numpy float32 momentum": lambda p: G.APG(2.0, momentum=np.float32(-0.5)),
+    "numpy int steps": lambda p: samplers.edm_sigmas(np.int64(4)),
+    "interval up to inf": lambda p: G.guided(THREE, G.CFG(2.0, interval=(0.5, math.inf)))(X, 1.0, C),
+    "float64 weight of 1e30 on float64": lambda p: G.guided(THREE, G.CFG(1e30))(X.double(), 1.0, C),
+    "mixture at |x| = 1e15, sigma = 1e15": lambda p: THREE.denoise(torch.full((2, 2), 1e15), 1e15),
+    "ddpm with all its time steps": lambda p: samplers.linear_beta_sigmas(1000),
+    "seed 2**63 - 1": lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 63 - 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALID))
+def test_valid_input_runs(case, tmp_path):
+    out = VALID[case](tmp_path)
+    for t in out if isinstance(out, (tuple, list)) else [out]:
+        if isinstance(t, torch.Tensor):
+            assert torch.isfinite(t).all(), case
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 25
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
