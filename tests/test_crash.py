@@ -148,3 +148,41 @@ def test_truncated_checkpoint_is_refused_with_its_path(tmp_path):
         with pytest.raises(ValueError, match=str(path)):                # and resume does not start over silently
             training.train(nets.MLPDenoiser(num_classes=3, width=8, depth=2), datasets.three_gaussians(), steps=2,
                            progress=False, checkpoint=path, resume=True)
+
+
+def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A write that runs out of space (ENOSPC after 4 kB) inside torch.save: torch itself would report only
+    "unexpected pos ..."; the error names the checkpoint and says "no space", and the old checkpoint survives."""
+    import builtins
+    import errno
+
+    from toydiff import atomic
+    path = tmp_path / "ck.pt"
+    _save(path, step=1)
+    before = path.read_bytes()
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.room = f, 4096
+
+        def write(self, data):
+            self.room -= len(data)
+            if self.room < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(atomic, "open", lambda p, mode="r": FullDisk(builtins.open(p, mode)) if "w" in mode
+                        else builtins.open(p, mode), raising=False)
+    with pytest.raises(OSError, match=rf"no space left on device while writing {path}"):
+        _save(path, width=64, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
@@ -47,12 +46,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         pass
 
 
+class _Recorder:
+    """A file wrapper that remembers the OSError of a write: torch's zip writer turns it into a RuntimeError
+    "unexpected pos ...", which names neither the file nor the cause."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` atomically (see atomic_path). The object is serialized in memory first and then
-    written with plain file writes, so a full disk raises ENOSPC naming the path (torch's zip writer would report
-    only "unexpected pos ...")."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
+    """torch.save `obj` to `path` atomically (see atomic_path); a full disk raises OSError(ENOSPC) naming the path."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(buf.getbuffer())
+        out = _Recorder(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None                  # atomic_path adds the path and "no space left"
+            raise
     return Path(path)
