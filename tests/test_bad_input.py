@@ -16,6 +16,7 @@ import torch
 from toydiff import bench, bench_models, classifier, datasets, histogram, metrics, nets, samplers, training
 from toydiff import guidance as G
 from toydiff.denoiser import VPEpsDenoiser
+from toydiff.distributions import GaussianMixture
 
 
 THREE = datasets.three_gaussians()
@@ -206,6 +207,13 @@ CASES = {
     "Inception file holding a tensor": (lambda p: _inception_file(p, torch.zeros(3)), ValueError,
                                         "not an FID Inception-v3 state dict"),
     "Inception file of wrong shapes": (lambda p: _inception_file(p, "shapes"), ValueError, "wrong shapes"),
+    "mixture of a huge covariance": (lambda p: GaussianMixture([1], [[0, 0]], [[[1e300, 0], [0, 1e300]]]), ValueError,
+                                     "covs"),
+    "mixture of a huge mean": (lambda p: GaussianMixture([1], [[1e200, 0]], [[[1, 0], [0, 1]]]), ValueError, "means"),
+    "mixture num_classes a float": (lambda p: GaussianMixture([1], [[0, 0]], [[[1, 0], [0, 1]]], num_classes=2.5),
+                                    TypeError, "num_classes"),
+    "tree of depth 40": (lambda p: datasets.tree(depth=40), ValueError, "depth"),
+    "mean of a missing class": (lambda p: THREE.mean(7), ValueError, "cond"),
 }
 
 
@@ -270,6 +278,8 @@ VALID = {  # inputs issue 11 found refused although they are valid: each must no
     "mixture at |x| = 1e15, sigma = 1e15": lambda p: THREE.denoise(torch.full((2, 2), 1e15), 1e15),
     "ddpm with all its time steps": lambda p: samplers.linear_beta_sigmas(1000),
     "seed 2**63 - 1": lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 63 - 1),
+    "numpy int sample count and class": lambda p: THREE.sample(np.int64(5), cond=np.int64(1))[0],
+    "numpy int class in metrics": lambda p: metrics.evaluate(THREE.sample(40, cond=1)[0], THREE, np.int64(1))["precision"],
 }
 
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from .validation import as_cond, as_sigma, check_points
+from .validation import as_cond, as_sigma, check_points, check_positive_int
 
 __all__ = ["GaussianMixture", "X_LIMIT", "SIGMA_LIMIT"]
 
@@ -56,6 +56,10 @@ class GaussianMixture:
             raise ValueError(f"covs must have shape [{k}, 2, 2], got {tuple(cov.shape)}")
         if not (torch.isfinite(w).all() and torch.isfinite(mu).all() and torch.isfinite(cov).all()):
             raise ValueError("weights, means and covs must be finite")
+        if mu.abs().max() > X_LIMIT or cov.abs().max() > SIGMA_LIMIT ** 2:
+            raise ValueError(f"means must satisfy |mu| <= {X_LIMIT:g} and covs |C| <= {SIGMA_LIMIT ** 2:g} (the "
+                             f"mixture's finite range), got max |mu| {mu.abs().max().item():g}, max |C| "
+                             f"{cov.abs().max().item():g}")
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError("weights must be non-negative with a positive sum")
         if not torch.allclose(cov, cov.transpose(1, 2)):
@@ -69,7 +73,7 @@ class GaussianMixture:
         lab = lab.long()
         if lab.shape != (k,):
             raise ValueError(f"labels must have shape [{k}], got {tuple(lab.shape)}")
-        c = int(lab.max()) + 1 if num_classes is None else int(num_classes)
+        c = int(lab.max()) + 1 if num_classes is None else check_positive_int(num_classes, "num_classes")
         if (lab < 0).any() or (lab >= c).any():
             raise ValueError(f"labels must lie in [0, {c - 1}]")
         self.weights = w / w.sum()
@@ -207,8 +211,7 @@ class GaussianMixture:
 
         `cond` is an int, an int64 tensor [n] (-1 = marginal) or None (marginal); y holds each sample's class.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = check_positive_int(n, "n")
         c = as_cond(cond, n, self.num_classes)
         s = as_sigma(sigma, n)
         if c is None:
@@ -231,12 +234,12 @@ class GaussianMixture:
     # ------------------------------------------------------------------ summaries
     def mean(self, cond: int | None = None) -> Tensor:
         """Mean [2] of p(x) or p(x | cond)."""
-        w = self._logw_rows(None if cond is None else torch.tensor([cond]), 1, "cpu")[0].exp()
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
         return w @ self.means
 
     def covariance(self, cond: int | None = None) -> Tensor:
         """Covariance [2, 2] of p(x) or p(x | cond): sum w_k (C_k + mu_k mu_k^T) - m m^T."""
-        w = self._logw_rows(None if cond is None else torch.tensor([cond]), 1, "cpu")[0].exp()
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
         m = w @ self.means
         second = (w[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]

@@ -95,8 +95,8 @@ def as_cond(cond: Any, n: int, num_classes: int | None, *, device: torch.device 
         return None
     if isinstance(cond, bool):
         raise TypeError(f"{name} must be an int64 tensor [N] or None, got bool")
-    if isinstance(cond, int):
-        cond = torch.full((n,), cond, dtype=torch.long, device=device)
+    if isinstance(cond, Integral):                                           # int or numpy integer
+        cond = torch.full((n,), int(cond), dtype=torch.long, device=device)
     if not isinstance(cond, Tensor):
         raise TypeError(f"{name} must be an int64 tensor [N] or None, got {type(cond).__name__}")
     check_on_device(cond, name)
