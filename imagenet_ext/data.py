@@ -200,17 +200,18 @@ def _cached_imagenet64(root: Path, files: list[Path], resolution: int, split: st
 
 
 def load_folder(root: str | os.PathLike, resolution: int) -> ImageSet:
-    """root/<class>/<image>: class index = position of the subfolder name in sorted order."""
+    """root/<class>/<image>: class index = position of the subfolder name in sorted order. Hidden entries
+    (names starting with ".", such as .ipynb_checkpoints) are neither classes nor images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: expected one subfolder per class, found none")
     imgs, labels = [], []
     for k, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() in IMAGE_EXTS:
+            if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."):
                 imgs.append(decode_image(f.read_bytes(), str(f), resolution))
                 labels.append(k)
     if not imgs:
@@ -239,12 +240,15 @@ def load_zip(path: str | os.PathLike, resolution: int, num_classes: int | None =
             entries = sorted(entries.items())
         if not isinstance(entries, list) or not entries:
             raise ValueError(f"{path}: dataset.json must hold a non-empty list of [filename, label]")
-        imgs, labels = [], []
+        imgs, labels, seen = [], [], set()
         for item in entries:
             if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int)
-                    and not isinstance(item[1], bool)):                 # JSON true/false are not labels
-                raise ValueError(f"{path}: dataset.json entries must be [filename, int label], got {item!r}")
+                    and not isinstance(item[1], bool) and 0 <= item[1] < 2 ** 31):   # JSON true/false: no labels
+                raise ValueError(f"{path}: dataset.json entries must be [filename, int label >= 0], got {item!r}")
             name, lab = item
+            if name in seen:
+                raise ValueError(f"{path}: dataset.json lists {name!r} twice")
+            seen.add(name)
             try:
                 raw = zf.read(name)
             except KeyError:
@@ -266,6 +270,8 @@ def load_dataset(spec: str, resolution: int, *, split: str = "train",
 
     `cache_dir` memory-maps an ImageNet-64 directory through a one-time `.npy` conversion (see load_imagenet64).
     """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
     if spec in ("digits", "digits:3", "digits:1"):
         return load_digits(resolution, channels=1 if spec.endswith(":1") else 3)
     p = Path(spec)

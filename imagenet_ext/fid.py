@@ -117,6 +117,9 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over splits."""
     z = torch.as_tensor(logits, dtype=torch.float64)
+    if z.ndim != 2 or z.shape[0] == 0 or not torch.isfinite(z).all():
+        raise ValueError(f"logits must be a finite array [N, classes], got shape {tuple(z.shape)}"
+                         f"{'' if z.ndim != 2 or not z.numel() or torch.isfinite(z).all() else ' with NaN/inf'}")
     logp = torch.log_softmax(z, dim=1)
     scores = []
     for part in torch.tensor_split(logp, min(splits, z.shape[0])):
@@ -151,7 +154,9 @@ def reference_stats(spec: str, net: FIDInceptionV3 | None, resolution: int | Non
     p = Path(spec)
     if p.suffix.lower() == ".npz" and p.is_file():
         with np.load(p) as z:
-            if "mu" in z and "sigma" in z:
+            if "mu" in z or "sigma" in z:
+                if not ("mu" in z and "sigma" in z):
+                    raise ValueError(f"{p}: reference statistics need both 'mu' and 'sigma', found {sorted(z.files)}")
                 return z["mu"], z["sigma"]
     if net is None:
         raise ValueError("computing reference statistics needs the Inception network")

@@ -214,6 +214,13 @@ CASES = {
                                     TypeError, "num_classes"),
     "tree of depth 40": (lambda p: datasets.tree(depth=40), ValueError, "depth"),
     "mean of a missing class": (lambda p: THREE.mean(7), ValueError, "cond"),
+    "zip listing one image twice": (lambda p: _zip_labels(p, 0, twice=True), ValueError, "twice"),
+    "zip label beyond int64": (lambda p: _zip_labels(p, 2 ** 70), ValueError, "label"),
+    "dataset resolution 0": (lambda p: _imagenet_data().load_dataset("digits", 0), ValueError, "resolution"),
+    "reference npz with mu only": (lambda p: _imagenet_fid().reference_stats(str(_npz(p, mu=np.zeros(3))), None, 8),
+                                   ValueError, "sigma"),
+    "Inception Score of NaN logits": (lambda p: _imagenet_fid().inception_score(np.full((3, 10), np.nan)), ValueError,
+                                      "logits"),
 }
 
 
@@ -236,6 +243,23 @@ def test_cases_reach_every_validating_module(tmp_path, capsys):
             reached |= {m for m in VALIDATING if path.endswith("/" + m)}
     capsys.readouterr()
     assert reached == VALIDATING, f"no bad-input case reaches {sorted(VALIDATING - reached)}"
+
+
+def _imagenet_data():
+    import imagenet_ext.data
+    return imagenet_ext.data
+
+
+def _imagenet_fid():
+    import imagenet_ext.fid
+    return imagenet_ext.fid
+
+
+def _npz(tmp_path, **arrays):
+    np.savez(tmp_path / "r.npz", **arrays)
+    return tmp_path / "r.npz"
+
+
 def _imagenet_labels(tmp_path, labels, pickled=False):
     from imagenet_ext.data import load_imagenet64_file
     data = np.zeros((len(labels), 3 * 8 * 8), dtype=np.uint8)
@@ -248,7 +272,7 @@ def _imagenet_labels(tmp_path, labels, pickled=False):
     return load_imagenet64_file(path, 8)
 
 
-def _zip_labels(tmp_path, label, mode="L"):
+def _zip_labels(tmp_path, label, mode="L", twice=False):
     from PIL import Image
     from imagenet_ext.data import load_zip
     buf = io.BytesIO()
@@ -256,7 +280,7 @@ def _zip_labels(tmp_path, label, mode="L"):
         buf, format="TIFF" if mode == "F" else "PNG")
     with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
         z.writestr("a.img", buf.getvalue())
-        z.writestr("dataset.json", json.dumps({"labels": [["a.img", label]]}))
+        z.writestr("dataset.json", json.dumps({"labels": [["a.img", label]] * (2 if twice else 1)}))
     return load_zip(tmp_path / "d.zip", 4)
 
 
@@ -266,6 +290,17 @@ def _inception_file(tmp_path, content):
         content = {k: v[..., :1] if v.ndim else v for k, v in FIDInceptionV3(75).state_dict().items()}
     torch.save(content, tmp_path / "w.pth")
     return load_inception(tmp_path / "w.pth", input_size=75)
+
+
+def _hidden_folder(tmp_path):
+    from PIL import Image
+    from imagenet_ext.data import load_folder
+    for sub in ("cat", ".ipynb_checkpoints"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / sub / "a.png")
+    found = load_folder(tmp_path, 4)
+    assert found.num_classes == 1 and len(found) == 1, "a hidden folder is not a class"
+    return found
 
 
 VALID = {  # inputs issue 11 found refused although they are valid: each must now run
@@ -279,6 +314,7 @@ VALID = {  # inputs issue 11 found refused although they are valid: each must no
     "ddpm with all its time steps": lambda p: samplers.linear_beta_sigmas(1000),
     "seed 2**63 - 1": lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 63 - 1),
     "numpy int sample count and class": lambda p: THREE.sample(np.int64(5), cond=np.int64(1))[0],
+    "a hidden folder beside the classes": lambda p: _hidden_folder(p).labels,
     "numpy int class in metrics": lambda p: metrics.evaluate(THREE.sample(40, cond=1)[0], THREE, np.int64(1))["precision"],
 }
 
