@@ -8,8 +8,6 @@ so the local-rank-0 processes of several nodes may share one cache directory.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -17,12 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["fingerprint", "memmap_cache"]
-
-
-def fingerprint(*parts: object) -> str:
-    """12 hex digits of the SHA-256 of the JSON of `parts` (paths and numbers)."""
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+__all__ = ["memmap_cache"]
 
 
 def memmap_cache(cache_dir: Path, prefix: str, key: str, item_shape: tuple[int, ...], count: Callable[[], int],

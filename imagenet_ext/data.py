@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import fingerprint, memmap_cache
+from toydiff.runs import fingerprint
+
+from .cache import memmap_cache
 from .images import decode_image
 
 __all__ = ["ImageSet", "load_dataset", "load_digits", "load_imagenet64", "load_imagenet64_file",

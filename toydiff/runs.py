@@ -11,10 +11,12 @@
   * `check_resume`: the settings a checkpoint was trained with must equal this run's, the differing key named,
     unless the caller passes an explicit override.
   * `truncate_log`: a resumed run drops the JSONL records after the checkpoint's step, so none repeats.
+  * `fingerprint`: a short hash of a run's inputs (data bytes, file names/sizes/mtimes) to key caches and resumes.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -29,7 +31,7 @@ from typing import Any, Mapping
 from .atomic import atomic_path
 
 __all__ = ["OutputInUse", "RunLock", "numbered_checkpoints", "prune_checkpoints", "StopSignals", "check_resume",
-           "truncate_log"]
+           "truncate_log", "fingerprint"]
 
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -149,13 +151,24 @@ class StopSignals:
             signal.raise_signal(self.signum)
 
 
+def fingerprint(*parts: Any) -> str:
+    """12 hex digits of SHA-256 over `parts`: bytes as they are, anything else as JSON (paths, numbers, lists)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], path: str | os.PathLike,
-                 override: str) -> None:
-    """Refuse to resume from `path` when a setting differs, naming the first differing key and the override."""
+                 override: str | None) -> None:
+    """Refuse to resume from `path` when a setting differs, naming the first differing key and the `override`
+    that allows it anyway (None: nothing can, e.g. another model's weights)."""
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
+            how = f"{override} to resume anyway" if override else "start a new run instead"
             raise ValueError(f"{path}: the checkpoint was trained with {key}={saved.get(key)!r}, this run has "
-                             f"{key}={current.get(key)!r}; resuming would mix two runs ({override} to resume anyway)")
+                             f"{key}={current.get(key)!r}; resuming would mix two runs ({how})")
 
 
 def truncate_log(path: str | os.PathLike, step: int) -> None:

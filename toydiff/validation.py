@@ -23,6 +23,7 @@ __all__ = [
     "check_positive_int",
     "check_seed",
     "check_on_device",
+    "check_real",
 ]
 
 SEED_MAX = 2 ** 63 - 1  # seeds feed torch.Generator.manual_seed (< 2**64) and numpy, with seed + 1, seed + 2 derived
@@ -155,3 +156,11 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"{name} must lie in [0, 2**63 - 1], got {seed}")
     return seed
+
+
+def check_real(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False) -> float:
+    """A finite real number (int, float or numpy scalar) in [lo, hi] (or (lo, hi] with `lo_open`)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not lo <= value <= hi \
+            or (lo_open and value == lo):
+        raise ValueError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+    return float(value)
