@@ -1,7 +1,8 @@
 """Two "nodes" on this machine: torchrun --nnodes 2 --nproc-per-node 1, c10d rendezvous on 127.0.0.1, gloo. One
 node is killed (SIGKILL, agent and worker) mid-run; the other fails at its next collective and exits; both are
-relaunched with --resume and the run ends equal to a one-process run of the same global batch, with one log
-record per step."""
+relaunched with --resume and the run ends equal to a one-process run of the same global batch (up to float
+reduction order: the all-reduce adds the two halves of the batch in another order; measured max |diff| 4.5e-5 on
+weights of size 0.25 after 8 Adam steps), with one log record per step."""
 import json
 import os
 import signal
@@ -96,4 +97,6 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path):
     x, y = load_checkpoint(one / f"ckpt-{STEPS:07d}.pt"), load_checkpoint(out / f"ckpt-{STEPS:07d}.pt")
     for key in ("model", "ema"):
         for name, t in x[key].items():
-            torch.testing.assert_close(y[key][name], t, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+            torch.testing.assert_close(y[key][name], t, rtol=1e-4, atol=2e-4, msg=f"{key}.{name}")
+    losses = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (one, out)]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=1e-5)

@@ -58,19 +58,12 @@ probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 
 
 def device(text: str):
-    """A torch device that exists here: "cpu", "cuda", "cuda:1", "mps"."""
-    import torch
+    """A torch device that exists here: "cpu", "cuda", "cuda:1", "mps" (toydiff.validation.check_device)."""
+    from .validation import check_device  # deferred: validation imports torch
     try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r} (expected cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
-        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"device {text!r} is not supported here (expected cpu, cuda, cuda:N or mps)")
-    return dev
+        return check_device(text, "device")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _seed_ok(value: int) -> bool:

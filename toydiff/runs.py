@@ -10,11 +10,13 @@
     process ends), so no step is lost. A second signal acts at once.
   * `check_resume`: the settings a checkpoint was trained with must equal this run's, the differing key named,
     unless the caller passes an explicit override.
-  * `truncate_log`: a resumed run drops the JSONL records after the checkpoint's step, so none repeats.
+  * `truncate_log` / `append_jsonl`: a resumed run drops the JSONL records after the checkpoint's step, so none
+    repeats; a full disk names the log.
   * `fingerprint`: a short hash of a run's inputs (data bytes, file names/sizes/mtimes) to key caches and resumes.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,7 +33,7 @@ from typing import Any, Mapping
 from .atomic import atomic_path
 
 __all__ = ["OutputInUse", "RunLock", "numbered_checkpoints", "prune_checkpoints", "StopSignals", "check_resume",
-           "truncate_log", "fingerprint"]
+           "truncate_log", "append_jsonl", "fingerprint"]
 
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -169,6 +171,17 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], path: str
             how = f"{override} to resume anyway" if override else "start a new run instead"
             raise ValueError(f"{path}: the checkpoint was trained with {key}={saved.get(key)!r}, this run has "
                              f"{key}={current.get(key)!r}; resuming would mix two runs ({how})")
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one JSON record to the log `path`; a full disk raises OSError naming the path and "no space"."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left on device while writing {path} ({e.strerror})") from e
+        raise
 
 
 def truncate_log(path: str | os.PathLike, step: int) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "check_seed",
     "check_on_device",
     "check_real",
+    "check_device",
 ]
 
 SEED_MAX = 2 ** 63 - 1  # seeds feed torch.Generator.manual_seed (< 2**64) and numpy, with seed + 1, seed + 2 derived
@@ -138,13 +139,13 @@ def check_nonnegative(w: Any, name: str, *, allow_inf: bool = False) -> float:
     return w
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    """An int >= 1 (numpy ints accepted, bools refused)."""
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """An int >= `minimum` (default 1; numpy ints accepted, bools refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
@@ -164,3 +165,16 @@ def check_real(value: Any, name: str, lo: float = -math.inf, hi: float = math.in
             or (lo_open and value == lo):
         raise ValueError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
     return float(value)
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """A torch device that exists on this machine: "cpu", "cuda", "cuda:N" or "mps"."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} {device!r} is not a device (expected cpu, cuda, cuda:N or mps)") from None
+    ok = {"cpu": lambda: True, "cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+          "mps": lambda: torch.backends.mps.is_available()}.get(dev.type, lambda: False)()
+    if not ok:
+        raise ValueError(f"{name} {device!r} is not available on this machine")
+    return dev
