@@ -68,6 +68,32 @@ def _imagenet(module, *argv):
     return importlib.import_module(f"imagenet_ext.{module}").main(list(argv))
 
 
+def _checkpoint_in_use(tmp_path):
+    from toydiff.runs import RunLock
+    with RunLock(tmp_path / "ck.pt", directory=False):
+        _checkpoint(tmp_path, _model())
+
+
+def _pickle_of_missing_module(tmp_path):
+    import sys
+    import types
+    mod = types.ModuleType("toydiff_gone_module")
+    exec("class Thing:\n    pass", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    mod.Thing.__module__ = mod.__name__
+    try:
+        torch.save({"format": "toydiff-checkpoint", "thing": mod.Thing()}, tmp_path / "gone.pt")
+    finally:
+        del sys.modules[mod.__name__]
+    return training.load_model(tmp_path / "gone.pt")
+
+
+def _imagenet_train(tmp_path, *argv):
+    return _imagenet("train", "--data", "digits", "--resolution", "8", "--config", "tiny", "--channels", "8",
+                     "--batch", "4", "--steps", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run"),
+                     *argv)
+
+
 CASES = {
     # ---- distributions: shapes, dtypes, sigma, labels, empty batches ----
     "x of wrong shape": (lambda p: THREE.log_prob(torch.zeros(4, 3)), ValueError, r"\bx\b"),
@@ -145,7 +171,7 @@ CASES = {
     "cli unknown sampler": (lambda p: _cli("sample", "--sampler", "rk4"), SystemExit,
                             "argument --sampler: invalid choice 'rk4'"),
     "cli negative weight": (lambda p: _cli("sample", "--guidance", "cfg", "--w", "-2", "--n", "4",
-                                           "--out", str(p / "s.pt"), "--no-progress"), SystemExit, "w must be >= 0"),
+                                           "--out", str(p / "s.pt"), "--no-progress"), SystemExit, "--w"),
     "cli CFG++ with heun": (lambda p: _cli("sample", "--guidance", "cfgpp", "--n", "4", "--out", str(p / "s.pt"),
                                            "--no-progress"), SystemExit, "method 'heun' cannot run"),
     "cli unknown figure": (lambda p: _cli("figure", "nosuch"), SystemExit, "name"),
@@ -158,7 +184,7 @@ CASES = {
                                    "x"),
     "histogram unknown class": (lambda p: histogram.class_box(THREE, 7), ValueError, "cls"),
     "imagenet sample missing checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(p / "none.pt"), "--out",
-                                                               str(p / "g.png")), FileNotFoundError, "none.pt"),
+                                                               str(p / "g.png")), SystemExit, "none.pt"),
     "imagenet fid missing Inception weights": (lambda p: _imagenet("fid", str(p / "s.npz"), "--ref", str(p / "r.npz"),
                                                                    "--inception", str(p / "none.pth")),
                                                SystemExit, "none.pth"),
@@ -221,6 +247,43 @@ CASES = {
                                    ValueError, "sigma"),
     "Inception Score of NaN logits": (lambda p: _imagenet_fid().inception_score(np.full((3, 10), np.nan)), ValueError,
                                       "logits"),
+    # ---- issue 11: runs own their output; resumes are the same run ----
+    "checkpoint in use by another run": (_checkpoint_in_use, FileExistsError, "ck.pt is in use by another run"),
+    "resume on other data": (lambda p: training.train(_model(), datasets.tree(), steps=4, batch_size=8, pool_size=64,
+                                                      progress=False, checkpoint=_checkpoint(p, _model()), resume=True),
+                             ValueError, "trained with data=.*force_resume"),
+    "resume to fewer steps than done": (lambda p: training.train(_model(), THREE, steps=1, batch_size=8, pool_size=64,
+                                                                 progress=False, checkpoint=_checkpoint(p, _model()),
+                                                                 resume=True), ValueError, "beyond steps=1"),
+    "training that diverges": (lambda p: training.train(_model(), THREE, steps=50, lr=1e8, batch_size=8, pool_size=64,
+                                                        progress=False), FloatingPointError, "diverged"),
+    "checkpoint pickling a missing module": (_pickle_of_missing_module, ValueError, "gone.pt"),
+    "guide with fewer classes": (lambda p: G.guided(THREE, G.AutoGuidance(datasets.tree(), 2.0))(X, 1.0, C), ValueError,
+                                 "guide"),
+    # ---- issue 11: CLIs (one line, exit 2, the flag named) ----
+    "cli --seed 2**64": (lambda p: _cli("sample", "--seed", str(2 ** 64)), SystemExit, "--seed"),
+    "cli --w 1e308": (lambda p: _cli("sample", "--guidance", "cfg", "--w", "1e308", "--n", "4", "--out",
+                                     str(p / "s.pt"), "--no-progress"), SystemExit, r"\bw\b"),
+    "cli sample --out of another format": (lambda p: _cli("sample", "--out", str(p / "x.jpg")), SystemExit, "--out"),
+    "cli train --out an existing file": (lambda p: _cli("train", "--out", str(_write(p, "f", b"x"))), SystemExit,
+                                         "--out"),
+    "imagenet sample of a toydiff checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(_checkpoint(p, _model())),
+                                                                    "--out", str(p / "g.png")), SystemExit,
+                                                "not an imagenet_ext UNet"),
+    "imagenet sample --guidance none --w 3": (lambda p: _imagenet("sample", "--ckpt", "c.pt", "--guidance", "none",
+                                                                  "--w", "3", "--out", str(p / "g.png")), SystemExit,
+                                              "--w"),
+    "imagenet sample --scale 0": (lambda p: _imagenet("sample", "--ckpt", "c.pt", "--scale", "0", "--out",
+                                                      str(p / "g.png")), SystemExit, "--scale"),
+    "imagenet train --ema-kimg -1": (lambda p: _imagenet_train(p, "--ema-kimg", "-1"), SystemExit, "--ema-kimg"),
+    "imagenet train --warmup -5": (lambda p: _imagenet_train(p, "--warmup", "-5"), SystemExit, "--warmup"),
+    "imagenet train --channels 0": (lambda p: _imagenet_train(p, "--channels", "0"), SystemExit, "--channels"),
+    "imagenet train --p-mean nan": (lambda p: _imagenet_train(p, "--p-mean", "nan"), SystemExit, "--p-mean"),
+    "imagenet train --device foo": (lambda p: _imagenet_train(p, "--device", "foo"), SystemExit, "--device"),
+    "imagenet train --out an existing file": (lambda p: _imagenet("train", "--data", "digits", "--steps", "1", "--out",
+                                                                  str(_write(p, "f", b"x"))), SystemExit, "--out"),
+    "imagenet train --resume of a missing file": (lambda p: _imagenet_train(p, "--resume", str(p / "gone.pt")),
+                                                  SystemExit, "gone.pt"),
 }
 
 
@@ -229,7 +292,10 @@ VALIDATING = {"toydiff/denoiser.py", "toydiff/nets.py", "toydiff/guidance/base.p
               "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py",
               "toydiff/training.py", "toydiff/classifier.py", "toydiff/metrics.py",
               "toydiff/validation.py", "toydiff/cli.py", "toydiff/bench.py", "toydiff/bench_models.py",
-              "toydiff/histogram.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py"}
+              "toydiff/histogram.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py",
+              "toydiff/distributions.py", "toydiff/datasets.py", "toydiff/runs.py", "toydiff/clitools.py",
+              "toydiff/checkpoint.py", "toydiff/zoo.py", "imagenet_ext/data.py", "imagenet_ext/inception.py",
+              "imagenet_ext/config.py", "imagenet_ext/train.py"}
 
 
 def test_cases_reach_every_validating_module(tmp_path, capsys):
@@ -315,6 +381,12 @@ VALID = {  # inputs issue 11 found refused although they are valid: each must no
     "seed 2**63 - 1": lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 63 - 1),
     "numpy int sample count and class": lambda p: THREE.sample(np.int64(5), cond=np.int64(1))[0],
     "a hidden folder beside the classes": lambda p: _hidden_folder(p).labels,
+    "float64 input to the MLP": lambda p: _model()(X.double(), 1.0, C),
+    "int32 training labels": lambda p: training.train(_model(), (X, C.clamp(0).int()), steps=2, batch_size=4,
+                                                      progress=False).losses,
+    "a 250-character checkpoint name": lambda p: training.train(_model(), THREE, steps=2, batch_size=8, pool_size=64,
+                                                                progress=False, checkpoint=p / ("c" * 247 + ".pt")).losses,
+    "cli sample --n 1": lambda p: _cli("sample", "--n", "1", "--out", str(p / "s.pt"), "--no-progress"),
     "numpy int class in metrics": lambda p: metrics.evaluate(THREE.sample(40, cond=1)[0], THREE, np.int64(1))["precision"],
 }
 

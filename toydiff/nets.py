@@ -92,8 +92,9 @@ class MLPDenoiser(_NoiseConditionedMLP):
         return edm_preconditioning(s, self.sigma_data)
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise."""
-        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1))
+        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise. Inputs of
+        another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype."""
+        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1).to(self.inp.weight.dtype))
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
