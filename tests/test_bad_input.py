@@ -88,6 +88,11 @@ def _pickle_of_missing_module(tmp_path):
     return training.load_model(tmp_path / "gone.pt")
 
 
+def _zoo():
+    from toydiff import zoo
+    return zoo
+
+
 def _imagenet_train(tmp_path, *argv):
     return _imagenet("train", "--data", "digits", "--resolution", "8", "--config", "tiny", "--channels", "8",
                      "--batch", "4", "--steps", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run"),
@@ -260,6 +265,8 @@ CASES = {
     "checkpoint pickling a missing module": (_pickle_of_missing_module, ValueError, "gone.pt"),
     "guide with fewer classes": (lambda p: G.guided(THREE, G.AutoGuidance(datasets.tree(), 2.0))(X, 1.0, C), ValueError,
                                  "guide"),
+    "a weight for guidance none": (lambda p: _zoo().guided_denoiser(_zoo().ToyModels(_model(), _model()), "none", 3.0),
+                                   ValueError, r"w=3 would be unused"),
     # ---- issue 11: CLIs (one line, exit 2, the flag named) ----
     "cli --seed 2**64": (lambda p: _cli("sample", "--seed", str(2 ** 64)), SystemExit, "--seed"),
     "cli --w 1e308": (lambda p: _cli("sample", "--guidance", "cfg", "--w", "1e308", "--n", "4", "--out",
