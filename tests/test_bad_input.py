@@ -88,6 +88,12 @@ def _pickle_of_missing_module(tmp_path):
     return training.load_model(tmp_path / "gone.pt")
 
 
+def _imagenet_train_locked(tmp_path):
+    from toydiff.runs import RunLock
+    with RunLock(tmp_path / "run", directory=True):
+        _imagenet_train(tmp_path)
+
+
 def _zoo():
     from toydiff import zoo
     return zoo
@@ -289,6 +295,7 @@ CASES = {
     "imagenet train --device foo": (lambda p: _imagenet_train(p, "--device", "foo"), SystemExit, "--device"),
     "imagenet train --out an existing file": (lambda p: _imagenet("train", "--data", "digits", "--steps", "1", "--out",
                                                                   str(_write(p, "f", b"x"))), SystemExit, "--out"),
+    "imagenet train on a locked --out": (_imagenet_train_locked, SystemExit, "--out .* is in use by another run"),
     "imagenet train --resume of a missing file": (lambda p: _imagenet_train(p, "--resume", str(p / "gone.pt")),
                                                   SystemExit, "gone.pt"),
 }

@@ -56,7 +56,7 @@ def test_torchrun_two_processes_accum_resume_match_one_process(one_proc, tmp_pat
     # 2 ranks x 2 accumulation micro-steps x 2 images = the same global batch of 8; stop at step 2, resume to 4
     _run(["--steps", "2", "--accum", "2", "--out", str(tmp_path)], nproc=2)
     assert latest_checkpoint(tmp_path).name == "ckpt-0000002.pt"
-    r = _run(["--steps", "4", "--accum", "2", "--out", str(tmp_path), "--resume"], nproc=2)
+    r = _run(["--steps", "4", "--accum", "2", "--out", str(tmp_path), "--resume", str(tmp_path)], nproc=2)  # RUN_DIR
     assert "start step 2" in r.stdout
     torch.testing.assert_close(torch.tensor(_losses(tmp_path)), torch.tensor(_losses(one_proc)), rtol=1e-4, atol=1e-5)
     a = load_checkpoint(one_proc / "ckpt-0000004.pt")
