@@ -6,10 +6,12 @@ toydiff's denoiser contract `D(x, sigma, cond) -> x0_hat`, so the very same `toy
 
   unet.py        the network, named configs (tiny, xs, s, adm64), parameter / FLOP counts
   data.py        ImageNet-64 files, image folders / zips, and the built-in `digits` set
+  cache.py       the memory-mapped ImageNet-64 cache, keyed by a fingerprint of its input files
   checkpoint.py  finding and loading checkpoints (written in toydiff.training's one format)
+  config.py      TrainConfig (validated) and the training command line that builds it
   train.py       `train(TrainConfig)` and `python -m imagenet_ext.train` (toydiff.training's core, DDP via torchrun)
   sample.py      `python -m imagenet_ext.sample` (guided class-conditional sampling, grids, npz)
   inception.py   the FID variant of Inception-v3 (pytorch-fid state-dict layout)
   fid.py         `python -m imagenet_ext.fid` (FID and Inception Score)
-  images.py      uint8 conversion and image grids
+  images.py      uint8 conversion, image decoding (16-bit PNGs too) and image grids
 """
