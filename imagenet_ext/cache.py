@@ -9,7 +9,6 @@ so the local-rank-0 processes of several nodes may share one cache directory.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 

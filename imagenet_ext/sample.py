@@ -13,7 +13,6 @@ ADM's reference batches), `labels` int64 [N] and `w` float [N].
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
