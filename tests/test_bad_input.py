@@ -94,6 +94,10 @@ def _imagenet_train_locked(tmp_path):
         _imagenet_train(tmp_path)
 
 
+def _far_apart():
+    return GaussianMixture([1, 1], [[0, 0], [100, 0]], [[[1, 0], [0, 1]]] * 2, labels=[0, 1])
+
+
 def _zoo():
     from toydiff import zoo
     return zoo
@@ -222,7 +226,8 @@ CASES = {
     "negative seed": (lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=-1), ValueError, "seed"),
     "seed a float": (lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=1.5), TypeError, "seed"),
     "weight beyond float32": (lambda p: G.guided(THREE, G.CFG(1e308))(X, 1.0, C), ValueError, r"\bw\b"),
-    "weight overflowing the output": (lambda p: G.guided(THREE, G.CFG(3e38))(X * 10, 1.0, C), ValueError, r"\bw\b"),
+    "weight overflowing the output": (lambda p: G.guided(_far_apart(), G.CFG(3e38))(
+        torch.tensor([[50.0, 0.0]] * 4), 10.0, torch.tensor([0, 1, 0, 1])), ValueError, r"\bw\b"),  # |D_c - D| ~ 50
     "interval lower bound inf": (lambda p: G.CFG(2.0, interval=(math.inf, math.inf)), ValueError, "interval"),
     "interval NaN": (lambda p: G.CFG(2.0, interval=(math.nan, 1.0)), ValueError, "interval"),
     "sampler steps a numpy float": (lambda p: samplers.edm_sigmas(np.float32(4.0)), TypeError, "steps"),
