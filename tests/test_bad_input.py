@@ -254,7 +254,7 @@ CASES = {
     "mixture of a huge mean": (lambda p: GaussianMixture([1], [[1e200, 0]], [[[1, 0], [0, 1]]]), ValueError, "means"),
     "mixture num_classes a float": (lambda p: GaussianMixture([1], [[0, 0]], [[[1, 0], [0, 1]]], num_classes=2.5),
                                     TypeError, "num_classes"),
-    "tree of depth 40": (lambda p: datasets.tree(depth=40), ValueError, "depth"),
+    "tree of depth 40": (lambda p: datasets.thin_tree(depth=40), ValueError, "depth"),
     "mean of a missing class": (lambda p: THREE.mean(7), ValueError, "cond"),
     "zip listing one image twice": (lambda p: _zip_labels(p, 0, twice=True), ValueError, "twice"),
     "zip label beyond int64": (lambda p: _zip_labels(p, 2 ** 70), ValueError, "label"),
@@ -276,7 +276,7 @@ CASES = {
     "checkpoint pickling a missing module": (_pickle_of_missing_module, ValueError, "gone.pt"),
     "guide with fewer classes": (lambda p: G.guided(THREE, G.AutoGuidance(datasets.tree(), 2.0))(X, 1.0, C), ValueError,
                                  "guide"),
-    "a weight for guidance none": (lambda p: _zoo().guided_denoiser(_zoo().ToyModels(_model(), _model()), "none", 3.0),
+    "a weight for guidance none": (lambda p: _zoo().guided_denoiser(_zoo().ToyModels(*[_model()] * 4), "none", 3.0),
                                    ValueError, r"w=3 would be unused"),
     # ---- issue 11: CLIs (one line, exit 2, the flag named) ----
     "cli --seed 2**64": (lambda p: _cli("sample", "--seed", str(2 ** 64)), SystemExit, "--seed"),
