@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from toydiff.training import load_checkpoint, save_checkpoint
@@ -69,13 +68,3 @@ def class_accuracy(clf: Any, images: Tensor, labels: Tensor) -> float:
     feats = images.float().mean(1).flatten(1).numpy() / 255            # grayscale, as the classifier was trained
     return float(np.mean(clf.predict(feats) == labels.numpy()))
 
-
-def sample_grid(ws: list[float], per_class: int = 4, steps: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """CFG samples of the shipped model for every digit: (uint8 [len(ws), 10 * per_class, C, 16, 16], labels)."""
-    from .checkpoint import load_denoiser
-    from .images import to_uint8
-    from .sample import generate
-
-    labels = torch.arange(10).repeat_interleave(per_class)
-    x = generate(load_denoiser("digits"), labels, ws, method="heun", steps=steps, seed=seed, progress=False)
-    return to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:]), labels
