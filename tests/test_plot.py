@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
@@ -30,3 +31,29 @@ def test_panels_return_axes_and_render(tmp_path):
 def test_title_with_metrics():
     t = plot.title_with_metrics("cfg", dict(outlier_fraction=0.031, precision=0.95, recall=0.5))
     assert "3.1%" in t and "P 0.95" in t and "R 0.50" in t
+
+
+def test_interact_redraws_into_a_display_slot_and_closes_figures():
+    import matplotlib.pyplot as plt
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.instance()                                   # display() needs a shell, as in a kernel
+    calls = []
+
+    def draw(sigma=0.5, name="a"):
+        calls.append((sigma, name))
+        fig, ax = plt.subplots()
+        ax.set_title(f"{sigma} {name}")
+        return fig
+
+    plt.close("all")
+    box = plot.interact(draw, sigma=(0.1, 1.0, 0.1), name=["a", "b"])
+    assert [w.description for w in box.children] == ["sigma", "name"] and calls == []   # the cell above draws it
+    box.children[0].value = 0.3
+    box.children[1].value = "b"
+    assert calls == [(0.3, "a"), (0.3, "b")] and plt.get_fignums() == []
+    with pytest.raises(ValueError, match="no argument"):
+        plot.interact(draw, tau=(0.0, 1.0))
+    bad = plot.interact(lambda sigma=0.5: None, sigma=(0.1, 1.0))
+    with pytest.raises(TypeError, match="Figure"):
+        bad.children[0].value = 0.2
