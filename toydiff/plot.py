@@ -127,7 +127,7 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
     cell above). The controls come with an empty display slot; every change renders the figure into it by its
     display id (a PNG at the notebook's figure dpi) and closes the figure. Why not `ipywidgets.interact`: under
     `jupyter nbconvert --execute`, nbclient mimics its Output widget by sending comm messages on the shell socket
-    while it awaits the cell's reply there, and then misses the reply: measured, 6 of 10 runs of a notebook of 12
+    while it awaits the cell's reply there, and then misses the reply: measured, 7 of 10 runs of a notebook of 12
     interact cells stalled for a whole cell timeout (forever with none, nbconvert's default), 0 of 10 without the
     Output widget. Returns the box of controls, or None (drawing nothing) where ipywidgets is missing.
     """
