@@ -23,8 +23,12 @@ def test_panels_return_axes_and_render(tmp_path):
     assert isinstance(plot.trajectories_panel(traj, axes[0, 3]), Axes)
     lr = dist.log_prob(grid.points, 0.3, 0) - dist.log_prob(grid.points, 0.3, None)
     assert isinstance(plot.ratio_panel(grid, lr, axes[0, 4], field=lambda p: dist.score(p, 0.3, 0)), Axes)
-    fig.savefig(tmp_path / "panels.png")
+    labels = [a.get_ylabel() for a in fig.axes[5:]]                     # the colorbars, with units
+    assert labels == [r"$p\,/\,\max\,p$", r"$\log(p_1 / p_0)$ (nats)"], labels
+    plot.save(fig, tmp_path / "panels.png")
     assert (tmp_path / "panels.png").stat().st_size > 1000
+    from PIL import Image
+    assert Image.open(tmp_path / "panels.png").info["dpi"] == pytest.approx((150, 150), abs=0.1)
     assert plot.samples_panel(x).figure is not fig                     # ax=None makes a new figure
 
 
