@@ -11,7 +11,7 @@ differences below are documented in docs/CONVENTIONS.md.
 3. APG (Sadat et al. 2024): diffusers' defaults (eta 1, norm cap 15, on the model output, guided from D_0) vs
    toydiff's (eta 0, no cap, on D, guided from D_1); and the "sigma rose" momentum reset under a churning sampler.
 4. Inception Score: toydiff's `inception_score` vs torch-fidelity's `isc_features_to_metric` (shuffle on/off).
-5. ddpm_sigmas time steps vs diffusers' DDIMScheduler timestep spacings.
+5. linear_beta_sigmas time steps vs diffusers' DDIMScheduler timestep spacings.
 
     python benchmarks/conventions.py           # prints JSON; RESULTS.md quotes it
 """
@@ -25,8 +25,8 @@ import torch
 
 from toydiff import datasets, guidance as G
 from toydiff.distributions import GaussianMixture
-from toydiff.nets import denoiser_to_eps, denoiser_to_v
-from toydiff.samplers import ddpm_sigmas
+from toydiff.denoiser import denoiser_to_eps, denoiser_to_v
+from toydiff.samplers import linear_beta_sigmas
 
 
 def _branches(den, x, s, c):
@@ -115,9 +115,10 @@ def apg_defaults(den, x, c, s=1.0, w=4.0) -> dict:
 
 
 def apg_churn_resets(steps=16, churn=0.2) -> dict:
-    """How often APG's "sigma rose" rule clears its momentum inside ONE run of EDM's stochastic Heun sampler (Karras
-    et al. 2022, Alg. 2: sigma_hat = sigma (1 + gamma), an Euler step to the next sigma, then Heun's correction
-    there); gamma = 0 is the deterministic Heun sampler. The next step's sigma_hat exceeds the correction's sigma."""
+    """How often a "sigma rose above the previous call's, so a new run" rule (toydiff's APG reset before issue 12)
+    would clear the momentum inside ONE run of EDM's stochastic Heun sampler (Karras et al. 2022, Alg. 2:
+    sigma_hat = sigma (1 + gamma), an Euler step to the next sigma, then Heun's correction there); gamma = 0 is the
+    deterministic Heun sampler. The next step's sigma_hat exceeds the correction's sigma."""
     mix = datasets.three_gaussians()
     out = {"denoiser_calls_per_run": 2 * (steps - 1) - 1}
     for gamma in (0.0, churn):
@@ -127,12 +128,12 @@ def apg_churn_resets(steps=16, churn=0.2) -> dict:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(256, 2, generator=gen, dtype=torch.float64) * sig[0]
         c = torch.zeros(256, dtype=torch.long)
-        cleared, calls = 0, 0
+        cleared, last = 0, math.inf
 
         def den(x, s):
-            nonlocal cleared, calls
-            cleared += calls > 0 and s > g._last_sigma        # APG's rule: sigma above the previous call's
-            calls += 1
+            nonlocal cleared, last
+            cleared += s > last                                # the old rule: sigma above the previous call's
+            last = s
             return g(mix, x, s, c)
 
         for i in range(steps - 1):
@@ -182,7 +183,7 @@ def ddpm_spacing(steps=10) -> dict:
 
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     all_sigmas = ((1 - torch.cumprod(1 - betas, 0)) / torch.cumprod(1 - betas, 0)).sqrt()
-    ours = ddpm_sigmas(steps)[:-1]
+    ours = linear_beta_sigmas(steps)[:-1]
     t_ours = [int((all_sigmas - s).abs().argmin()) for s in ours]
     out = {"toydiff": t_ours}
     for spacing in ("linspace", "leading", "trailing"):
@@ -211,7 +212,7 @@ def main() -> None:
         "apg_digits_unet_sigma1": apg_defaults(unet, x, c),
         "apg_churn": apg_churn_resets(),
         "inception_score": inception_score_vs_fidelity(),
-        "ddpm_sigmas_timesteps_10": ddpm_spacing(),
+        "linear_beta_sigmas_timesteps_10": ddpm_spacing(),
     }
     print(json.dumps(res, indent=1, default=lambda v: round(v, 6) if isinstance(v, float) else str(v)))
 
