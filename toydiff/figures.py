@@ -167,17 +167,17 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
             table[method][f"{w:g}"] = unguided if w == 1 else metrics.evaluate(
                 draw(guided_denoiser(models, method, w), n, CLASS_A, seed), tree, CLASS_A, reference=ref, seed=seed)
     keys = ("outlier_fraction", "precision", "recall", "class_accuracy")
-    fig, axes = plot.figure(1, len(keys), size=2.4)
+    fig, axes = plot.figure(1, len(keys), size=3.0)
     for ax, key in zip(axes[0], keys):
         ax.set_aspect("auto"), ax.set_xticks(list(ws)), ax.yaxis.set_major_locator(ticker.AutoLocator())
+        ax.tick_params(labelsize=8)
         for method, style in (("cfg", "o-"), ("autoguidance", "s-"), ("cfg_interval", "^:")):
-            ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=3, lw=1, label=method)
+            ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=4, lw=1.2, label=method)
         if key == "outlier_fraction":
-            ax.axhline(0.01, color="0.5", lw=0.5, ls="--", label="true samples")
-        ax.set_xlabel("w (1 = no guidance)"), ax.set_title(key)
-    axes[0, 2].legend(fontsize=6)
-    fig.suptitle("Guidance weight sweep on tree(), class A", y=1.02)
-    fig.tight_layout()
+            ax.axhline(0.01, color="0.5", lw=0.8, ls="--", label="true samples")
+        ax.set_xlabel("$w$ (1 = no guidance)", fontsize=9), ax.set_title(key.replace("_", " "), fontsize=plot.TITLE_SIZE)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle("Guidance weight sweep on tree(), class A (metrics: toydiff.metrics.DEFINITIONS)", fontsize=10)
     return fig, table
 
 
@@ -207,16 +207,16 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
             plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
                                title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
-    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}", y=1.03)
+    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance $w={w:g}$", fontsize=10)
     return fig, rows
 
 
 # ---------------------------------------------------------------------------------------------------------
 def format_table(results: dict[str, dict[str, float]], keys=("outlier_fraction", "precision", "recall",
-                                                              "class_accuracy", "log_likelihood")) -> str:
-    """A fixed-width text table, one row per method."""
+                                                              "class_accuracy", "log_likelihood", "energy_distance")) -> str:
+    """A fixed-width text table, one row per method, one column per metric (defined in metrics.DEFINITIONS)."""
     width = max(len(k) for k in results) + 2
-    lines = [f"{'method':{width}s}" + "".join(f"{k[:16]:>17s}" for k in keys)]
+    lines = [f"{'method':{width}s}" + "".join(f"{k:>{len(k) + 2}s}" for k in keys)]
     for name, m in results.items():
-        lines.append(f"{name:{width}s}" + "".join(f"{m[k]:17.4f}" for k in keys))
+        lines.append(f"{name:{width}s}" + "".join(f"{m[k]:{len(k) + 2}.4f}" for k in keys))
     return "\n".join(lines)

@@ -118,9 +118,13 @@ def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
     return ToyModels(load_model(Path(directory) / "tree_main.pt"), load_model(Path(directory) / "tree_guide.pt"))
 
 
-def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> ToyModels:
-    """The shipped checkpoints, or freshly trained models with `retrain=True`."""
-    return train_models(seed, progress) if retrain else load_models()
+def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True,
+               directory: str | os.PathLike | None = None) -> ToyModels:
+    """The shipped checkpoints, those in `directory` (as `toydiff train --out DIR` / `save_models` write them), or
+    freshly trained models with `retrain=True` (not together with `directory`)."""
+    if retrain and directory is not None:
+        raise ValueError("retrain=True and a models directory exclude each other")
+    return train_models(seed, progress) if retrain else load_models(CHECKPOINT_DIR if directory is None else directory)
 
 
 # the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults)
