@@ -66,32 +66,39 @@ def _rotated(mix: GaussianMixture, angle: float) -> tuple[GaussianMixture, torch
     return GaussianMixture(mix.weights, mix.means @ r.T, r @ mix.covs @ r.T, mix.labels), r
 
 
-def _rescale_rms(mix, x, s, c, w, phi):
-    """The alternative for points: match the per-sample RMS (|D| / sqrt(d)) instead of the std of the coordinates."""
+def _rescale_points(mix, x, s, c, w, phi, scale):
+    """CFG rescale on points with a given per-sample scale (Lin et al. 2023, Eq. 15-16, applied to D)."""
     d1, d0 = _branches(mix, x, torch.full((x.shape[0],), s, dtype=x.dtype), c)
     dw = d0 + w * (d1 - d0)
-    ratio = d1.norm(dim=1, keepdim=True) / dw.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return phi * dw * ratio + (1 - phi) * dw
+    return phi * dw * scale(d1) / scale(dw).clamp_min(1e-12) + (1 - phi) * dw
+
+
+def _std(t):
+    return t.std(dim=1, unbiased=False, keepdim=True)             # Lin et al.'s image statistic, on 2 coordinates
+
+
+def _rms(t):
+    return t.square().mean(1, keepdim=True).sqrt()                # toydiff's statistic on points
 
 
 def rescale_rotation(phi=0.7, w=4.0, sigmas=(0.1, 0.5, 2.0)) -> dict:
-    """Rotation equivariance of CFG with and without rescale on the exact three_gaussians() (45 degrees), and the
-    largest |D| rescale produces, for the std (toydiff, Lin et al.) and the RMS definition."""
+    """Rotation equivariance on the exact three_gaussians() (45 degrees) of CFG rescale with the std of the two
+    coordinates and with the RMS, the largest |D| each produces, and toydiff's CFG(rescale=phi) vs the RMS one."""
     mix = datasets.three_gaussians()
     rot, r = _rotated(mix, math.pi / 4)
     x = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     c = torch.zeros(2000, dtype=torch.long)
     out = {}
     for s in sigmas:
-        for name, g in (("cfg", G.CFG(w)), (f"cfg_rescale_{phi}", G.CFG(w, rescale=phi))):
-            a = g(mix, x, s, c) @ r.T
-            b = g(rot, x @ r.T, s, c)
-            out[f"{name} sigma={s:g}"] = float((a - b).abs().max())
-        a, b = _rescale_rms(mix, x, s, c, w, phi) @ r.T, _rescale_rms(rot, x @ r.T, s, c, w, phi)
-        out[f"rms_rescale_{phi} sigma={s:g}"] = float((a - b).abs().max())
-        out[f"max|D| sigma={s:g}: cfg / std rescale / rms rescale"] = [
-            float(G.CFG(w)(mix, x, s, c).norm(dim=1).max()), float(G.CFG(w, rescale=phi)(mix, x, s, c).norm(dim=1).max()),
-            float(_rescale_rms(mix, x, s, c, w, phi).norm(dim=1).max())]
+        for name, scale in (("std", _std), ("rms", _rms)):
+            a = _rescale_points(mix, x, s, c, w, phi, scale) @ r.T
+            b = _rescale_points(rot, x @ r.T, s, c, w, phi, scale)
+            out[f"{name} rescale {phi}, sigma={s:g}: rotation error"] = float((a - b).abs().max())
+            out[f"{name} rescale {phi}, sigma={s:g}: max|D|"] = float(
+                _rescale_points(mix, x, s, c, w, phi, scale).norm(dim=1).max())
+        out[f"plain cfg, sigma={s:g}: max|D|"] = float(G.CFG(w)(mix, x, s, c).norm(dim=1).max())
+        out[f"toydiff CFG(rescale) - rms, sigma={s:g}"] = float(
+            (G.CFG(w, rescale=phi)(mix, x, s, c) - _rescale_points(mix, x, s, c, w, phi, _rms)).abs().max())
     return out
 
 
