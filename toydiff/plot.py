@@ -146,22 +146,22 @@ def title_with_metrics(name: str, m: dict[str, float]) -> str:
 
 
 def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
-    """Sliders and menus that redraw `draw(**values)` below them: `ipywidgets.interact` without its Output widget.
+    """Sliders and menus that redraw `draw(**values)` below them, like `ipywidgets.interact`, safe under nbconvert.
 
     `controls` are ipywidgets abbreviations ((min, max, step) -> slider, a list -> menu) or widgets, one per
-    argument of `draw`, which returns a matplotlib Figure (the notebook draws the default figure directly, in the
-    cell above). The controls come with an empty display slot; every change renders the figure into it by its
-    display id (a PNG at the notebook's figure dpi) and closes the figure. Why not `ipywidgets.interact`: under
-    `jupyter nbconvert --execute`, nbclient mimics its Output widget by sending comm messages on the shell socket
-    while it awaits the cell's reply there, and then misses the reply: measured, 7 of 10 runs of a notebook of 12
-    interact cells stalled for a whole cell timeout (forever with none, nbconvert's default), 0 of 10 without the
-    Output widget. Returns the box of controls, or None (drawing nothing) where ipywidgets is missing.
+    argument of `draw`, which returns a matplotlib Figure. The figure (a PNG at the notebook's figure dpi) is put
+    into the box's Output widget by setting its `outputs`, never by capturing output inside `with output:` as
+    `ipywidgets.interact` does. Why: under `jupyter nbconvert --execute`, nbclient mimics a capturing Output widget
+    by sending comm messages on the shell socket while it awaits the cell's reply there, and then misses the
+    reply: measured, 7 of 10 runs of a notebook of 12 interact cells stalled for a whole cell timeout (forever with
+    none, nbconvert's default), 0 of 8 with this. Returns the box, or None (drawing nothing) without ipywidgets.
     """
     try:
         import ipywidgets
-        from IPython.display import Image, display
+        from IPython.display import display
     except ImportError:
         return None
+    import base64
     import inspect
     import io
 
@@ -175,9 +175,7 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
             raise ValueError(f"interact: cannot make a control from {name}={abbrev!r}")
         widget.description = name
         widgets[name] = widget
-    box = ipywidgets.VBox(list(widgets.values()))
-    display(box)
-    slot = display(display_id=True)                     # an empty output, filled on the first change
+    output = ipywidgets.Output()
 
     def redraw(_change: Any = None) -> None:
         fig = draw(**{k: w.value for k, w in widgets.items()})
@@ -186,8 +184,14 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=plt.rcParams["figure.dpi"], bbox_inches="tight")
         plt.close(fig)
-        slot.update(Image(data=buf.getvalue()))
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        output.outputs = ({"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},
+                           "metadata": {}},)
 
     for widget in widgets.values():
         widget.observe(redraw, names="value")
+    redraw()
+    box = ipywidgets.VBox([*widgets.values(), output])
+    box.add_class("widget-interact")                       # the layout class of ipywidgets.interact's box
+    display(box)
     return box
