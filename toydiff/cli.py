@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(f)
     e = sub.add_parser("explore", help="the classroom explorer: a local page with guidance controls (Voila)")
     e.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    e.add_argument("--open", action="store_true", help="also open the page in the default web browser")
+    e.add_argument("--open", action="store_true", help="also open the page in the default web browser (default: off)")
     return p
 
 
