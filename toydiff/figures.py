@@ -103,7 +103,7 @@ def tree_figure(models: ToyModels, *, n: int = 4000, seed: int = 0, grid_res: in
         plot.samples_panel(torch.empty(0, 2), axes[1, 3 + k], grid=zgrid, log_density=zoom_logp)
         plot.trajectories_panel(traj, axes[1, 3 + k], title=f"trajectories (zoom)\n{labels[method]}")
         axes[1, 3 + k].set_xlim(zoom[:2]), axes[1, 3 + k].set_ylim(zoom[2:])
-    fig.suptitle("Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); w = 1 is no guidance", y=1.0)
+    fig.suptitle("Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); $w = 1$ is no guidance", fontsize=10)
     return fig, results
 
 
@@ -149,8 +149,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
     axes[1, 0].text(0.0, 0.5, "Top: the density CFG is said to sample.\nBottom: what the ODE sampler\nproduces "
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
                     "one\ndiffused density.", fontsize=7, va="center")
-    fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): p_w(x|c) ~ p(x|c)^w p(x)^(1-w) vs the sampler",
-                 y=1.02)
+    fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): p_w(x|c) ~ p(x|c)^w p(x)^(1-w) vs the sampler", fontsize=10)
     return fig, {"tv_sampler_vs_exact": tv}
 
 
