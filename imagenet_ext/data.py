@@ -14,10 +14,10 @@ file and what was expected (missing, truncated / corrupt, wrong size, labels out
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from toydiff.runs import fingerprint
+
+from .cache import memmap_cache
+from .images import decode_image
 
 __all__ = ["ImageSet", "load_dataset", "load_digits", "load_imagenet64", "load_imagenet64_file",
            "load_folder", "load_zip", "to_float", "IMAGENET_FILES"]
@@ -111,7 +116,19 @@ def _read_imagenet_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({e})") from e
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
         raise ValueError(f"{path}: expected a pickled dict with 'data' and 'labels'")
-    return np.asarray(d["data"]), np.asarray(d["labels"])
+    labels = d["labels"]
+    if isinstance(labels, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in labels):
+        raise ValueError(f"{path}: 'labels' holds booleans; expected integer class numbers")
+    return np.asarray(d["data"]), np.asarray(labels)
+
+
+def _integer_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Labels as int64, refusing float and bool ones (truncating 3.7 to 3, or reading True as class 1, would
+    silently relabel images; the library's `as_cond` refuses float and bool labels the same way)."""
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: 'labels' must be integers, got dtype {labels.dtype} (float and bool labels are "
+                         f"refused, not truncated: cast them yourself if they are whole class numbers)")
+    return labels.astype(np.int64)
 
 
 def load_imagenet64_file(path: str | os.PathLike, resolution: int = 64, num_classes: int = 1000) -> ImageSet:
@@ -124,7 +141,7 @@ def load_imagenet64_file(path: str | os.PathLike, resolution: int = 64, num_clas
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != d:
         raise ValueError(f"{path}: 'data' must be uint8 [N, {d}] (3 x {resolution} x {resolution} planar RGB), "
                          f"got {data.dtype} {data.shape}")
-    labels = labels.reshape(-1).astype(np.int64)
+    labels = _integer_labels(labels, path).reshape(-1)
     if labels.shape[0] != data.shape[0]:
         raise ValueError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 1 or labels.max() > num_classes):
@@ -151,8 +168,9 @@ def load_imagenet64(root: str | os.PathLike, resolution: int = 64, split: str = 
     """All `train_data_batch_*` (split='train') or `val_data` (split='val') files under `root`, .npz or pickle.
 
     Without `cache_dir` everything is loaded into memory (ImageNet-64 train is 15.7 GB of uint8, per process).
-    With `cache_dir`, the files are converted once into `imagenet64_<split>_<R>_{images,labels}.npy` there
-    (written atomically) and memory-mapped, so the processes of a node share one copy in the page cache.
+    With `cache_dir`, the files are converted once into `imagenet64_<split>_<R>_<root>_<key>_{images,labels}.npy`
+    there (written atomically; `key` fingerprints the files' names, sizes and mtimes, so another root or changed
+    files rebuild it) and memory-mapped, so the processes of a node share one copy in the page cache.
     """
     root = Path(root)
     files = _imagenet_files(root, split)
@@ -160,80 +178,43 @@ def load_imagenet64(root: str | os.PathLike, resolution: int = 64, split: str = 
         parts = [load_imagenet64_file(f, resolution, num_classes) for f in files]
         return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), num_classes,
                         name=str(root))
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    img_path = cache / f"imagenet64_{split}_{resolution}_images.npy"
-    lab_path = cache / f"imagenet64_{split}_{resolution}_labels.npy"
-    if not (img_path.is_file() and lab_path.is_file()):
-        parts = [load_imagenet64_file(f, resolution, num_classes) for f in files[:1]]
-        sizes = [len(parts[0])]
-        for f in files[1:]:                                     # count first, so the memmap has its final size
-            data, _ = _read_imagenet_raw(f)
-            sizes.append(data.shape[0])
-            del data
-        n = sum(sizes)
-        # unique temp names: the local-rank-0 processes of several nodes may share a cache directory
-        tmp_img, tmp_lab = (p.parent / f".{p.name}.{os.getpid()}.tmp" for p in (img_path, lab_path))
-        out = np.lib.format.open_memmap(tmp_img, mode="w+", dtype=np.uint8, shape=(n, 3, resolution, resolution))
-        labels = np.empty(n, dtype=np.int64)
-        off = 0
-        for i, f in enumerate(files):
-            part = parts[0] if i == 0 else load_imagenet64_file(f, resolution, num_classes)
-            out[off:off + len(part)] = part.images.numpy()
-            labels[off:off + len(part)] = part.labels.numpy()
-            off += len(part)
-            del part
-        out.flush()
-        del out
-        with open(tmp_lab, "wb") as f:
-            np.save(f, labels)
-        os.replace(tmp_lab, lab_path)
-        os.replace(tmp_img, img_path)
-    try:
-        images = np.load(img_path, mmap_mode="r")
-        labels = np.load(lab_path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{img_path}: corrupt or truncated cache ({e}); delete it to rebuild") from e
-    if images.ndim != 4 or images.shape[1:] != (3, resolution, resolution) or labels.shape != (images.shape[0],):
-        raise ValueError(f"{img_path}: cache has shape {images.shape} / labels {labels.shape}, expected "
-                         f"[N, 3, {resolution}, {resolution}] / [N]; delete it to rebuild")
-    import warnings
+    return _cached_imagenet64(root, files, resolution, split, num_classes, Path(cache_dir))
+
+
+def _cached_imagenet64(root: Path, files: list[Path], resolution: int, split: str, num_classes: int,
+                       cache: Path) -> ImageSet:
+    """The memory-mapped cache (imagenet_ext.cache) of `files`, keyed by each file's name, size and mtime plus the
+    resolution and num_classes, under a prefix naming the split, resolution and resolved root."""
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    prefix = f"imagenet64_{split}_{resolution}_{fingerprint(str(root.resolve()))}"
+
+    def parts():
+        for f in files:
+            part = load_imagenet64_file(f, resolution, num_classes)
+            yield part.images.numpy(), part.labels.numpy()
+
+    images, labels = memmap_cache(cache, prefix, fingerprint(stats, resolution, num_classes), (3, resolution, resolution),
+                                  lambda: sum(_read_imagenet_raw(f)[0].shape[0] for f in files), parts)
     with warnings.catch_warnings():                              # read-only memmap: torch warns about writes
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(images)
     return ImageSet(t, torch.from_numpy(labels), num_classes, name=str(root))
 
 
-def _decode_image(raw: bytes, name: str, resolution: int) -> Tensor:
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("reading image folders / zips needs Pillow: pip install pillow") from e
-    try:
-        img = Image.open(io.BytesIO(raw)).convert("RGB")
-    except Exception as e:
-        raise ValueError(f"{name}: not a readable image ({e})") from e
-    w, h = img.size
-    s = min(w, h)                                          # ADM: center crop to a square, then resize
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != resolution:
-        img = img.resize((resolution, resolution), Image.BICUBIC if s < resolution else Image.BOX)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
 def load_folder(root: str | os.PathLike, resolution: int) -> ImageSet:
-    """root/<class>/<image>: class index = position of the subfolder name in sorted order."""
+    """root/<class>/<image>: class index = position of the subfolder name in sorted order. Hidden entries
+    (names starting with ".", such as .ipynb_checkpoints) are neither classes nor images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: expected one subfolder per class, found none")
     imgs, labels = [], []
     for k, c in enumerate(classes):
         for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() in IMAGE_EXTS:
-                imgs.append(_decode_image(f.read_bytes(), str(f), resolution))
+            if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."):
+                imgs.append(decode_image(f.read_bytes(), str(f), resolution))
                 labels.append(k)
     if not imgs:
         raise ValueError(f"{root}: no images ({sorted(IMAGE_EXTS)}) in the class subfolders")
@@ -261,18 +242,22 @@ def load_zip(path: str | os.PathLike, resolution: int, num_classes: int | None =
             entries = sorted(entries.items())
         if not isinstance(entries, list) or not entries:
             raise ValueError(f"{path}: dataset.json must hold a non-empty list of [filename, label]")
-        imgs, labels = [], []
+        imgs, labels, seen = [], [], set()
         for item in entries:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int)):
-                raise ValueError(f"{path}: dataset.json entries must be [filename, int label], got {item!r}")
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int)
+                    and not isinstance(item[1], bool) and 0 <= item[1] < 2 ** 31):   # JSON true/false: no labels
+                raise ValueError(f"{path}: dataset.json entries must be [filename, int label >= 0], got {item!r}")
             name, lab = item
+            if name in seen:
+                raise ValueError(f"{path}: dataset.json lists {name!r} twice")
+            seen.add(name)
             try:
                 raw = zf.read(name)
             except KeyError:
                 raise ValueError(f"{path}: dataset.json names {name!r}, which is not in the zip") from None
             except zipfile.BadZipFile as e:
                 raise ValueError(f"{path}: corrupt member {name!r} ({e})") from e
-            imgs.append(_decode_image(raw, f"{path}:{name}", resolution))
+            imgs.append(decode_image(raw, f"{path}:{name}", resolution))
             labels.append(lab)
     labels_t = torch.tensor(labels, dtype=torch.long)
     k = int(labels_t.max()) + 1 if num_classes is None else num_classes
@@ -287,6 +272,8 @@ def load_dataset(spec: str, resolution: int, *, split: str = "train",
 
     `cache_dir` memory-maps an ImageNet-64 directory through a one-time `.npy` conversion (see load_imagenet64).
     """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
     if spec in ("digits", "digits:3", "digits:1"):
         return load_digits(resolution, channels=1 if spec.endswith(":1") else 3)
     p = Path(spec)

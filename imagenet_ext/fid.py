@@ -28,6 +28,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from toydiff.atomic import atomic_path
+from toydiff.clitools import Parser, check_output, device, positive_int, user_errors
+
 from .data import load_dataset
 from .inception import FIDInceptionV3, load_inception
 
@@ -55,21 +58,37 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def frechet_distance_sqrtm(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                            eps: float = 1e-6) -> float:
     """The same distance with scipy.linalg.sqrtm(S1 S2) (pytorch-fid's formulation): a diagonal offset eps I when
-    the product is singular, and the real part when round-off leaves a small imaginary component."""
-    from scipy import linalg
-
+    the root is inaccurate (see _sqrtm), and the real part when round-off leaves a small imaginary component."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
+    covmean = _sqrtm(s1 @ s2)
+    if covmean is None:
         off = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
+        covmean = _sqrtm((s1 + off) @ (s2 + off))
+        if covmean is None:
+            raise ValueError("sqrtm(S1 S2) is inaccurate even with eps I added to both covariances")
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"sqrtm has a large imaginary component {np.max(np.abs(covmean.imag)):g}")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(a: np.ndarray, tol: float = 1e-6) -> np.ndarray | None:
+    """scipy's sqrtm, judged by its residual ||X X - A||_F / ||A||_F <= tol rather than by its singularity warning:
+    S1 S2 is singular whenever there are fewer images than features (N < 2048), and its root is still exact then
+    (S1 S2 is similar to a PSD matrix). None where the root is inaccurate or not finite (pytorch-fid adds eps I)."""
+    import warnings
+
+    from scipy import linalg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)     # replaced by the explicit residual check below
+        root = linalg.sqrtm(a)
+    if not np.isfinite(root).all():
+        return None
+    scale = max(np.linalg.norm(a), np.finfo(np.float64).tiny)
+    return root if np.linalg.norm(root @ root - a) / scale <= tol else None
 
 
 @torch.no_grad()
@@ -100,6 +119,9 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over splits."""
     z = torch.as_tensor(logits, dtype=torch.float64)
+    if z.ndim != 2 or z.shape[0] == 0 or not torch.isfinite(z).all():
+        raise ValueError(f"logits must be a finite array [N, classes], got shape {tuple(z.shape)}"
+                         f"{'' if z.ndim != 2 or not z.numel() or torch.isfinite(z).all() else ' with NaN/inf'}")
     logp = torch.log_softmax(z, dim=1)
     scores = []
     for part in torch.tensor_split(logp, min(splits, z.shape[0])):
@@ -112,7 +134,7 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
 def load_images(spec: str, resolution: int | None = None) -> Tensor:
     """uint8 [N, C, H, W] from a samples `.npz` (`images` or `arr_0`, NHWC) or from a dataset spec."""
     p = Path(spec)
-    if p.suffix == ".npz":
+    if p.suffix.lower() == ".npz":
         if not p.is_file():
             raise FileNotFoundError(f"samples file not found: {p}")
         with np.load(p) as z:
@@ -132,9 +154,11 @@ def reference_stats(spec: str, net: FIDInceptionV3 | None, resolution: int | Non
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from an `.npz` with `mu`/`sigma`, or computed from a dataset / images npz."""
     p = Path(spec)
-    if p.suffix == ".npz" and p.is_file():
+    if p.suffix.lower() == ".npz" and p.is_file():
         with np.load(p) as z:
-            if "mu" in z and "sigma" in z:
+            if "mu" in z or "sigma" in z:
+                if not ("mu" in z and "sigma" in z):
+                    raise ValueError(f"{p}: reference statistics need both 'mu' and 'sigma', found {sorted(z.files)}")
                 return z["mu"], z["sigma"]
     if net is None:
         raise ValueError("computing reference statistics needs the Inception network")
@@ -143,30 +167,36 @@ def reference_stats(spec: str, net: FIDInceptionV3 | None, resolution: int | Non
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m imagenet_ext.fid", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m imagenet_ext.fid", description=__doc__.split("\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", help="samples .npz (images / arr_0, uint8 NHWC) or a dataset spec")
     p.add_argument("--ref", required=True, help="reference stats .npz (mu, sigma), or a dataset spec ('digits', path)")
     p.add_argument("--inception", default=os.environ.get("TOYDIFF_INCEPTION"),
                    help="path to pt_inception-2015-12-05-6726825d.pth (or env TOYDIFF_INCEPTION)")
-    p.add_argument("--resolution", type=int, default=None, help="resolution for dataset specs (default: the samples')")
-    p.add_argument("--input-size", type=int, default=299, help="Inception input size (299 for real FID)")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--splits", type=int, default=10)
-    p.add_argument("--save-ref", default=None, help="write the reference mu/sigma to this .npz")
-    p.add_argument("--device", default=None)
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="resolution for dataset specs (default: the samples')")
+    p.add_argument("--input-size", type=positive_int, default=299, help="Inception input size (299 for real FID)")
+    p.add_argument("--batch", type=positive_int, default=100)
+    p.add_argument("--splits", type=positive_int, default=10)
+    p.add_argument("--save-ref", default=None, help="write the reference mu/sigma to this .npz (the exact name)")
+    p.add_argument("--device", type=device, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = load_inception(a.inception, input_size=a.input_size, device=device)
-    imgs = load_images(a.samples, a.resolution)
-    feats, logits = inception_features(net, imgs, a.batch, not a.no_progress)
-    mu, sigma = feature_stats(feats)
-    mu_r, sigma_r = reference_stats(a.ref, net, a.resolution or imgs.shape[-1], a.batch, not a.no_progress)
-    if a.save_ref:
-        np.savez(a.save_ref, mu=mu_r, sigma=sigma_r)
-    is_mean, is_std = inception_score(logits, a.splits)
-    res = {"fid": frechet_distance(mu, sigma, mu_r, sigma_r), "is": is_mean, "is_std": is_std, "n": int(imgs.shape[0])}
+    with user_errors(p.prog):
+        if a.save_ref:
+            check_output(a.save_ref, "--save-ref", suffixes=(".npz",))
+        dev = a.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        net = load_inception(a.inception, input_size=a.input_size, device=dev)
+        imgs = load_images(a.samples, a.resolution)
+        feats, logits = inception_features(net, imgs, a.batch, not a.no_progress)
+        mu, sigma = feature_stats(feats)
+        mu_r, sigma_r = reference_stats(a.ref, net, a.resolution or imgs.shape[-1], a.batch, not a.no_progress)
+        if a.save_ref:
+            with atomic_path(a.save_ref) as tmp, open(tmp, "wb") as f:     # a file object: np.savez adds no suffix
+                np.savez(f, mu=mu_r, sigma=sigma_r)
+        is_mean, is_std = inception_score(logits, a.splits)
+        res = {"fid": frechet_distance(mu, sigma, mu_r, sigma_r), "is": is_mean, "is_std": is_std,
+               "n": int(imgs.shape[0])}
     print(json.dumps(res))
     return res
 

@@ -1,6 +1,7 @@
-"""uint8 conversion and labelled image grids (drawn with matplotlib, so no Pillow is needed to save)."""
+"""uint8 conversion, decoding (Pillow) and labelled image grids (drawn with matplotlib, so no Pillow is needed to save)."""
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from pathlib import Path
@@ -10,12 +11,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["to_uint8", "make_grid", "labelled_grid"]
+__all__ = ["to_uint8", "decode_image", "make_grid", "labelled_grid"]
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """float [-1, 1] [N, C, H, W] -> uint8 [N, C, H, W] (clipped, rounded)."""
     return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def decode_image(raw: bytes, name: str, resolution: int) -> Tensor:
+    """Encoded image bytes -> uint8 RGB [3, R, R]: center-cropped to a square, resized (bicubic up, box down)."""
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("reading image folders / zips needs Pillow: pip install pillow") from e
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except Exception as e:
+        raise ValueError(f"{name}: not a readable image ({e})") from e
+    # 16-bit grey (PNG's I;16, or I from older Pillow): PIL's convert("RGB") clips to 255, so map 0..65535 to
+    # 0..255 here (v / 257, rounded: 65535 -> 255 exactly). Other wide modes (32-bit int, float) have no range.
+    if img.mode.startswith("I;16") or img.mode == "I" and img.format == "PNG":
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        raise ValueError(f"{name}: {img.mode!r} images (32-bit int / float) have no defined 0..255 range; "
+                         f"convert them to 8- or 16-bit first")
+    img = img.convert("RGB")
+    w, h = img.size
+    s = min(w, h)                                          # ADM: center crop to a square, then resize
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != resolution:
+        img = img.resize((resolution, resolution), Image.BICUBIC if s < resolution else Image.BOX)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def make_grid(images: Tensor, pad: int = 1, pad_value: int = 255) -> np.ndarray:

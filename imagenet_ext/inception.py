@@ -187,11 +187,18 @@ def load_inception(path: str | os.PathLike | None, *, input_size: int = 299,
         raise ValueError(f"{path}: corrupt or unreadable Inception weights ({type(e).__name__}: {e})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not an FID Inception-v3 state dict (holds a {type(state).__name__}, expected a "
+                         f"dict of parameter name -> tensor such as {WEIGHTS_NAME})")
     net = FIDInceptionV3(input_size)
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and not k.endswith("num_batches_tracked")}
-    own = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise ValueError(f"{path}: not an FID Inception-v3 state dict (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    own = net.state_dict()
+    names = {k for k in own if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path}: not an FID Inception-v3 state dict (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, wrong shapes {wrong[:3]})")
     net.load_state_dict(state, strict=False)
     return net.eval().requires_grad_(False).to(device)

@@ -24,6 +24,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from toydiff import guidance as recipes
+from toydiff.atomic import atomic_path
+from toydiff.clitools import (Parser, UserError, check_output, device, nonnegative_float, positive_float, positive_int,
+                              probability, seed, user_errors)
 from toydiff.guidance import guided, to_ho_salimans
 from toydiff.samplers import METHODS, sample
 from toydiff.training import load_checkpoint, torch_threads
@@ -31,6 +34,7 @@ from toydiff.training import load_checkpoint, torch_threads
 from .checkpoint import load_denoiser, resolve
 from .images import labelled_grid, to_uint8
 
+PROG = "python -m imagenet_ext.sample"
 __all__ = ["generate", "sweep_figure", "main"]
 
 
@@ -67,42 +71,44 @@ def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str =
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m imagenet_ext.sample", description=__doc__.split("\n")[0],
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="training checkpoint (ckpt-*.pt), or 'digits' for the shipped digits model")
     p.add_argument("--guidance", choices=recipes.names(("guide",)), default="cfg",
                    help="a recipe of the toydiff.guidance registry")
     p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance autoguidance")
-    p.add_argument("--w", type=float, nargs="+", default=[1.0],
+    p.add_argument("--w", type=nonnegative_float, nargs="+", default=[1.0],
                    help="guidance weight(s), 1 = none (Ho & Salimans' w + 1); several give a sweep")
     p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("SIGMA_LO", "SIGMA_HI"),
                    help="guide only where SIGMA_LO < sigma <= SIGMA_HI (Kynkaanniemi et al. 2024)")
-    p.add_argument("--rescale", type=float, default=0.0, help="CFG rescale factor phi in [0, 1] (Lin et al. 2023)")
-    p.add_argument("--n", type=int, default=20, help="images per w")
+    p.add_argument("--rescale", type=probability, default=0.0, help="CFG rescale factor phi in [0, 1] (Lin et al. 2023)")
+    p.add_argument("--n", type=positive_int, default=20, help="images per w")
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="labels to cycle through (default: all classes for .npz, the first 10 for a grid)")
     p.add_argument("--sampler", choices=sorted(METHODS), default="heun", help="a toydiff.samplers method")
-    p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--sigma-min", type=float, default=0.002)
-    p.add_argument("--sigma-max", type=float, default=80.0)
-    p.add_argument("--rho", type=float, default=7.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=256, help="images per sampler call (CFG doubles it inside)")
+    p.add_argument("--steps", type=positive_int, default=32)
+    p.add_argument("--sigma-min", type=positive_float, default=0.002)
+    p.add_argument("--sigma-max", type=positive_float, default=80.0)
+    p.add_argument("--rho", type=positive_float, default=7.0)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--batch", type=positive_int, default=256, help="images per sampler call (CFG doubles it inside)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32", help="autocast dtype on GPU")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (small models gain little from more; on a shared CPU they cost ~6x)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", nargs="+", required=True, help="grid .png and/or images .npz")
+    p.add_argument("--out", nargs="+", required=True, help="grid .png and/or images .npz (written as named)")
     a = p.parse_args(argv)
-    for o in a.out:
-        if Path(o).suffix.lower() not in (".png", ".npz"):
-            p.error(f"--out must end in .png or .npz, got {o}")
-    if a.n < 1 or a.steps < 1 or a.batch < 1 or a.threads < 1:
-        p.error("--n, --steps, --batch and --threads must be >= 1")
     if "guide" in recipes.RECIPES[a.guidance].needs and a.guide_ckpt is None:
         p.error(f"--guidance {a.guidance} needs --guide-ckpt")
+    if a.guidance == "none" and a.w != [1.0]:
+        p.error(f"argument --w: guidance 'none' has no weight, got --w {' '.join(f'{w:g}' for w in a.w)}")
+    try:                                                   # every output checked before any work starts
+        for o in a.out:
+            check_output(o, "--out", suffixes=(".png", ".npz"))
+    except UserError as e:
+        p.error(str(e))
     return a
 
 
@@ -136,13 +142,20 @@ def _rate_digits(u8: Tensor, labels: Tensor, ws: Sequence[float]) -> list[float]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with user_errors(PROG):
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> dict[str, Any]:
+    device = a.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ck = load_checkpoint(resolve(a.ckpt))
     model = load_denoiser(ck, ema=not a.raw).to(device)               # optimizer state stays on the CPU
     guide = load_denoiser(a.guide_ckpt).to(device) if a.guide_ckpt else None
     if guide is not None and (guide.cfg.resolution, guide.cfg.in_channels, guide.cfg.num_classes) != \
             (model.cfg.resolution, model.cfg.in_channels, model.cfg.num_classes):
-        raise ValueError(f"--guide-ckpt {a.guide_ckpt} models different data than --ckpt {a.ckpt}")
+        raise ValueError(f"--guide-ckpt {a.guide_ckpt}: the guide models other data (resolution, channels, classes "
+                         f"{guide.cfg.resolution}, {guide.cfg.in_channels}, {guide.cfg.num_classes}) than --ckpt "
+                         f"{a.ckpt} ({model.cfg.resolution}, {model.cfg.in_channels}, {model.cfg.num_classes})")
     k = model.cfg.num_classes
     grid_out = any(o.lower().endswith(".png") for o in a.out)
     classes = a.classes if a.classes is not None else list(range(min(k, 10) if grid_out else k))
@@ -165,9 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               + ", ".join(f"w={w:g}: {v:.2f}" for w, v in zip(ws, acc)))
     for o in a.out:
         if o.lower().endswith(".npz"):
-            Path(o).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(o, images=u8.flatten(0, 1).permute(0, 2, 3, 1).numpy(),
-                     labels=labels.repeat(len(ws)).numpy(), w=np.repeat(np.asarray(ws, dtype=np.float64), a.n))
+            with atomic_path(o) as tmp, open(tmp, "wb") as f:     # a file object: np.savez adds no suffix
+                np.savez(f, images=u8.flatten(0, 1).permute(0, 2, 3, 1).numpy(),
+                         labels=labels.repeat(len(ws)).numpy(), w=np.repeat(np.asarray(ws, dtype=np.float64), a.n))
         else:
             head = "no guidance" if a.guidance == "none" else a.guidance
             plt.close(sweep_figure(u8, labels, ws, classes, acc, title=f"{head}, {a.sampler} {a.steps} steps", path=o))

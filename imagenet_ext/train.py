@@ -15,20 +15,22 @@ run equals a 1-process run of the same global batch up to float reduction order,
 checkpoint replays exactly the same batches.
 
 Python: `train(TrainConfig(data=..., steps=..., out=...))`; the CLI builds the same TrainConfig (`parse_args`).
-Checkpoints `RUN_DIR/ckpt-<step>.pt` (toydiff.training's format, atomic) every `--ckpt-every` steps and at the
-end; `--resume` (latest in RUN_DIR, or a path) restores model, EMA, optimizer, step and RNG. A JSONL log
-`RUN_DIR/log.jsonl` records loss, learning rate and images/s.
+Checkpoints `RUN_DIR/ckpt-<step>.pt` (toydiff.training's format, atomic) every `--ckpt-every` steps, at the end
+and when a rank gets SIGTERM/SIGINT (then the run stops; the ranks agree through the per-step all-reduce); the
+`--keep` highest steps are kept. `--resume` (latest in RUN_DIR, a checkpoint, or another run directory) restores
+model, EMA, optimizer, step and RNG, and refuses a checkpoint of other data, model or settings (the key named;
+`--force-resume` overrides) or beyond `--steps`. RUN_DIR is locked while a run writes it (toydiff.runs). A JSONL
+log `RUN_DIR/log.jsonl` records loss, learning rate and images/s, one record per step even across resumes.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
 import math
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,89 +40,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from toydiff.denoiser import count_parameters
+from toydiff.clitools import user_errors
+from toydiff.runs import (RunLock, StopSignals, append_jsonl, check_resume, fingerprint, prune_checkpoints,
+                          truncate_log)
 from toydiff.training import (edm_loss, ema_beta_halflife, ema_update, load_checkpoint,
                               save_checkpoint, torch_threads)
-from toydiff.validation import check_positive_int
 
 from .checkpoint import latest_checkpoint
+from .config import RESUME_KEYS, TrainConfig, parse_args
 from .data import load_dataset, to_float
 from .unet import EDMDenoiser, build, forward_flops
 
-__all__ = ["TrainConfig", "train", "parse_args", "main"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run (the CLI flags, same names with '-' for '_'; see `parse_args` for help)."""
-    data: str
-    steps: int
-    out: str
-    resolution: int = 64
-    cache: str | None = None
-    config: str = "tiny"
-    channels: int | None = None
-    dropout: float | None = None
-    batch: int = 64
-    accum: int = 1
-    lr: float = 1e-4
-    warmup: int = 0
-    p_uncond: float = 0.1
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    ema_kimg: float = 50.0
-    ema_rampup: float = 0.05
-    seed: int = 0
-    ckpt_every: int = 1000
-    keep: int = 3
-    resume: str | None = None
-    log_every: int = 10
-    precision: str = "bf16"
-    compile: bool = False
-    device: str | None = None
-    no_progress: bool = False
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for k in ("steps", "batch", "accum", "ckpt_every", "log_every", "resolution"):
-            check_positive_int(getattr(self, k), k)
-        if not 0.0 <= self.p_uncond <= 1.0 or self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"p_uncond must lie in [0, 1] and precision be bf16 or fp32, got {self.p_uncond!r}, "
-                             f"{self.precision!r}")
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The TrainConfig of a command line (argparse errors: one line, exit 2)."""
-    p = argparse.ArgumentParser(prog="python -m imagenet_ext.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="'digits', an ImageNet-64 directory/file, an image folder or a .zip")
-    p.add_argument("--resolution", type=int), p.add_argument("--lr", type=float), p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--cache", help="directory for a memory-mapped .npy copy of ImageNet-64 (shared by a node's processes)")
-    p.add_argument("--config", help="UNet config: tiny, xs, s, adm64")
-    p.add_argument("--channels", type=int, help="override model_channels")
-    p.add_argument("--dropout", type=float, help="override the config's dropout")
-    p.add_argument("--steps", type=int, required=True, help="total optimizer steps")
-    p.add_argument("--batch", type=int, help="GLOBAL batch (over all processes and accumulation)")
-    p.add_argument("--accum", type=int, help="gradient accumulation micro-steps per step")
-    p.add_argument("--warmup", type=int, help="linear learning-rate warmup steps")
-    p.add_argument("--p-uncond", type=float, help="condition dropout probability (Ho & Salimans)")
-    p.add_argument("--p-mean", type=float), p.add_argument("--p-std", type=float)
-    p.add_argument("--ema-kimg", type=float, help="EMA half-life in thousands of images")
-    p.add_argument("--ema-rampup", type=float, help="cap the EMA half-life at this fraction of images seen")
-    p.add_argument("--seed", type=int), p.add_argument("--log-every", type=int)
-    p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl)")
-    p.add_argument("--keep", type=int, help="checkpoints to keep (0 = all)")
-    p.add_argument("--resume", nargs="?", const="auto",
-                   help="resume from the latest checkpoint in --out (or from the given path)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], help="autocast dtype on GPU (CPU: fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true"), p.add_argument("--threads", type=int, help="torch threads")
-    p.set_defaults(**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING})  # one source
-    a = p.parse_args(argv)
-    try:
-        return TrainConfig(**vars(a))
-    except (TypeError, ValueError) as e:
-        p.error(str(e))
+__all__ = ["TrainConfig", "train", "parse_args", "main"]  # TrainConfig, parse_args: from imagenet_ext.config
 
 
 def _dist_setup(device_arg: str | None) -> tuple[int, int, torch.device]:
@@ -168,8 +99,31 @@ def _train(args: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"--batch {args.batch} must be divisible by world size x accum = {world} x {args.accum}")
     micro = args.batch // (world * args.accum)
     out = Path(args.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, directory=True, name="--out").acquire() if rank == 0 else None   # one run per --out
+    try:
+        return _run(args, rank, world, device, micro, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_from(args: TrainConfig, out: Path, rank: int) -> Path | None:
+    """The checkpoint --resume names: the latest in --out ("auto"; None if there is none yet), a file, or the
+    latest in a run directory."""
+    if args.resume is None:
+        return None
+    where = out if args.resume == "auto" else Path(args.resume)
+    if not where.is_dir():
+        return where
+    found = latest_checkpoint(where)
+    if found is None and args.resume != "auto":
+        raise FileNotFoundError(f"--resume {where}: no ckpt-<step>.pt in that directory")
+    if found is None and rank == 0:
+        print(f"[train] --resume: no checkpoint in {out}, starting from scratch")
+    return found
+
+
+def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: int, out: Path) -> dict[str, Any]:
     # local rank 0 first: it may build the node's memory-mapped cache that the other ranks then open
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
     if not first and world > 1:
@@ -187,20 +141,22 @@ def _train(args: TrainConfig) -> dict[str, Any]:
     model: EDMDenoiser = build(args.config, **overrides).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    step = 0
-    resume_path = None
-    if args.resume is not None:
-        resume_path = latest_checkpoint(out) if args.resume == "auto" else Path(args.resume)
-        if resume_path is None and rank == 0:
-            print(f"[train] --resume: no checkpoint in {out}, starting from scratch")
+    step, resume_path = 0, _resume_from(args, out, rank)
+    data_key = fingerprint(len(data), data.num_classes, data.channels, data.resolution, data.labels.numpy().tobytes())
     if resume_path is not None:
         ck = load_checkpoint(resume_path, map_location=device)
-        if ck["model_config"] != {"name": args.config, "overrides": overrides}:
-            raise ValueError(f"{resume_path}: checkpoint model {ck['model_config']} does not match this run "
-                             f"{ {'name': args.config, 'overrides': overrides} }")
+        check_resume(ck["model_config"], {"name": args.config, "overrides": overrides}, resume_path, None)
+        if not args.force_resume:
+            saved = {**{k: ck["config"].get(k) for k in RESUME_KEYS}, "data": ck.get("data", {}).get("fingerprint")}
+            check_resume(saved, {**{k: getattr(args, k) for k in RESUME_KEYS}, "data": data_key}, resume_path,
+                         "--force-resume")
+        if ck["step"] > args.steps:
+            raise ValueError(f"--steps {args.steps}: the checkpoint {resume_path} is already at step {ck['step']}")
         model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
         torch.set_rng_state(ck["rng"]["torch"])
+        if rank == 0:
+            truncate_log(out / "log.jsonl", step)                 # the records past the checkpoint are redone
     if rank == 0:
         flops = forward_flops(model)
         print(f"[train] {args.config}: {count_parameters(model) / 1e6:.2f} M params, {flops / 1e9:.3f} GFLOP/image forward; "
@@ -216,72 +172,75 @@ def _train(args: TrainConfig) -> dict[str, Any]:
     use_amp = device.type == "cuda" and args.precision == "bf16"
     shape = (data.channels, data.resolution, data.resolution)
     sd = model.sigma_data
-    log_f = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or rank != 0, desc="train", dynamic_ncols=True)
     t_last, n_last, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
     last = {"step": step, "loss": float("nan"), "images_per_s": float("nan"), "checkpoint": str(resume_path or "")}
     model.train()
-    while step < args.steps:
-        torch.manual_seed(_step_seed(args.seed + 1 + rank, step))       # dropout RNG: a function of (seed, rank, step)
-        idx, drop, sigma, noise = _draw_global_batch(len(data), shape, args, step, device)
-        lo = rank * (args.batch // world)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        step_loss = torch.zeros((), device=device, dtype=torch.float64)
-        for m in range(args.accum):
-            sl = slice(lo + m * micro, lo + (m + 1) * micro)
-            y = to_float(data.images[idx[sl]]).to(device, non_blocking=True)
-            labels = torch.where(drop[sl], -1, data.labels[idx[sl]]).to(device)
-            sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else ddp.no_sync()
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                s = sigma[sl].to(device)
-                d = net(y + s.reshape(-1, 1, 1, 1) * noise[sl], s, labels)
-                per = edm_loss(d, y, s, sd)                                              # [micro]
-                (per.mean() / args.accum).backward()
-            step_loss += per.detach().sum()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        ema_update(list(ema.parameters()), list(model.parameters()),
-                   ema_beta_halflife(args.batch, step * args.batch, args.ema_kimg, args.ema_rampup))
-        if world > 1:
-            dist.all_reduce(step_loss)
-        loss = step_loss.item() / args.batch              # mean over the global batch
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss} at step {step}")
-        loss_acc, n_acc, n_last = loss_acc + loss, n_acc + 1, n_last + args.batch
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            ips = n_last / max(now - t_last, 1e-9)
-            last.update(step=step, loss=loss_acc / n_acc, images_per_s=ips)
-            if log_f is not None:
-                rec = {"step": step, "loss": loss_acc / n_acc, "loss_last": loss, "lr": lr, "images_per_s": ips,
-                       "kimg": step * args.batch / 1000, "time": time.time()}
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                bar.set_postfix(loss=f"{loss_acc / n_acc:.4f}", img_s=f"{ips:.0f}")
-            t_last, n_last, loss_acc, n_acc = now, 0, 0.0, 0
-        if step % args.ckpt_every == 0 or step == args.steps:
-            path = out / f"ckpt-{step:07d}.pt"
-            if rank == 0:
-                save_checkpoint(path, model, ema, opt, step, asdict(args),
-                                rng_state={"torch": torch.get_rng_state(), "seed": args.seed},
-                                model_config={"name": args.config, "overrides": overrides},
-                                extra={"data": {"name": data.name, "num_classes": data.num_classes}})
-                if args.keep > 0:
-                    olds = sorted(out.glob("ckpt-*.pt"))[:-args.keep]
-                    for o in olds:
-                        o.unlink(missing_ok=True)
+    with StopSignals() as stop:
+        while step < args.steps:
+            torch.manual_seed(_step_seed(args.seed + 1 + rank, step))   # dropout RNG: a function of (seed, rank, step)
+            idx, drop, sigma, noise = _draw_global_batch(len(data), shape, args, step, device)
+            lo = rank * (args.batch // world)
+            lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup > 0 else args.lr
+            for grp in opt.param_groups:
+                grp["lr"] = lr
+            step_loss = torch.zeros((), device=device, dtype=torch.float64)
+            for m in range(args.accum):
+                sl = slice(lo + m * micro, lo + (m + 1) * micro)
+                y = to_float(data.images[idx[sl]]).to(device, non_blocking=True)
+                labels = torch.where(drop[sl], -1, data.labels[idx[sl]]).to(device)
+                sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else ddp.no_sync()
+                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    s = sigma[sl].to(device)
+                    d = net(y + s.reshape(-1, 1, 1, 1) * noise[sl], s, labels)
+                    per = edm_loss(d, y, s, sd)                                              # [micro]
+                    (per.mean() / args.accum).backward()
+                step_loss += per.detach().sum()
+            # one collective: the global loss and whether any rank was asked to stop (SIGTERM / SIGINT)
+            shared = torch.stack([step_loss, torch.tensor(float(stop.requested), device=device, dtype=torch.float64)])
             if world > 1:
-                dist.barrier()
-            last["checkpoint"] = str(path)
+                dist.all_reduce(shared)
+            loss, stopping = shared[0].item() / args.batch, shared[1].item() > 0     # mean over the global batch
+            if not math.isfinite(loss):                   # before the update: no NaN weights, none saved
+                raise FloatingPointError(f"training diverged: loss {loss} at step {step + 1} (lr {lr:g}); the last "
+                                         f"checkpoint in {out} is kept")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            ema_update(list(ema.parameters()), list(model.parameters()),
+                       ema_beta_halflife(args.batch, step * args.batch, args.ema_kimg, args.ema_rampup))
+            loss_acc, n_acc, n_last = loss_acc + loss, n_acc + 1, n_last + args.batch
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                ips = n_last / max(now - t_last, 1e-9)
+                last.update(step=step, loss=loss_acc / n_acc, images_per_s=ips)
+                if rank == 0:
+                    append_jsonl(out / "log.jsonl", {"step": step, "loss": loss_acc / n_acc, "loss_last": loss, "lr": lr,
+                                                     "images_per_s": ips, "kimg": step * args.batch / 1000,
+                                                     "time": time.time()})
+                    bar.set_postfix(loss=f"{loss_acc / n_acc:.4f}", img_s=f"{ips:.0f}")
+                t_last, n_last, loss_acc, n_acc = now, 0, 0.0, 0
+            if step % args.ckpt_every == 0 or step == args.steps or stopping:
+                path = out / f"ckpt-{step:07d}.pt"
+                if rank == 0:
+                    save_checkpoint(path, model, ema, opt, step, asdict(args),
+                                    rng_state={"torch": torch.get_rng_state(), "seed": args.seed},
+                                    model_config={"name": args.config, "overrides": overrides},
+                                    extra={"data": {"name": data.name, "num_classes": data.num_classes,
+                                                    "fingerprint": data_key}})
+                    prune_checkpoints(out, args.keep)
+                if world > 1:
+                    dist.barrier()
+                last["checkpoint"] = str(path)
+            if stopping:
+                if rank == 0:
+                    print(f"[train] stopped by a signal at step {step}; {path} written; continue with --resume")
+                bar.close()
+                stop.exit()
     bar.close()
-    if log_f is not None:
-        log_f.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -289,7 +248,12 @@ def _train(args: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    summary = train(parse_args(argv))
+    config = parse_args(argv)
+    try:
+        with user_errors("python -m imagenet_ext.train"):
+            summary = train(config)
+    except KeyboardInterrupt:                             # SIGINT: the checkpoint is written and reported above
+        raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[train] done: {json.dumps(summary)}")
 

@@ -1,5 +1,6 @@
 """`toydiff demo --fast` end to end: the PNGs, metrics.json's shape, and the story's orderings."""
 import json
+import re
 
 import pytest
 
@@ -53,13 +54,19 @@ def test_guide_checkpoint_regenerates_bit_identically(tmp_path):
     assert path.read_bytes() == (zoo.CHECKPOINT_DIR / "tree_guide.pt").read_bytes()
 
 
-def test_cli_rejects_bad_arguments(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["figure", "nonexistent"])
-    with pytest.raises(SystemExit):
-        cli.main(["sample", "--guidance", "magic"])
-    with pytest.raises(SystemExit, match="--n"):
-        cli.main(["sample", "--n", "0"])
+def test_cli_rejects_bad_arguments(capsys, tmp_path):
+    """A user error: one line on stderr naming the flag, exit status 2, no traceback, nothing written."""
+    (tmp_path / "file").write_text("x")
+    for argv, flag in ((["figure", "nonexistent"], "name"), (["sample", "--guidance", "magic"], "--guidance"),
+                       (["sample", "--n", "0"], "--n"), (["sample", "--w", "-2"], "--w"),
+                       (["sample", "--out", str(tmp_path / "x.jpg")], "--out"),
+                       (["train", "--out", str(tmp_path / "file")], "--out"),
+                       (["sample", "--guidance", "none", "--w", "3", "--out", str(tmp_path / "s.pt")], r"\bw\b")):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*argv, "--no-progress"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and re.search(flag, err), (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_sample_and_figure_commands(tmp_path):

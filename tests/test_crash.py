@@ -148,3 +148,81 @@ def test_truncated_checkpoint_is_refused_with_its_path(tmp_path):
         with pytest.raises(ValueError, match=str(path)):                # and resume does not start over silently
             training.train(nets.MLPDenoiser(num_classes=3, width=8, depth=2), datasets.three_gaussians(), steps=2,
                            progress=False, checkpoint=path, resume=True)
+
+
+def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A write that runs out of space (ENOSPC after 4 kB) inside torch.save: torch itself would report only
+    "unexpected pos ..."; the error names the checkpoint and says "no space", and the old checkpoint survives."""
+    import builtins
+    import errno
+
+    from toydiff import atomic
+    path = tmp_path / "ck.pt"
+    _save(path, step=1)
+    before = path.read_bytes()
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.room = f, 4096
+
+        def write(self, data):
+            self.room -= len(data)
+            if self.room < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(atomic, "open", lambda p, mode="r": FullDisk(builtins.open(p, mode)) if "w" in mode
+                        else builtins.open(p, mode), raising=False)
+    with pytest.raises(OSError, match=rf"no space left on device while writing {path}"):
+        _save(path, width=64, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+SIGNALLED = textwrap.dedent("""
+    import sys
+    from toydiff import datasets, nets, training
+    model = nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0)
+    training.train(model, datasets.three_gaussians(), steps=int(sys.argv[2]), batch_size=256, pool_size=4096, seed=0,
+                   progress=True, checkpoint=sys.argv[1], checkpoint_every=10 ** 6, resume=True)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_write_a_checkpoint_then_resume_is_bit_identical(tmp_path, sig):
+    """No periodic checkpoint before the end (checkpoint_every = 10**6): the file exists only because the signal
+    made the run write one at the step it had reached; the run then ends as the signal asks."""
+    steps, path = 1500, tmp_path / "run.pt"
+    proc = _spawn(SIGNALLED, path, steps)
+    while b"train" not in proc.stderr.read1(4096):              # the progress bar: the loop (and handlers) are live
+        assert proc.poll() is None, "the child exited before training"
+    time.sleep(0.2)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == -sig
+    stopped_at = training.load_checkpoint(path)["step"]
+    assert 0 < stopped_at < steps
+    model = nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0)
+    kw = dict(steps=steps, batch_size=256, pool_size=4096, seed=0, progress=False)
+    resumed = training.train(model, datasets.three_gaussians(), checkpoint=path, resume=True, **kw)
+    straight = training.train(nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0), datasets.three_gaussians(),
+                              **kw)
+    assert torch.equal(resumed.losses, straight.losses)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema.state_dict().values(), straight.ema.state_dict().values()))
+
+
+def test_divergence_stops_without_saving_nan_weights(tmp_path):
+    path = tmp_path / "run.pt"
+    with pytest.raises(FloatingPointError, match=rf"training diverged: .* at step \d+ .*{path} is kept"):
+        training.train(nets.MLPDenoiser(num_classes=3, width=32, depth=3), datasets.three_gaussians(), steps=200,
+                       lr=1e8, batch_size=64, pool_size=512, progress=False, checkpoint=path, checkpoint_every=1)
+    ck = training.load_checkpoint(path)
+    assert all(torch.isfinite(t).all() for key in ("model", "ema") for t in ck[key].values())

@@ -1,7 +1,9 @@
 """imagenet_ext.data on tiny files written here in every format, and the errors for bad files."""
 import io
 import json
+import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -126,5 +128,50 @@ def test_imagenet_memmap_cache(tmp_path):
     again = load_dataset(str(tmp_path), R, cache_dir=tmp_path / "cache")           # memory-maps them
     for ds in (cached, again):
         assert torch.equal(ds.images, ref.images) and torch.equal(ds.labels, ref.labels)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["imagenet64_train_8_images.npy",
-                                                                       "imagenet64_train_8_labels.npy"]
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(names) == 2 and all(re.fullmatch(r"imagenet64_train_8_[0-9a-f]{12}_[0-9a-f]{12}_(images|labels)\.npy",
+                                                n) for n in names), names
+
+
+def _write_batch(root, i, data, labels):
+    root.mkdir(exist_ok=True)
+    np.savez(root / f"train_data_batch_{i}.npz", data=data, labels=labels)
+
+
+def test_memmap_cache_follows_its_inputs(tmp_path):
+    """The cache is keyed by the files (names, sizes, mtimes) and the root: another root sharing the cache
+    directory, a batch file added later or a file rewritten in place each give the new images, never the old."""
+    cache, (data, labels) = tmp_path / "cache", _imagenet_arrays(n=9)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_batch(a, 1, data[:3], labels[:3])
+    _write_batch(b, 1, data[3:6], labels[3:6])
+    for root, rows in ((a, slice(0, 3)), (b, slice(3, 6)), (a, slice(0, 3))):       # two roots, one cache dir
+        got = load_dataset(str(root), R, cache_dir=cache)
+        assert torch.equal(got.images.flatten(1), torch.from_numpy(data[rows]))
+    _write_batch(a, 2, data[6:], labels[6:])                                          # a file added later
+    got = load_dataset(str(a), R, cache_dir=cache)
+    assert torch.equal(got.images.flatten(1), torch.from_numpy(np.concatenate([data[:3], data[6:]])))
+    assert torch.equal(got.labels, torch.from_numpy(np.concatenate([labels[:3], labels[6:]]) - 1))
+    os.utime(a / "train_data_batch_1.npz", ns=(1, 1))                                 # same size, other images
+    _write_batch(a, 1, data[3:6], labels[3:6])
+    got = load_dataset(str(a), R, cache_dir=cache)
+    assert torch.equal(got.images.flatten(1)[:3], torch.from_numpy(data[3:6]))
+    assert len(list(cache.iterdir())) == 4                       # one version per root: stale ones deleted
+
+
+def test_16bit_png_and_integer_label_dtypes(tmp_path):
+    from PIL import Image
+    grey16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040)                   # 0 .. 65520
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")                # really 16-bit
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        z.writestr("a.png", buf.getvalue())
+        z.writestr("dataset.json", json.dumps({"labels": [["a.png", 0]]}))
+    img = load_zip(tmp_path / "d.zip", 8).images[0]
+    assert torch.equal(img[0], torch.from_numpy(np.round(grey16 / 257).astype(np.uint8)))   # not 98% white
+    assert torch.equal(img[0], img[2])
+    data, labels = _imagenet_arrays(n=4)
+    for dtype in (np.int32, np.uint16, np.int8):                                      # any integer dtype is fine
+        np.savez(tmp_path / "x.npz", data=data, labels=np.array([1, 2, 3, 4], dtype=dtype))
+        assert load_imagenet64_file(tmp_path / "x.npz", R).labels.tolist() == [0, 1, 2, 3]

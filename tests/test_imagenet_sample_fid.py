@@ -99,9 +99,11 @@ def test_fid_of_a_set_with_itself_is_zero_and_cli(tmp_path):
     np.savez(tmp_path / "s.npz", images=a.permute(0, 2, 3, 1).numpy())
     args = [str(tmp_path / "s.npz"), "--inception", str(tmp_path / WEIGHTS_NAME), "--input-size", "75",
             "--no-progress", "--device", "cpu"]
-    r = fid.main([*args, "--ref", str(tmp_path / "s.npz"), "--save-ref", str(tmp_path / "ref.npz")])
+    r = fid.main([*args, "--ref", str(tmp_path / "s.npz"), "--save-ref", str(tmp_path / "ref.NPZ")])
     assert abs(r["fid"]) < 1e-6 * scale and r["n"] == 24
-    mu_r, s_r = fid.reference_stats(str(tmp_path / "ref.npz"), None, None)        # cached stats load back
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ref")) == ["ref.NPZ"]  # the name as given
+    assert fid.main([*args, "--ref", str(tmp_path / "ref.NPZ")])["fid"] == pytest.approx(r["fid"], abs=1e-9 * scale)
+    mu_r, s_r = fid.reference_stats(str(tmp_path / "ref.NPZ"), None, None)        # cached stats load back
     np.testing.assert_allclose(mu_r, mu_a, rtol=1e-3, atol=1e-6)  # float32, other batch split
 
 

@@ -56,7 +56,7 @@ def test_torchrun_two_processes_accum_resume_match_one_process(one_proc, tmp_pat
     # 2 ranks x 2 accumulation micro-steps x 2 images = the same global batch of 8; stop at step 2, resume to 4
     _run(["--steps", "2", "--accum", "2", "--out", str(tmp_path)], nproc=2)
     assert latest_checkpoint(tmp_path).name == "ckpt-0000002.pt"
-    r = _run(["--steps", "4", "--accum", "2", "--out", str(tmp_path), "--resume"], nproc=2)
+    r = _run(["--steps", "4", "--accum", "2", "--out", str(tmp_path), "--resume", str(tmp_path)], nproc=2)  # RUN_DIR
     assert "start step 2" in r.stdout
     torch.testing.assert_close(torch.tensor(_losses(tmp_path)), torch.tensor(_losses(one_proc)), rtol=1e-4, atol=1e-5)
     a = load_checkpoint(one_proc / "ckpt-0000004.pt")
@@ -111,3 +111,26 @@ def test_train_python_entry_point(tmp_path):
         TrainConfig(data="digits", steps=2, out=str(tmp_path), threads=1)
     with pytest.raises(ValueError, match="accum must be >= 1, got 0"):
         TrainConfig(data="digits", steps=2, out=str(tmp_path), accum=0)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
+    """No periodic checkpoint before step 1000: after SIGTERM the run writes one at the step it reached, says
+    so, and ends as SIGTERM asks; --resume continues from it with one log record per step."""
+    import signal
+    import time
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = [*COMMON, "--ckpt-every", "1000", "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_ext.train", *args, "--steps", "500"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / "log.jsonl", time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    ckpt = latest_checkpoint(tmp_path)
+    step = load_checkpoint(ckpt)["step"]
+    assert 2 <= step < 500 and f"stopped by a signal at step {step}" in out
+    _run(["--ckpt-every", "1000", "--out", str(tmp_path), "--steps", str(step + 2), "--resume"])
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, step + 3))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from toydiff.datasets import three_gaussians
+from toydiff.distributions import GaussianMixture
 from toydiff.nets import MLPDenoiser, TwinHeadMLPDenoiser
 from toydiff.training import (_ema_gamma, denoiser_error, ema_beta_halflife, ema_beta_power, ema_update,
                               load_checkpoint, load_model, save_checkpoint, train)
@@ -94,10 +95,18 @@ def test_resume_is_bit_identical(tmp_path):
     loaded = load_model(path)
     assert isinstance(loaded, MLPDenoiser) and not loaded.training
     assert_same_weights(loaded, full.ema)
-    with pytest.raises(ValueError, match="different training settings"):
+    # a resume must be the same run: settings, data and model are compared, the differing key named
+    with pytest.raises(ValueError, match="trained with batch_size=128, this run has batch_size=64.*force_resume"):
         train(small(), mix, steps=40, checkpoint=path, resume=True, **{**FAST, "batch_size": 64})
-    with pytest.raises(ValueError, match="holds a MLPDenoiser"):
+    other = GaussianMixture([1, 1, 1], mix.means + 1, mix.covs, labels=mix.labels)
+    with pytest.raises(ValueError, match="trained with data="):
+        train(small(), other, steps=48, checkpoint=path, resume=True, **FAST)
+    with pytest.raises(ValueError, match="trained with width=.*start a new run"):
         train(MLPDenoiser(num_classes=3, width=16, depth=3), mix, steps=40, checkpoint=path, resume=True, **FAST)
+    with pytest.raises(ValueError, match="at step 40, beyond steps=10"):            # not a silent 40-step model
+        train(small(), mix, steps=10, checkpoint=path, resume=True, **FAST)
+    forced = train(small(), other, steps=41, checkpoint=path, resume=True, force_resume=True, **FAST)
+    assert torch.equal(forced.losses[:40], full.losses) and load_checkpoint(path)["step"] == 41
 
 
 def test_checkpoint_errors_name_the_path(tmp_path):

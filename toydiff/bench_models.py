@@ -13,8 +13,6 @@ per dataset on a 2-core CPU.
 """
 from __future__ import annotations
 
-import functools
-
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +33,9 @@ __all__ = ["BENCH_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "sa
 FORMAT = "toydiff-bench-models"
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoints") / "bench"
 BENCH_DATASETS: dict[str, Callable[[], GaussianMixture]] = {
-    "thin_tree": datasets.thin_tree,               # the thin tree, on which full-range CFG overshoots
-    # the well-separated setting the bench's checkpoints and numbers were made with (the default now overlaps)
-    "three_gaussians": functools.partial(datasets.three_gaussians, radius=1.0, std=0.45),
+    "tree": datasets.tree,                         # the autoguidance paper's tree (Fig. 1)
+    "thin_tree": datasets.thin_tree,               # the thinner tree, on which full-range CFG overshoots
+    "three_gaussians": datasets.three_gaussians,   # overlapping, as in the CFG paper's Fig. 2
     "spirals": datasets.spirals,
 }
 # role -> (constructor kwargs, training steps); the number of classes comes from the dataset

@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .nets import NoiseAwareClassifier
-from .training import _check_float, torch_threads
-from .validation import check_positive_int
+from .training import torch_threads
+from .validation import check_positive_int, check_real
 
 __all__ = ["ClassifierResult", "train_classifier"]
 
@@ -54,8 +54,8 @@ def train_classifier(model: NoiseAwareClassifier, mixture: Any, *, steps: int = 
     steps, batch_size = check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
     pool_size, lr_decay_steps = check_positive_int(pool_size, "pool_size"), check_positive_int(lr_decay_steps,
                                                                                                "lr_decay_steps")
-    lr, p_mean = _check_float(lr, "lr", 0, lo_open=True), _check_float(p_mean, "p_mean", -math.inf)
-    p_std = _check_float(p_std, "p_std", 0)
+    lr, p_mean = check_real(lr, "lr", 0, lo_open=True), check_real(p_mean, "p_mean", -math.inf)
+    p_std = check_real(p_std, "p_std", 0)
     pool_x, pool_y = mixture.sample(pool_size, generator=torch.Generator().manual_seed(seed))
     pool_x = pool_x.to(torch.float32)
     gen = torch.Generator().manual_seed(seed)

@@ -17,17 +17,19 @@ import sys
 import time
 from pathlib import Path
 
+from .clitools import Parser, check_output, nonnegative_float, positive_int, seed, user_errors
+
 __all__ = ["main", "build_parser"]
 
 FIGURES = ("tree", "cfg", "sweep", "degradation")   # = toydiff.figures.FIGURES (kept literal: --help stays instant)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toydiff", description="Diffusion guidance on 2D mixtures with exact ground truth.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="toydiff", description="Diffusion guidance on 2D mixtures with exact ground truth.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(q: argparse.ArgumentParser, models_dir: bool = True) -> None:
-        q.add_argument("--seed", type=int, default=0, help="seed for training, sampling and metrics (default: 0)")
+        q.add_argument("--seed", type=seed, default=0, help="seed for training, sampling and metrics (default: 0)")
         models = q.add_mutually_exclusive_group()
         models.add_argument("--retrain", action="store_true", help="train the models from scratch, minutes of CPU "
                                                                    "(default: off, the shipped checkpoints are loaded)")
@@ -45,20 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "4x32 (CFG's D_0 in the paper's setup), condition-dropout 4x64")
     t.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="directory for the checkpoints tree_<name>.pt (load them with --models DIR)")
-    t.add_argument("--seed", type=int, default=0, help="training seed (default: 0; 0 rebuilds the shipped models)")
+    t.add_argument("--seed", type=seed, default=0, help="training seed (default: 0; 0 rebuilds the shipped models)")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     s = sub.add_parser("sample", help="sample class A of tree() with a guidance recipe")
     s.add_argument("--guidance", default="autoguidance",
                    help="a recipe of the toydiff.guidance registry that needs at most a guide model "
                         "(default: autoguidance)")
-    s.add_argument("--w", type=float, default=None,
+    s.add_argument("--w", type=nonnegative_float, default=None,
                    help="guidance weight, 1 = none; Ho & Salimans' weight is w - 1 (default: the recipe's)")
     s.add_argument("--sampler", default="heun", help="a toydiff.samplers method (default: heun, 32 steps)")
-    s.add_argument("--n", type=int, default=2000, help="number of samples (default: 2000)")
+    s.add_argument("--n", type=positive_int, default=2000, help="number of samples, metrics need >= 4 (default: 2000)")
     s.add_argument("--class", dest="cls", type=int, default=0, choices=(0,),
                    help="0 = class A, the class the zoo's main model knows, as in the paper's toy (default: 0)")
     s.add_argument("--out", type=Path, default=Path("samples.pt"),
-                   help="a .pt file (float tensor [n, 2]) or a .png plot at 150 dpi (default: samples.pt)")
+                   help="a .pt file (float tensor [n, 2]) or a .png plot at 150 dpi, written as named (default: samples.pt)")
     common(s)
     f = sub.add_parser("figure", help="write one reproduction as a 150-dpi PNG")
     f.add_argument("name", choices=FIGURES, help="which reproduction")
@@ -111,19 +113,30 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(str(e))
 
-    with torch_threads(1):
-        return _run(args, zoo)
+    try:
+        with user_errors(parser.prog), torch_threads(1):
+            if args.command == "sample":                  # outputs checked before any work starts
+                check_output(args.out, "--out", suffixes=(".pt", ".png"))
+            else:
+                check_output(args.out, "--out", directory=True)
+            return _run(args, zoo)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{parser.prog}: interrupted\n")
+        raise SystemExit(130) from None
 
 
 def _run(args: argparse.Namespace, zoo) -> int:
+    from .atomic import save_atomic
     progress = not args.no_progress
     if args.command == "demo":
         from .demo import demo
         demo(args.out, retrain=args.retrain, fast=args.fast, seed=args.seed, progress=progress, models_dir=args.models)
         return 0
     if args.command == "train":
+        from .runs import RunLock
         t0 = time.perf_counter()
-        paths = zoo.save_models(zoo.train_models(args.seed, progress), args.out, args.seed)
+        with RunLock(args.out, directory=True, name="--out"):        # one training per --out at a time
+            paths = zoo.save_models(zoo.train_models(args.seed, progress), args.out, args.seed)
         print(f"trained in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
     if args.command == "bench":
@@ -136,25 +149,19 @@ def _run(args: argparse.Namespace, zoo) -> int:
         paths = bench_report.write_outputs(result, args.out)
         print(f"bench done in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
-    if args.command == "sample" and args.n < 1:
-        raise SystemExit(f"toydiff sample: --n must be >= 1, got {args.n}")
     models = zoo.pretrained(args.retrain, args.seed, progress, directory=args.models)
     if args.command == "sample":
-        import torch
-
         from . import datasets, metrics, plot
-        try:
-            den = zoo.guided_denoiser(models, args.guidance, args.w)
-            x = zoo.draw(den, args.n, args.cls, args.seed, method=args.sampler)
-        except ValueError as e:
-            raise SystemExit(f"toydiff sample: {e}") from None
-        m = metrics.evaluate(x, datasets.tree(), args.cls, seed=args.seed)
-        print(" ".join(f"{k}={v:.4f}" for k, v in m.items()))
+        x = zoo.draw(zoo.guided_denoiser(models, args.guidance, args.w), args.n, args.cls, args.seed,
+                     method=args.sampler)
+        m = metrics.evaluate(x, datasets.tree(), args.cls, seed=args.seed) if args.n >= 4 else {}
+        print(" ".join(f"{k}={v:.4f}" for k, v in m.items()) or "metrics skipped: they need >= 4 samples")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        if args.out.suffix == ".png":
-            plot.save(plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m)).figure, args.out)
+        if args.out.suffix.lower() == ".png":
+            plot.save(plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m) if m else args.guidance
+                                         ).figure, args.out)
         else:
-            torch.save(x, args.out)
+            save_atomic(x, args.out)
         print(f"wrote {args.out}")
         return 0
     import matplotlib.pyplot as plt

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Callable
 
 import numpy as np
 
 from .distributions import GaussianMixture
+from .validation import check_positive_int, check_seed
 
 __all__ = ["three_gaussians", "tree", "thin_tree", "rings", "moons", "spirals", "DATASETS", "get"]
 
@@ -110,8 +112,11 @@ def thin_tree(depth: int = 7, seed: int = 0, sigma_data: float = 0.5) -> Gaussia
     proportional to its branch length times 0.5^depth, so the fine outer branches carry little mass:
     exactly where an unguided model puts its outliers. The union is scaled to std `sigma_data`.
     """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    depth, seed = check_positive_int(depth, "depth"), check_seed(seed)
+    if depth > 12:      # 16 (2^depth - 1) components: depth 12 is already 65520, and memory grows 2x a level
+        raise ValueError(f"depth must lie in [1, 12] (2^depth - 1 branches of 8 components per class), got {depth}")
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, Real) or not 0 < sigma_data < math.inf:
+        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
     rng = np.random.default_rng(seed)
     means, covs, weights, labels = [], [], [], []
     t = np.linspace(0.5 / 8, 1 - 0.5 / 8, 8)                       # component centres along a branch

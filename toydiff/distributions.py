@@ -5,8 +5,10 @@ Noising the data with N(0, sigma^2 I) keeps a Gaussian mixture a Gaussian mixtur
 so every quantity a diffusion model learns is known in closed form (Karras et al. 2022, EDM, Sec. 2):
     score      s(x; sigma) = grad_x log p(x; sigma)
     denoiser   D(x; sigma) = E[x0 | x] = x + sigma^2 s(x; sigma)        (Tweedie / Miyasawa)
-The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse) and every sum over
-components is a log-sum-exp, so results stay finite anywhere on the plane.
+The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse), evaluated in float64, and every sum
+over components is a log-sum-exp, so results (float64 or float32) stay finite over the stated range
+|x| <= X_LIMIT = 1e15 (each coordinate) and 0 <= sigma <= SIGMA_LIMIT = 1e15; inputs beyond it raise a ValueError
+(past ~1e77 the float64 terms sigma^4 and |x|^2 sigma^2 themselves overflow).
 """
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ import math
 import torch
 from torch import Tensor
 
-from .validation import as_cond, as_sigma, check_points
+from .validation import as_cond, as_sigma, check_points, check_positive_int
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "X_LIMIT", "SIGMA_LIMIT"]
+
+X_LIMIT = 1e15      # |x| and sigma where every method is still finite in float32 too (see the module docstring)
+SIGMA_LIMIT = 1e15
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
@@ -51,6 +56,10 @@ class GaussianMixture:
             raise ValueError(f"covs must have shape [{k}, 2, 2], got {tuple(cov.shape)}")
         if not (torch.isfinite(w).all() and torch.isfinite(mu).all() and torch.isfinite(cov).all()):
             raise ValueError("weights, means and covs must be finite")
+        if mu.abs().max() > X_LIMIT or cov.abs().max() > SIGMA_LIMIT ** 2:
+            raise ValueError(f"means must satisfy |mu| <= {X_LIMIT:g} and covs |C| <= {SIGMA_LIMIT ** 2:g} (the "
+                             f"mixture's finite range), got max |mu| {mu.abs().max().item():g}, max |C| "
+                             f"{cov.abs().max().item():g}")
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError("weights must be non-negative with a positive sum")
         if not torch.allclose(cov, cov.transpose(1, 2)):
@@ -64,7 +73,7 @@ class GaussianMixture:
         lab = lab.long()
         if lab.shape != (k,):
             raise ValueError(f"labels must have shape [{k}], got {tuple(lab.shape)}")
-        c = int(lab.max()) + 1 if num_classes is None else int(num_classes)
+        c = int(lab.max()) + 1 if num_classes is None else check_positive_int(num_classes, "num_classes")
         if (lab < 0).any() or (lab >= c).any():
             raise ValueError(f"labels must lie in [0, {c - 1}]")
         self.weights = w / w.sum()
@@ -102,6 +111,12 @@ class GaussianMixture:
         n = x.shape[0]
         s = as_sigma(sigma, n, device=x.device)
         c = as_cond(cond, n, self.num_classes, device=x.device)
+        if x.abs().max() > X_LIMIT:
+            raise ValueError(f"x lies outside the mixture's finite range |x| <= {X_LIMIT:g}: max |x| = "
+                             f"{x.abs().max().item():g}")
+        if s.max() > SIGMA_LIMIT:
+            raise ValueError(f"sigma lies outside the mixture's finite range 0 <= sigma <= {SIGMA_LIMIT:g}: "
+                             f"got {s.max().item():g}")
         return x, s, c
 
     def _logw_rows(self, cond: Tensor | None, n: int, device) -> Tensor:
@@ -143,7 +158,7 @@ class GaussianMixture:
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact score grad_x log p(x | c; sigma) [N, 2] = sum_k r_k (-S_k^-1 (x - mu_k)), r = responsibilities."""
         x, s, c = self._prepare(x, sigma, cond)
-        return self._score(x, s, c)
+        return self._score(x, s, c).to(x.dtype)
 
     def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         xd, s2 = x.double(), s.double() ** 2
@@ -156,12 +171,12 @@ class GaussianMixture:
             m = p[:, :4].reshape(-1, 2, 2)
             adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
             out.append(-adj_r)                                                    # -sum_k r_k S_k^-1 (x - mu_k)
-        return torch.cat(out).to(x.dtype)
+        return torch.cat(out)                                                     # float64
 
     def denoise(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact posterior mean E[x0 | x; sigma, c] [N, 2] = x + sigma^2 s(x | c; sigma) (Tweedie's formula)."""
         x, s, c = self._prepare(x, sigma, cond)
-        return x + (s.to(x.dtype) ** 2)[:, None] * self._score(x, s, c)
+        return (x.double() + (s.double() ** 2)[:, None] * self._score(x, s, c)).to(x.dtype)
 
     __call__ = denoise
 
@@ -196,8 +211,7 @@ class GaussianMixture:
 
         `cond` is an int, an int64 tensor [n] (-1 = marginal) or None (marginal); y holds each sample's class.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = check_positive_int(n, "n")
         c = as_cond(cond, n, self.num_classes)
         s = as_sigma(sigma, n)
         if c is None:
@@ -220,12 +234,12 @@ class GaussianMixture:
     # ------------------------------------------------------------------ summaries
     def mean(self, cond: int | None = None) -> Tensor:
         """Mean [2] of p(x) or p(x | cond)."""
-        w = self._logw_rows(None if cond is None else torch.tensor([cond]), 1, "cpu")[0].exp()
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
         return w @ self.means
 
     def covariance(self, cond: int | None = None) -> Tensor:
         """Covariance [2, 2] of p(x) or p(x | cond): sum w_k (C_k + mu_k mu_k^T) - m m^T."""
-        w = self._logw_rows(None if cond is None else torch.tensor([cond]), 1, "cpu")[0].exp()
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
         m = w @ self.means
         second = (w[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]

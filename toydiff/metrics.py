@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from numbers import Integral
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .distributions import GaussianMixture
-from .validation import as_cond, check_points, check_positive_int
+from .validation import as_cond, check_points, check_positive_int, check_seed
 
 __all__ = ["DEFINITIONS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
            "mean_log_likelihood", "evaluate"]
@@ -67,6 +68,7 @@ def _labels(dist: GaussianMixture, cond: Any, n: int) -> Tensor:
 def outlier_threshold(dist: GaussianMixture, cls: int, *, quantile: float = 0.01, n_ref: int = 10000,
                       seed: int = 0) -> float:
     """The `quantile` of log p(x | cls) over `n_ref` true samples of class `cls` (drawn with `seed`)."""
+    seed = check_seed(seed)
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
     check_positive_int(n_ref, "n_ref")
@@ -212,9 +214,10 @@ def evaluate(x: Tensor, dist: GaussianMixture, cond: int, *, reference: Tensor |
              seed: int = 0) -> dict[str, float]:
     """All metrics of samples x [N, 2] meant to come from p(x | cond), against `reference` true samples of
     that class (default: N fresh ones drawn with `seed`). Returns a dict of floats."""
-    x = check_points(x, 2, "x")
-    if isinstance(cond, bool) or not isinstance(cond, int) or not 0 <= cond < dist.num_classes:
+    x, seed = check_points(x, 2, "x"), check_seed(seed)
+    if isinstance(cond, bool) or not isinstance(cond, Integral) or not 0 <= cond < dist.num_classes:
         raise ValueError(f"cond must be a class label in [0, {dist.num_classes}), got {cond!r}")
+    cond = int(cond)
     if reference is None:
         reference, _ = dist.sample(x.shape[0], cond=cond, generator=torch.Generator().manual_seed(seed + 1))
     precision, recall = precision_recall(reference, x, k)

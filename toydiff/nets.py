@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .denoiser import SIGMA_TINY, edm_preconditioning
-from .validation import as_sigma, check_points, check_positive_int, label_index
+from .validation import as_sigma, check_points, check_positive_int, check_seed, label_index
 
 __all__ = ["MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model", "NoiseAwareClassifier"]
 
@@ -33,8 +33,9 @@ class _NoiseConditionedMLP(nn.Module):
     def __init__(self, dim: int, num_classes: int, width: int, depth: int, sigma_data: float, num_freqs: int,
                  seed: int) -> None:
         super().__init__()
-        check_positive_int(dim, "dim"), check_positive_int(width, "width"), check_positive_int(depth, "depth")
-        check_positive_int(num_freqs, "num_freqs")
+        dim, width, depth, num_freqs = (check_positive_int(v, k) for v, k in
+                                        ((dim, "dim"), (width, "width"), (depth, "depth"), (num_freqs, "num_freqs")))
+        seed = check_seed(seed)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < self.min_classes:
             raise ValueError(f"num_classes must be an int >= {self.min_classes}"
                              f"{' (0 = unconditional)' if self.min_classes == 0 else ''}, got {num_classes!r}")
@@ -91,8 +92,9 @@ class MLPDenoiser(_NoiseConditionedMLP):
         return edm_preconditioning(s, self.sigma_data)
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise."""
-        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1))
+        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise. Inputs of
+        another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype."""
+        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1).to(self.inp.weight.dtype))
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""

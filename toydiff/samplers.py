@@ -26,35 +26,62 @@ from .validation import as_cond, check_batch, check_nonnegative, check_positive_
 __all__ = ["edm_sigmas", "vp_sigmas", "linear_beta_sigmas", "SCHEDULES", "METHODS", "RENOISE_METHODS", "sample"]
 
 
+def _check_range(sigma_min, sigma_max, *, min_zero_ok: bool = False, max_inf_ok: bool = False) -> tuple[float, float]:
+    """0 < sigma_min < sigma_max (or the limits the schedule allows), both real numbers."""
+    lo = check_nonnegative(sigma_min, "sigma_min")
+    hi = check_nonnegative(sigma_max, "sigma_max", allow_inf=max_inf_ok)
+    if lo == 0 and not min_zero_ok:
+        raise ValueError("sigma_min must be > 0 (the sampler appends the final sigma = 0 itself)")
+    if not lo < hi:
+        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={lo:g}, sigma_max={hi:g}")
+    return lo, hi
+
+
+def _finish(sigmas: Tensor, what: str) -> Tensor:
+    """Append the final 0 after checking the schedule is finite and strictly decreasing (no repeated sigma)."""
+    if not torch.isfinite(sigmas).all() or (sigmas <= 0).any() or (sigmas.diff() >= 0).any():
+        raise ValueError(f"{what} is not a finite, strictly decreasing positive schedule with these arguments "
+                         f"(too many steps for the range, or a parameter out of range): {sigmas.tolist()[:6]}...")
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
     """EDM schedule (Karras et al. 2022, Eq. 5) with a final 0: [steps + 1] float64.
 
     sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  sigma_N = 0.
+    Needs 0 < sigma_min < sigma_max and a finite rho > 0 (EDM uses 7; rho -> 0 tends to the log-uniform spacing).
     """
     steps = check_positive_int(steps, "steps")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    rho = check_nonnegative(rho, "rho")
+    if rho == 0:
+        raise ValueError("rho must be > 0 (EDM uses 7), got 0")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+    return _finish((hi + ramp * (lo - hi)) ** rho, "edm_sigmas")
 
 
 def vp_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, beta_d: float = 19.9,
               beta_min: float = 0.1) -> Tensor:
     """The continuous VP schedule of Song et al. 2021 as in EDM Table 1: sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1),
-    t uniform between the times of sigma_max and sigma_min: [steps + 1] float64 with a final 0."""
+    t uniform between the times of sigma_max and sigma_min: [steps + 1] float64 with a final 0.
+    Needs 0 < sigma_min < sigma_max, beta_d > 0 and beta_min >= 0."""
     steps = check_positive_int(steps, "steps")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    beta_d, beta_min = check_nonnegative(beta_d, "beta_d"), check_nonnegative(beta_min, "beta_min")
+    if beta_d == 0:
+        raise ValueError("beta_d must be > 0 (EDM Table 1 uses 19.9), got 0")
 
     def t_of(sigma: float) -> float:  # inverse of sigma(t): solve beta_d t^2 / 2 + beta_min t = log(1 + sigma^2)
         c = math.log1p(sigma ** 2)
         return (math.sqrt(beta_min ** 2 + 2 * beta_d * c) - beta_min) / beta_d
 
     t = torch.linspace(t_of(sigma_max), t_of(sigma_min), steps, dtype=torch.float64)
-    sigmas = torch.expm1(0.5 * beta_d * t ** 2 + beta_min * t).sqrt()
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+    return _finish(torch.expm1(0.5 * beta_d * t ** 2 + beta_min * t).sqrt(), "vp_sigmas")
 
 
 def linear_beta_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf, num_train_steps: int = 1000,
-                beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+                       beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """The discrete linear-beta schedule of Ho et al. 2020, `steps` time steps evenly spaced over the
     `num_train_steps` training steps, t = round(linspace(T - 1, 0, steps)), as sigmas with a final 0.
 
@@ -62,9 +89,18 @@ def linear_beta_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = ma
     uniform skip / diffusers' DDIMScheduler default "leading" (t = 900, 800, ..., 0); see docs/CONVENTIONS.md.
 
     abar_t = prod_{i<=t} (1 - beta_i),  sigma_t = sqrt((1 - abar_t) / abar_t). Steps outside
-    [sigma_min, sigma_max] are dropped (by default none are).
+    [sigma_min, sigma_max] are dropped (by default none are). `steps` <= `num_train_steps` (there are no
+    more distinct time steps); betas in (0, 1).
     """
     steps = check_positive_int(steps, "steps")
+    num_train_steps = check_positive_int(num_train_steps, "num_train_steps")
+    if steps > num_train_steps:
+        raise ValueError(f"steps must lie in [1, num_train_steps = {num_train_steps}] (a DDPM has no more distinct "
+                         f"time steps), got {steps}")
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max, min_zero_ok=True, max_inf_ok=True)
+    for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0 < check_nonnegative(beta, name) < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {beta}")
     betas = torch.linspace(beta_start, beta_end, num_train_steps, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
     all_sigmas = ((1 - abar) / abar).sqrt()
@@ -73,7 +109,7 @@ def linear_beta_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = ma
     sigmas = sigmas[(sigmas >= sigma_min) & (sigmas <= sigma_max)]
     if sigmas.numel() == 0:
         raise ValueError("no DDPM time step lies within [sigma_min, sigma_max]")
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+    return _finish(sigmas, "linear_beta_sigmas")
 
 
 SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigmas, "linear_beta": linear_beta_sigmas}
@@ -246,10 +282,6 @@ def _schedule(schedule: str, steps: int, sigma_min: float, sigma_max: float, rho
     """The named schedule's decreasing sigmas [M + 1] (last = 0), validated."""
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} (or pass sigmas=)")
-    sigma_min, sigma_max = check_nonnegative(sigma_min, "sigma_min"), check_nonnegative(sigma_max, "sigma_max")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if schedule == "edm":
-        check_nonnegative(rho, "rho")
+    if schedule == "edm":                                   # each schedule validates its own arguments
         return edm_sigmas(steps, sigma_min, sigma_max, rho)
     return SCHEDULES[schedule](steps, sigma_min, sigma_max)

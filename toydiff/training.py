@@ -9,9 +9,8 @@ minimizer, far lower variance). Condition dropout (Ho & Salimans 2022): each lab
 probability p_uncond, and for "exact" the target is then the marginal denoiser.
 
 EMA rules: `ema_beta_power` (EDM2's power function, a profile relative to the run length; the toy trainer) and
-`ema_beta_halflife` (EDM's half-life in images; imagenet_ext). Checkpoints: one dict format marked
-{"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}, written atomically, read back only by
-`load_checkpoint` with torch.load(weights_only=True).
+`ema_beta_halflife` (EDM's half-life in images; imagenet_ext). Checkpoints: one dict format (toydiff.checkpoint,
+re-exported here), written atomically, read back only by `load_checkpoint` with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -28,21 +27,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .atomic import save_atomic
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .nets import MLPDenoiser, build_model
-from .validation import check_positive_int
+from .runs import RunLock, StopSignals, check_resume, fingerprint
+from .validation import check_positive_int, check_real, check_seed
 
 __all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "TrainResult", "train",
            "load_model", "denoiser_error", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
 
-CHECKPOINT_FORMAT = "toydiff-checkpoint"
-CHECKPOINT_VERSION = 1
-_REQUIRED = ("model_class", "model_config", "model", "ema", "optimizer", "step", "config")
 DEFAULT_STEPS = 4096
 DEFAULT_BATCH_SIZE = 1024
 # settings that change the trajectory: a resume must match them exactly
-_TRAJECTORY_KEYS = ("batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
+_TRAJECTORY_KEYS = ("data", "batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
                     "seed", "pool_size")
 
 
@@ -111,13 +108,6 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
-def _check_float(value: Any, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < lo or value > hi or (lo_open and value == lo):
-        raise ValueError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
 def _data_pool(data: Any, model: MLPDenoiser, pool_size: int, seed: int) -> tuple[Tensor, Tensor, Any]:
     """(x [P, dim] float32, labels [P] int64 with -1 for an unconditional model, mixture or None)."""
     if hasattr(data, "sample") and hasattr(data, "denoise"):
@@ -132,21 +122,22 @@ def _data_pool(data: Any, model: MLPDenoiser, pool_size: int, seed: int) -> tupl
                              f"got x of {getattr(x, 'shape', type(x).__name__)}")
         if y is None and model.num_classes > 0:
             raise ValueError("data has no labels but the model is conditional; pass data=(x, y)")
-        if y is not None and (not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]
-                              or (y < 0).any()):
-            raise ValueError(f"data labels must be an int64 tensor [{x.shape[0]}] of labels >= 0")
+        if y is not None and (not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex()
+                              or y.dtype == torch.bool or y.shape != x.shape[:1] or (y < 0).any()):
+            raise ValueError(f"data labels must be an integer tensor [{x.shape[0]}] of labels >= 0")
     if model.num_classes == 0 or y is None:
         y = torch.full((x.shape[0],), -1, dtype=torch.long)
     elif int(y.max()) >= model.num_classes:
         raise ValueError(f"data has labels up to {int(y.max())} but the model has num_classes={model.num_classes}")
-    return x.to(torch.float32).contiguous(), y.contiguous(), mixture
+    return x.to(torch.float32).contiguous(), y.long().contiguous(), mixture
 
 
 def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
           lr: float = 1e-2, lr_decay_steps: int = 512, loss: str = "dsm", p_uncond: float = 0.1,
           p_mean: float = -2.3, p_std: float = 1.5, ema_std: float = 0.010, seed: int = 0,
           pool_size: int = 1 << 16, progress: bool = True, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int = 1024, resume: bool = False, threads: int | None = 1) -> TrainResult:
+          checkpoint_every: int = 1024, resume: bool = False, force_resume: bool = False,
+          threads: int | None = 1) -> TrainResult:
     """Train ``model`` in place (Adam, betas 0.9/0.99) and return it with its EMA copy and the loss history.
 
     EDM loss with log-normal sigma (Karras et al. 2022, eq. 2, Table 1); the defaults P_mean = -2.3,
@@ -155,13 +146,16 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     data also has sigma_data = 0.5. Condition dropout with probability ``p_uncond`` (Ho & Salimans 2022).
 
     data: a GaussianMixture (``pool_size`` samples are drawn once from ``seed``; ``loss="exact"`` regresses
-    onto its exact denoiser) or a tensor dataset ``(x [N, dim], y int64 [N])`` / ``x`` (unconditional).
+    onto its exact denoiser) or a tensor dataset ``(x [N, dim], y integer [N])`` / ``x`` (unconditional).
     Every step draws indices, dropout, sigma and noise from one torch.Generator seeded with ``seed``, so the
     same seed gives bit-identical weights. ``checkpoint``: a path written atomically every
-    ``checkpoint_every`` steps and at the end; ``resume=True`` continues from it (if it exists) and ends
-    bit-identical to an uninterrupted run. ``threads``: torch intra-op threads while training (restored
-    afterwards; None keeps the current setting). One thread is fastest for these tiny MLPs and does not
-    collapse when other processes share the cores.
+    ``checkpoint_every`` steps and at the end, locked against a second run for the duration (toydiff.runs);
+    SIGTERM/SIGINT write it at the current step, then end the run as the signal would. ``resume=True``
+    continues from it (if it exists) and ends bit-identical to an uninterrupted run; it refuses a checkpoint
+    of other data (a fingerprint of the training pool), model or settings, naming the key, unless
+    ``force_resume=True``, and one beyond ``steps``. A non-finite loss stops training with FloatingPointError
+    (the last checkpoint stays as it was). ``threads``: torch intra-op threads while training (restored
+    afterwards; None keeps the current setting).
     """
     if not isinstance(model, MLPDenoiser):
         raise TypeError(f"model must be a toydiff.nets MLPDenoiser (or subclass), got {type(model).__name__}")
@@ -171,14 +165,15 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     lr_decay_steps = check_positive_int(lr_decay_steps, "lr_decay_steps")
     if loss not in ("dsm", "exact"):
         raise ValueError(f"loss must be 'dsm' or 'exact', got {loss!r}")
-    config = dict(steps=steps, batch_size=batch_size, lr=_check_float(lr, "lr", 0, lo_open=True),
-                  lr_decay_steps=lr_decay_steps, loss=loss, p_uncond=_check_float(p_uncond, "p_uncond", 0, 1),
-                  p_mean=_check_float(p_mean, "p_mean", -math.inf), p_std=_check_float(p_std, "p_std", 0),
-                  ema_std=_check_float(ema_std, "ema_std", 0, 0.28, lo_open=True), seed=seed, pool_size=pool_size,
-                  checkpoint_every=checkpoint_every)
+    config = dict(steps=steps, batch_size=batch_size, lr=check_real(lr, "lr", 0, lo_open=True),
+                  lr_decay_steps=lr_decay_steps, loss=loss, p_uncond=check_real(p_uncond, "p_uncond", 0, 1),
+                  p_mean=check_real(p_mean, "p_mean"), p_std=check_real(p_std, "p_std", 0),
+                  ema_std=check_real(ema_std, "ema_std", 0, 0.28, lo_open=True), seed=check_seed(seed),
+                  pool_size=pool_size, checkpoint_every=checkpoint_every)
     pool_x, pool_y, mixture = _data_pool(data, model, pool_size, seed)
     if loss == "exact" and mixture is None:
         raise ValueError("loss='exact' needs a GaussianMixture as data (it regresses onto its exact denoiser)")
+    config["data"] = fingerprint(pool_x.numpy().tobytes(), pool_y.numpy().tobytes())
 
     model.train().requires_grad_(True)
     ema = build_model(type(model).__name__, model.config).eval().requires_grad_(False)
@@ -186,30 +181,42 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), foreach=True)
     gen = torch.Generator().manual_seed(seed)
     losses, start, t0 = torch.zeros(steps), 0, time.perf_counter()
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        ck = load_checkpoint(checkpoint)
-        stored = {k: ck["config"].get(k) for k in _TRAJECTORY_KEYS}
-        if stored != {k: config[k] for k in _TRAJECTORY_KEYS}:
-            raise ValueError(f"checkpoint {checkpoint} was written with different training settings: {stored}")
-        if ck["model_class"] != type(model).__name__ or ck["model_config"] != model.config:
-            raise ValueError(f"checkpoint {checkpoint} holds a {ck['model_class']}{ck['model_config']}, "
-                             f"not this {type(model).__name__}{model.config}")
-        if ck.get("rng") is None or ck.get("losses") is None:
-            raise ValueError(f"checkpoint {checkpoint} has no RNG state / loss history (not written by train())")
-        start = min(ck["step"], steps)
-        model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["rng"])
-        losses[:start] = ck["losses"][:start]
-
-    with torch_threads(threads):
-        _loop(model, ema, opt, gen, losses, start, pool_x, pool_y, mixture, config, progress, checkpoint)
+    lock = RunLock(checkpoint, directory=False, name="checkpoint").acquire() if checkpoint is not None else None
+    try:
+        if checkpoint is not None and resume and os.path.exists(checkpoint):
+            start = _resume(checkpoint, model, ema, opt, gen, losses, config, force_resume)
+        with torch_threads(threads), StopSignals() as stop:
+            _loop(model, ema, opt, gen, losses, start, pool_x, pool_y, mixture, config, progress, checkpoint, stop)
+    finally:
+        if lock is not None:
+            lock.release()
     model.eval()
     return TrainResult(model, ema, losses, time.perf_counter() - t0)
 
 
+def _resume(path: Any, model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen: torch.Generator,
+            losses: Tensor, config: dict, force: bool) -> int:
+    """Load a train() checkpoint into model, ema, opt, gen and losses after checking it belongs to this run."""
+    ck = load_checkpoint(path)
+    check_resume({"model_class": ck["model_class"], **ck["model_config"]},
+                 {"model_class": type(model).__name__, **model.config}, path, None)
+    if not force:
+        check_resume({k: ck["config"].get(k) for k in _TRAJECTORY_KEYS}, {k: config[k] for k in _TRAJECTORY_KEYS},
+                     path, "force_resume=True")
+    if ck.get("rng") is None or ck.get("losses") is None:
+        raise ValueError(f"checkpoint {path} has no RNG state / loss history (not written by train())")
+    if ck["step"] > config["steps"]:
+        raise ValueError(f"checkpoint {path} is at step {ck['step']}, beyond steps={config['steps']}: resuming "
+                         f"cannot train fewer steps (load it with load_model, or pass more steps)")
+    model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["optimizer"])
+    gen.set_state(ck["rng"])
+    losses[:ck["step"]] = ck["losses"][:ck["step"]]
+    return ck["step"]
+
+
 def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen: torch.Generator, losses: Tensor,
           start: int, pool_x: Tensor, pool_y: Tensor, mixture: Any, config: dict, progress: bool,
-          checkpoint: Any) -> None:
+          checkpoint: Any, stop: StopSignals) -> None:
     """Steps start..steps of train() (see there); updates model, ema, opt, gen and losses in place."""
     steps, batch_size, lr, loss = config["steps"], config["batch_size"], config["lr"], config["loss"]
     p_uncond, p_mean, p_std, ema_std = config["p_uncond"], config["p_mean"], config["p_std"], config["ema_std"]
@@ -226,6 +233,8 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
         if loss == "exact":
             y = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
         batch_loss = edm_loss(model(x, sigma, c), y, sigma, model.sigma_data).mean()
+        if not torch.isfinite(batch_loss):                       # before the update: no NaN weights, none saved
+            _diverged(f"loss {batch_loss.item()}", step + 1, lr, checkpoint)
         for group in opt.param_groups:
             group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
         opt.zero_grad(set_to_none=True)
@@ -235,9 +244,21 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
         losses[step] = batch_loss.detach()
         if progress and step % 64 == 0:
             bar.set_postfix(loss=f"{losses[step].item():.4f}")
-        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+        due = (step + 1) % checkpoint_every == 0 or step + 1 == steps
+        if checkpoint is not None and (due or stop.requested):
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                _diverged("non-finite weights", step + 1, lr, checkpoint)
             save_checkpoint(checkpoint, model, ema, opt, step + 1, config, rng_state=gen.get_state(), losses=losses)
+        if stop.requested:
+            bar.close()
+            stop.exit()
     bar.close()
+
+
+def _diverged(what: str, step: int, lr: float, checkpoint: Any) -> None:
+    kept = f"the last checkpoint {checkpoint} is kept" if checkpoint else "nothing was saved"
+    raise FloatingPointError(f"training diverged: {what} at step {step} (lr {lr:g}); {kept}, no weights with NaN or "
+                             f"inf were written")
 
 
 @torch.no_grad()
@@ -249,41 +270,6 @@ def denoiser_error(denoiser: Any, mixture: Any, sigma: float, *, n: int = 1024, 
     c = None if cond is None else torch.full((n,), cond, dtype=torch.long)
     err = (denoiser(x, sigma, c) - mixture.denoise(x, sigma, c).to(x.dtype)).square().sum(1).mean()
     return float(err * edm_weight(sigma, getattr(denoiser, "sigma_data", 0.5)))
-
-
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, step: int, config: dict, *, rng_state: Any = None,
-                    losses: Tensor | None = None, model_config: dict | None = None, extra: dict | None = None) -> None:
-    """Write a checkpoint atomically (a temp file in the same directory, fsync, then os.replace) in the one format:
-    {format, version, model_class, model_config (constructor arguments; default `model.config`), model, ema
-    (state dicts), optimizer, step, config (training settings), rng, losses, **extra}. Plain data and tensors only,
-    so `load_checkpoint` reads it with weights_only=True."""
-    payload = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, model_class=type(model).__name__,
-                   model_config=dict(model.config if model_config is None else model_config),
-                   model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
-                   config=dict(config), rng=rng_state, losses=losses, **(extra or {}))
-    save_atomic(payload, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint dict (torch.load with weights_only=True): FileNotFoundError if missing; ValueError if
-    corrupt or truncated, not in the toydiff format, of a newer version, or incomplete."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, unpickling errors all land here
-        raise ValueError(f"checkpoint {path} is corrupt or truncated (torch.load failed: {e})") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a toydiff checkpoint (no format={CHECKPOINT_FORMAT!r} marker)")
-    if not isinstance(ck.get("version"), int) or ck["version"] > CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has format version {ck.get('version')!r}; this toydiff reads "
-                         f"versions <= {CHECKPOINT_VERSION}")
-    missing = set(_REQUIRED) - ck.keys()
-    if missing:
-        raise ValueError(f"checkpoint {path} is incomplete: missing {sorted(missing)}")
-    return ck
 
 
 def load_model(path: str | os.PathLike) -> MLPDenoiser:

@@ -169,6 +169,8 @@ def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modi
     w defaults to the recipe's; "none" or w = 1: the main model itself."""
     if name != "cfg_dropout" and name not in guidance.names():
         raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
+    if name == "none" and w is not None and w != 1:
+        raise ValueError(f"w={w:g} would be unused: guidance 'none' has no weight (leave w out or pick a recipe)")
     if name == "cfg_dropout":
         return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
     w = guidance.default_weight(name) if w is None else w

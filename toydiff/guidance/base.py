@@ -61,7 +61,7 @@ class Guidance:
         if interval is not None:
             if not isinstance(interval, (tuple, list)) or len(interval) != 2:
                 raise ValueError(f"interval must be a pair (sigma_lo, sigma_hi), got {interval!r}")
-            lo, hi = (check_nonnegative(v, "interval") for v in interval)
+            lo, hi = check_nonnegative(interval[0], "interval"), check_nonnegative(interval[1], "interval", allow_inf=True)
             if not lo < hi:
                 raise ValueError(f"interval must satisfy sigma_lo < sigma_hi, got {interval!r}")
             interval = (lo, hi)
@@ -96,8 +96,10 @@ class Guidance:
             w = torch.as_tensor(self.w(sigma), dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
             if not torch.isfinite(w).all() or (w < 0).any():
                 raise ValueError("the weight schedule w(sigma) must return finite values >= 0")
-        else:
-            w = torch.full_like(sigma, self.w)
+        else:                                                  # via float64: a w beyond float32's range becomes inf
+            w = torch.full_like(sigma, self.w, dtype=torch.float64).to(sigma.dtype)
+            if not torch.isfinite(w).all():
+                raise ValueError(f"w = {self.w:g} does not fit in {sigma.dtype} (max {torch.finfo(sigma.dtype).max:g})")
         return torch.where(self.active(sigma), w, torch.ones_like(w))
 
     def combine(self, d1: Tensor, delta: Tensor, w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
@@ -124,7 +126,10 @@ class Guidance:
         if bool((w == 1).all()):
             return self.unguided(denoiser, x, s, cond)
         d1, delta = self.branches(denoiser, x, s, cond)
-        return self.combine(d1, delta, w, x, s)
+        out = self.combine(d1, delta, w, x, s)
+        if not torch.isfinite(out).all():
+            raise ValueError(f"the guided output overflowed to inf/NaN in {out.dtype}: w = {self.w!r} is too large")
+        return out
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("interval", "rescale") if getattr(self, k))

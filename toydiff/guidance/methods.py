@@ -62,7 +62,10 @@ class AutoGuidance(Guidance):
 
     def branches(self, denoiser, x, sigma, cond):
         d1 = denoiser(x, sigma, cond)
-        d0 = self.guide(x, sigma, cond)
+        try:
+            d0 = self.guide(x, sigma, cond)
+        except (ValueError, TypeError) as e:           # e.g. a guide with fewer classes than the main model
+            raise type(e)(f"the guide {type(self.guide).__name__} refused the main model's input: {e}") from e
         if d0.shape != d1.shape:
             raise ValueError(f"guide returned shape {tuple(d0.shape)}, the main model {tuple(d1.shape)}: "
                              "the guide must be a model of the same data")

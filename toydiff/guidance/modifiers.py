@@ -2,6 +2,7 @@
 (Chung et al. 2024)."""
 from __future__ import annotations
 
+from numbers import Real
 
 import torch
 from torch import Tensor
@@ -59,7 +60,7 @@ class APG(Guidance):
         super().__init__(w, **kwargs)
         self.on = _check_base(on, "APG")
         self.eta, self.norm_threshold = check_nonnegative(eta, "eta"), check_nonnegative(norm_threshold, "norm_threshold")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not -1 < momentum < 1:
+        if isinstance(momentum, bool) or not isinstance(momentum, Real) or not -1 < momentum < 1:
             raise ValueError(f"momentum must be a number in (-1, 1) (0 = off), got {momentum!r}")
         self.momentum = float(momentum)
         self.reset()
