@@ -55,6 +55,19 @@ def test_cfg_with_a_separate_unconditional_model(tree_mix, gen, w):
         SeparateNull(class_a, "net")
 
 
+def test_cfg_separate_recipe_takes_d0_from_the_separate_model(tree_mix, gen):
+    # the registry's "cfg_separate" is CFG on SeparateNull(main, uncond): D_0 = uncond(x, sigma, None)
+    from toydiff import zoo
+    class_a = zoo.training_data(zoo.ModelSpec(classes=(0,)))
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    sigma = torch.rand(64, generator=gen, dtype=torch.float64) + 0.02
+    zeros = torch.zeros(64, dtype=torch.long)
+    got = G.guided(class_a, G.make("cfg_separate", 3.0, uncond=tree_mix))(x, sigma, zeros)
+    torch.testing.assert_close(got, _cfg_formula(tree_mix, x, sigma, zeros, 3.0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="uncond"):
+        G.make("cfg_separate", 3.0, uncond="net")
+
+
 @pytest.mark.parametrize("w", [1.0, 3.0])
 def test_classifier_guidance_with_exact_posterior_is_cfg(three, batch, w):
     # Bayes: grad log p(c|x) = s(x|c) - s(x)

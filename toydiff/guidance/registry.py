@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..denoiser import SeparateNull, reset
 from .base import Guidance, Weight
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
@@ -84,16 +85,21 @@ def _minus_one(w: Weight) -> Weight:
     return (lambda sigma: w(sigma) - 1) if callable(w) else w - 1
 
 
-class _Unconditional:
-    """A separate unconditional model as a denoiser that ignores the labels: the D_0 of CFG with two networks."""
+class _SeparateCFG(CFG):
+    """CFG with D_0 a separate unconditional model: CFG on `SeparateNull(denoiser, uncond)` (the D_1 and D_0 of
+    Karras et al. 2024's toy CFG), so the two-network idea has one implementation (toydiff.denoiser)."""
 
-    def __init__(self, model: Any):
-        if not callable(model):
-            raise TypeError(f"uncond must be a denoiser callable D(x, sigma, cond), got {type(model).__name__}")
-        self.model = model
+    def __init__(self, uncond: Any, w: Weight = 1.0, **kwargs: Any):
+        if not callable(uncond):
+            raise TypeError(f"uncond must be a denoiser callable D(x, sigma, cond), got {type(uncond).__name__}")
+        super().__init__(w, **kwargs)
+        self.uncond = uncond
 
-    def __call__(self, x, sigma, cond=None):
-        return self.model(x, sigma, None)
+    def reset(self) -> None:
+        reset(self.uncond)
+
+    def branches(self, denoiser, x, sigma, cond):
+        return super().branches(SeparateNull(denoiser, self.uncond), x, sigma, cond)
 
 
 def _none(w: float, **modifiers: Any) -> Guidance:
@@ -115,7 +121,7 @@ register("apg", lambda w, **m: APG(w, eta=0.0, norm_threshold=0.0, momentum=-0.5
          help="adaptive projected guidance on CFG (Sadat et al. 2024)")
 register("cfgpp", lambda w, **m: CFGpp(w, **m), default_w=0.5,
          help="CFG++, w = lambda in [0, 1] (Chung et al. 2024); euler/ddim/ddpm samplers only")
-register("cfg_separate", lambda w, uncond, **m: AutoGuidance(_Unconditional(uncond), w, **m), needs=("uncond",),
+register("cfg_separate", lambda w, uncond, **m: _SeparateCFG(uncond, w, **m), needs=("uncond",),
          default_w=4.0, help="CFG with D_0 a separate unconditional model (the autoguidance paper's toy CFG)")
 register("cfg_rescale", lambda w, **m: CFG(w, **{"rescale": 0.7, **m}), default_w=4.0,
          help="CFG with rescale phi = 0.7 (Lin et al. 2023)")
