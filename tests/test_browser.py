@@ -28,6 +28,7 @@ if not (CHROMIUM and DRIVER):
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("TOYDIFF_BROWSER_ARTIFACTS", ""))           # set it to keep the screenshots
@@ -72,7 +73,11 @@ def browser():
 
 
 def _images(driver, css: str) -> list[str]:
-    return [img.get_attribute("src") for img in driver.find_elements(By.CSS_SELECTOR, css)]
+    """The src of every image under `css`; [] (wait again) when the page replaced an image while we read it."""
+    try:
+        return [img.get_attribute("src") for img in driver.find_elements(By.CSS_SELECTOR, css)]
+    except StaleElementReferenceException:
+        return []
 
 
 def _move_slider(driver, slider) -> str:
