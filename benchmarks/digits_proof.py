@@ -1,7 +1,8 @@
 """The CPU proof on real images: classifier-free guidance makes class-conditional digits more recognizable.
 
 1. Train a `tiny` imagenet_ext UNet on scikit-learn's real 8x8 digits resized to 16x16 with condition dropout
-   p_uncond = 0.1 (Ho & Salimans 2022) for a few minutes (skipped if the run directory has the checkpoint).
+   p_uncond = 0.1 (Ho & Salimans 2022) for a few minutes, by imagenet_ext.digits.RECIPE (the shipped `digits` model's
+   recipe; skipped if the run directory has the checkpoint).
 2. Sample N images per class at w in {1, 2, 4} (w = 1 is no guidance; Ho & Salimans' w = 0, 1, 3) with the
    same starting noise for every w, through toydiff.guidance.CFG and toydiff.samplers (EDM Heun).
 3. A classifier trained on the real digits (logistic regression on 16x16 pixels, held-out accuracy reported)
@@ -25,16 +26,11 @@ import torch
 from imagenet_ext import train as train_mod
 from imagenet_ext.checkpoint import load_denoiser
 from imagenet_ext.data import load_digits
-from imagenet_ext.images import make_grid, to_uint8
-from imagenet_ext.sample import generate
+from imagenet_ext.digits import class_accuracy, digits_classifier, recipe
+from imagenet_ext.images import to_uint8
+from imagenet_ext.sample import generate, sweep_figure
 
 HERE = Path(__file__).resolve().parent
-
-
-def train_args(run: Path, steps: int, seed: int, extra: tuple[str, ...] = ()) -> list[str]:
-    return ["--data", "digits", "--resolution", "16", "--config", "tiny", "--steps", str(steps), "--batch", "32",
-            "--lr", "1e-3", "--warmup", "50", "--p-uncond", "0.1", "--ema-kimg", "2", "--ckpt-every", "200",
-            "--log-every", "50", "--seed", str(seed), "--device", "cpu", "--out", str(run), *extra]
 
 
 def pixel_fd(u8: torch.Tensor, ref_stats: tuple[np.ndarray, np.ndarray]) -> float:
@@ -43,18 +39,6 @@ def pixel_fd(u8: torch.Tensor, ref_stats: tuple[np.ndarray, np.ndarray]) -> floa
 
     mu, sig = feature_stats(u8.float().mean(1).flatten(1).double().numpy() / 255)
     return frechet_distance(mu, sig, *ref_stats)
-
-
-def digits_classifier(seed: int = 0):
-    """Logistic regression on the real 16x16 digits (grayscale in [0, 1]); returns (model, held-out accuracy)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits(16, channels=1)
-    x = d.images.flatten(1).float().numpy() / 255
-    xtr, xte, ytr, yte = train_test_split(x, d.labels.numpy(), test_size=0.25, random_state=seed, stratify=d.labels)
-    clf = LogisticRegression(max_iter=2000, C=1.0).fit(xtr, ytr)
-    return clf, float(clf.score(xte, yte))
 
 
 def main() -> None:
@@ -74,7 +58,7 @@ def main() -> None:
     t_train = None
     if not ckpt.is_file():
         t0 = time.perf_counter()
-        train_mod.train(train_mod.parse_args(train_args(run, a.train_steps, a.seed)))
+        train_mod.train(recipe(run, steps=a.train_steps, seed=a.seed))
         t_train = time.perf_counter() - t0
     log = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
     model = load_denoiser(ckpt)
@@ -84,9 +68,8 @@ def main() -> None:
     x = generate(model, labels, a.ws, guidance="cfg", method="heun", steps=a.steps, seed=a.seed, batch=200)
     t_sample = time.perf_counter() - t0
     u8 = to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:])           # [W, N, 3, 16, 16]
-    feats = u8.float().mean(2).flatten(2).numpy() / 255                          # grayscale, like the classifier
-    acc = {w: float((clf.predict(feats[i]) == labels.numpy()).mean()) for i, w in enumerate(a.ws)}
-    per_class = {w: [float((clf.predict(feats[i][labels.numpy() == c]) == c).mean()) for c in range(10)]
+    acc = {w: class_accuracy(clf, u8[i], labels) for i, w in enumerate(a.ws)}
+    per_class = {w: [class_accuracy(clf, u8[i][labels == c], labels[labels == c]) for c in range(10)]
                  for i, w in enumerate(a.ws)}
     from imagenet_ext.fid import feature_stats
     real = load_digits(16, channels=1).images
@@ -97,14 +80,13 @@ def main() -> None:
         grun = run / "guide"
         gck = grun / f"ckpt-{a.guide_steps:07d}.pt"
         if not gck.is_file():
-            train_mod.train(train_mod.parse_args(train_args(grun, a.guide_steps, a.seed, ("--channels", "16"))))
+            train_mod.train(recipe(grun, steps=a.guide_steps, seed=a.seed, channels=16))
         guide = load_denoiser(gck)
         xa = generate(model, labels, a.auto_ws, guidance="autoguidance", guide=guide, method="heun", steps=a.steps,
                       seed=a.seed, batch=200)
         ua = to_uint8(xa.flatten(0, 1)).reshape(*xa.shape[:2], *xa.shape[2:])
         for i, w in enumerate(a.auto_ws):
-            pred = clf.predict(ua[i].float().mean(1).flatten(1).numpy() / 255)
-            auto[w] = {"accuracy": float((pred == labels.numpy()).mean()), "pixel_fd": pixel_fd(ua[i], ref_stats)}
+            auto[w] = {"accuracy": class_accuracy(clf, ua[i], labels), "pixel_fd": pixel_fd(ua[i], ref_stats)}
     res = {"classifier_heldout_accuracy_on_real": real_acc, "accuracy": acc, "per_class_accuracy": per_class,
            "pixel_fd_to_real": fd, "autoguidance": auto,
            "real_pixel_fd_baseline": pixel_fd(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:400]], ref_stats),
@@ -116,24 +98,8 @@ def main() -> None:
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_class_accuracy"}, indent=1))
 
-    # figure: one row per class, for each w a block of 6 samples (same noise across blocks)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = 6
-    rows = torch.stack([torch.cat([u8[i, labels == c][:k] for i in range(len(a.ws))]) for c in range(10)])
-    grid = make_grid(rows, pad=1)
-    fig, ax = plt.subplots(figsize=(2.2 * len(a.ws) + 0.6, 4.4), dpi=150)
-    ax.imshow(grid, interpolation="nearest")
-    cell = grid.shape[1] / len(a.ws)
-    ax.set_xticks([cell * (i + 0.5) for i in range(len(a.ws))])
-    ax.set_xticklabels([f"w={w:g} (HS w={w - 1:g})\nacc {acc[w]:.2f}" for w in a.ws], fontsize=7)
-    ax.set_yticks([(grid.shape[0] / 10) * (c + 0.5) for c in range(10)])
-    ax.set_yticklabels([str(c) for c in range(10)], fontsize=7)
-    ax.set_title("tiny UNet on 16x16 digits, CFG (same noise per row block)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(a.out + ".png")
+    sweep_figure(u8, labels, a.ws, accuracy=[acc[w] for w in a.ws], per_class=6, path=a.out + ".png",
+                 title=f"tiny UNet on 16x16 digits, CFG, Heun {a.steps} steps")
     print(f"wrote {a.out}.png and {a.out}.json")
 
 

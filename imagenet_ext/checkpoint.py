@@ -11,9 +11,22 @@ from toydiff.training import load_checkpoint
 
 from .unet import EDMDenoiser, build
 
-__all__ = ["latest_checkpoint", "load_denoiser"]
+__all__ = ["PRETRAINED", "resolve", "latest_checkpoint", "load_denoiser"]
 
 _CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
+# shipped models, loadable by name wherever a checkpoint path is taken (see imagenet_ext/digits.py)
+PRETRAINED = {"digits": Path(__file__).with_name("checkpoints") / "digits_tiny.pt"}
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint path, or the shipped file of a name in PRETRAINED (`"digits"`) when no file of that name
+    exists; FileNotFoundError (naming the shipped models) when neither does."""
+    p = Path(path)
+    if not p.exists() and isinstance(path, str) and path in PRETRAINED:
+        p = PRETRAINED[path]
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a file or a shipped model: {sorted(PRETRAINED)})")
+    return p
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -29,10 +42,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return None if best is None else best[1]
 
 
-def load_denoiser(path: str | os.PathLike, *, ema: bool = True, map_location: Any = "cpu") -> EDMDenoiser:
-    """The trained denoiser (EMA weights by default) of a checkpoint, in eval mode (errors: toydiff.training's
+def load_denoiser(path: str | os.PathLike | dict[str, Any], *, ema: bool = True, map_location: Any = "cpu"
+                  ) -> EDMDenoiser:
+    """The trained denoiser (EMA weights by default) of a checkpoint, a shipped model name (`resolve`) or an
+    already loaded checkpoint dict, in eval mode, float32 (errors: `resolve`, toydiff.training's
     `load_checkpoint`; ValueError if it holds no UNet)."""
-    ck = load_checkpoint(path, map_location)
+    ck = path if isinstance(path, dict) else load_checkpoint(resolve(path), map_location)
     cfg = ck["model_config"]
     if ck["model_class"] != EDMDenoiser.__name__ or not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"{path} holds a {ck['model_class']}, not an imagenet_ext UNet (EDMDenoiser)")

@@ -1,15 +1,17 @@
-"""uint8 conversion, decoding (Pillow) and image grids (written with matplotlib, so no Pillow is needed to save)."""
+"""uint8 conversion, decoding (Pillow) and labelled image grids (drawn with matplotlib, so no Pillow is needed to save)."""
 from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["to_uint8", "decode_image", "make_grid", "save_png"]
+__all__ = ["to_uint8", "decode_image", "make_grid", "labelled_grid"]
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -62,15 +64,32 @@ def make_grid(images: Tensor, pad: int = 1, pad_value: int = 255) -> np.ndarray:
     return grid
 
 
-def save_png(path: str | os.PathLike, grid: np.ndarray, scale: int = 1) -> Path:
-    """Save an RGB uint8 array as PNG (nearest-neighbour upscaled by `scale`)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
+def labelled_grid(blocks: Sequence[Tensor], row_labels: Sequence[str], block_titles: Sequence[str], title: str = "",
+                  path: str | os.PathLike | None = None):
+    """A matplotlib figure of image blocks side by side: block b is uint8 [rows, cols, C, H, W] (e.g. the samples of
+    one guidance weight, one row per class), titled `block_titles[b]`, rows labelled by `row_labels` on the left.
+    Written as a 150 dpi PNG when `path` is given; returns the figure."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if scale > 1:
-        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    plt.imsave(path, grid)
-    return path
+    if not blocks or len(blocks) != len(block_titles):
+        raise ValueError(f"need one title per block, got {len(blocks)} blocks and {len(block_titles)} titles")
+    rows, cols, _, h, w = blocks[0].shape
+    if len(row_labels) != rows:
+        raise ValueError(f"need one label per row: {rows} rows, {len(row_labels)} labels")
+    cell = 0.24 * max(1.0, h / 32)                                  # inches per image: 36 px at 150 dpi up to 32 px
+    width = 0.5 + len(blocks) * max(cols * cell * 1.05, 1.25)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(width, 1.0 + rows * cell), layout="constrained", dpi=150,
+                             squeeze=False)
+    for ax, block, name in zip(axes[0], blocks, block_titles):
+        ax.imshow(make_grid(block), interpolation="nearest")
+        ax.set_title(name, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([1 + i * (h + 1) + (h - 1) / 2 for i in range(rows)], row_labels if ax is axes[0, 0] else [],
+                      fontsize=7)
+        ax.tick_params(length=0)
+    if title:
+        fig.suptitle(textwrap.fill(title, int(width * 13)), fontsize=9)    # ~13 characters per inch at 9 pt
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+    return fig

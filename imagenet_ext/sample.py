@@ -6,15 +6,18 @@ Guidance comes from `toydiff.guidance` unchanged and the ODE/SDE from `toydiff.s
     x = toydiff.samplers.sample(D, noise, labels, method=..., steps=...)
 Weight convention: w = 1 is no guidance, D_w = D_0 + w (D_1 - D_0); Ho & Salimans' w is this w - 1.
 
-Outputs: a `.png` grid with one row per class and, per w of the sweep, a block of columns (the same noise
-for every w, like Fig. 1 of the CFG paper), and/or an `.npz` with `images` uint8 [N, H, W, C] (NHWC, as in
+Outputs: a labelled `.png` grid (150 dpi) with one row per class and, per w of the sweep, a block of columns (the
+same noise for every w, like Fig. 1 of the CFG paper; for a digits model each block is titled with the class
+accuracy of its samples), and/or an `.npz` with `images` uint8 [N, H, W, C] (NHWC, as in
 ADM's reference batches), `labels` int64 [N] and `w` float [N].
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor
@@ -26,12 +29,13 @@ from toydiff.clitools import (Parser, UserError, check_output, device, nonnegati
                               probability, seed, user_errors)
 from toydiff.guidance import guided, to_ho_salimans
 from toydiff.samplers import METHODS, sample
+from toydiff.training import load_checkpoint, torch_threads
 
-from .checkpoint import load_denoiser
-from .images import make_grid, save_png, to_uint8
+from .checkpoint import load_denoiser, resolve
+from .images import labelled_grid, to_uint8
 
 PROG = "python -m imagenet_ext.sample"
-__all__ = ["generate", "main"]
+__all__ = ["generate", "sweep_figure", "main"]
 
 
 @torch.no_grad()
@@ -69,7 +73,7 @@ def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str =
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="training checkpoint (ckpt-*.pt)")
+    p.add_argument("--ckpt", required=True, help="training checkpoint (ckpt-*.pt), or 'digits' for the shipped digits model")
     p.add_argument("--guidance", choices=recipes.names(("guide",)), default="cfg",
                    help="a recipe of the toydiff.guidance registry")
     p.add_argument("--guide-ckpt", default=None, help="the weaker model for --guidance autoguidance")
@@ -91,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", type=device, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32", help="autocast dtype on GPU")
-    p.add_argument("--scale", type=positive_int, default=2, help="upscale factor of the PNG grid")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (small models gain little from more; on a shared CPU they cost ~6x)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", nargs="+", required=True, help="grid .png and/or images .npz (written as named)")
     a = p.parse_args(argv)
@@ -107,6 +112,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def sweep_figure(images: Tensor, labels: Tensor, ws: Sequence[float], classes: Sequence[int] | None = None,
+                 accuracy: Sequence[float] | None = None, *, per_class: int | None = None, title: str = "",
+                 path: str | Path | None = None):
+    """The labelled grid of a guidance sweep, images uint8 [len(ws), N, C, H, W] for labels [N]: one block per w
+    (titled with w, Ho & Salimans' w and the class accuracy when given), one row per class, and in each row the
+    first `per_class` samples of that class (all by default); the same noise in every block. Returns the figure."""
+    classes = sorted(set(labels.tolist())) if classes is None else list(classes)
+    m = min(int((labels == c).sum()) for c in classes)
+    if m == 0:
+        raise ValueError(f"a grid needs at least one image per class: {labels.numel()} labels for {len(classes)} classes")
+    m = m if per_class is None else min(m, per_class)
+    blocks = [torch.stack([images[wi, labels == c][:m] for c in classes]) for wi in range(len(ws))]
+    titles = [f"$w = {w:g}$\n" + ("no guidance" if w == 1 else f"Ho & Salimans: {to_ho_salimans(w):g}")
+              + ("" if accuracy is None else f"\nclass acc. {accuracy[wi]:.2f}") for wi, w in enumerate(ws)]
+    return labelled_grid(blocks, [str(c) for c in classes], titles, title=f"{title}; rows: class" if title else "",
+                         path=path)
+
+
+def _rate_digits(u8: Tensor, labels: Tensor, ws: Sequence[float]) -> list[float] | None:
+    """Class accuracy of 16x16 digit samples per w (imagenet_ext.digits' rater), or None without scikit-learn."""
+    try:
+        from .digits import class_accuracy, digits_classifier
+        clf, _ = digits_classifier()
+    except ImportError:
+        return None
+    return [class_accuracy(clf, u8[i], labels) for i in range(len(ws))]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     with user_errors(PROG):
@@ -115,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _main(a: argparse.Namespace) -> dict[str, Any]:
     device = a.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_denoiser(a.ckpt, ema=not a.raw).to(device)           # optimizer state stays on the CPU
+    ck = load_checkpoint(resolve(a.ckpt))
+    model = load_denoiser(ck, ema=not a.raw).to(device)               # optimizer state stays on the CPU
     guide = load_denoiser(a.guide_ckpt).to(device) if a.guide_ckpt else None
     if guide is not None and (guide.cfg.resolution, guide.cfg.in_channels, guide.cfg.num_classes) != \
             (model.cfg.resolution, model.cfg.in_channels, model.cfg.num_classes):
@@ -130,28 +164,29 @@ def _main(a: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--classes must lie in [0, {k - 1}], got {bad}")
     labels = torch.tensor([classes[i % len(classes)] for i in range(a.n)], dtype=torch.long)
     ws = [1.0] if a.guidance == "none" else a.w
-    x = generate(model, labels, ws, guidance=a.guidance, guide=guide,
-                 interval=None if a.interval is None else tuple(a.interval), rescale=a.rescale,
-                 method=a.sampler, steps=a.steps,
-                 sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho, seed=a.seed, batch=a.batch,
-                 device=device, amp=device.type == "cuda" and a.precision == "bf16", progress=not a.no_progress)
+    with torch_threads(a.threads):
+        x = generate(model, labels, ws, guidance=a.guidance, guide=guide,
+                     interval=None if a.interval is None else tuple(a.interval), rescale=a.rescale,
+                     method=a.sampler, steps=a.steps, sigma_min=a.sigma_min, sigma_max=a.sigma_max, rho=a.rho,
+                     seed=a.seed, batch=a.batch, device=device, amp=device.type == "cuda" and a.precision == "bf16",
+                     progress=not a.no_progress)
     u8 = to_uint8(x.flatten(0, 1)).reshape(*x.shape[:2], *x.shape[2:])          # [W, N, C, H, W]
+    digits = (ck.get("data") or {}).get("name") == "digits" and model.cfg.resolution == 16
+    acc = _rate_digits(u8, labels, ws) if digits else None
+    if acc is not None:
+        print("[sample] class accuracy (logistic regression on real digits): "
+              + ", ".join(f"w={w:g}: {v:.2f}" for w, v in zip(ws, acc)))
     for o in a.out:
         if o.lower().endswith(".npz"):
             with atomic_path(o) as tmp, open(tmp, "wb") as f:     # a file object: np.savez adds no suffix
                 np.savez(f, images=u8.flatten(0, 1).permute(0, 2, 3, 1).numpy(),
                          labels=labels.repeat(len(ws)).numpy(), w=np.repeat(np.asarray(ws, dtype=np.float64), a.n))
         else:
-            # rows = classes; per w a block of columns (the samples of that class, in order)
-            per = [[u8[wi, labels == c] for wi in range(len(ws))] for c in classes]
-            m = min(t.shape[0] for row in per for t in row)
-            if m == 0:
-                raise ValueError(f"a grid needs at least one image per class: --n {a.n} < {len(classes)} classes")
-            rows = torch.stack([torch.cat([t[:m] for t in row]) for row in per])   # [classes, W*m, C, H, W]
-            save_png(o, make_grid(rows), scale=a.scale)
+            head = "no guidance" if a.guidance == "none" else a.guidance
+            plt.close(sweep_figure(u8, labels, ws, classes, acc, title=f"{head}, {a.sampler} {a.steps} steps", path=o))
         print(f"[sample] wrote {o}: {a.n} images x w in {ws} (Ho & Salimans w = {[to_ho_salimans(w) for w in ws]}), "
               f"guidance {a.guidance}, {a.sampler} {a.steps} steps")
-    return {"images": u8, "labels": labels, "w": ws}
+    return {"images": u8, "labels": labels, "w": ws, "accuracy": acc}
 
 
 if __name__ == "__main__":

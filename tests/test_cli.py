@@ -91,3 +91,42 @@ def test_cli_lists_the_figures_and_the_guidance_registry(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as e:
         cli.main(["sample", "--guidance", "classifier"])          # needs a classifier: not offered by this CLI
     assert e.value.code == 2 and "invalid choice 'classifier'" in capsys.readouterr().err
+
+
+def test_train_out_dir_is_loadable_by_sample_figure_and_demo(tmp_path, monkeypatch, capsys):
+    """`toydiff train --out DIR` then `--models DIR` everywhere: the commands use the models written there (here
+    trained for a few steps, so their samples differ from the shipped models')."""
+    import dataclasses
+
+    import torch
+    for name, spec in zoo.MODEL_SPECS.items():
+        monkeypatch.setitem(zoo.MODEL_SPECS, name, dataclasses.replace(spec, steps=16, batch_size=64))
+    d = tmp_path / "models"
+    assert cli.main(["train", "--out", str(d), "--no-progress"]) == 0
+    args = ["--guidance", "cfg", "--w", "2", "--n", "64", "--no-progress"]
+    assert cli.main(["sample", *args, "--models", str(d), "--out", str(tmp_path / "mine.pt")]) == 0
+    assert cli.main(["sample", *args, "--out", str(tmp_path / "shipped.pt")]) == 0
+    mine = torch.load(tmp_path / "mine.pt")
+    expected = zoo.draw(zoo.guided_denoiser(zoo.load_models(d), "cfg", 2.0), 64, 0, 0)
+    torch.testing.assert_close(mine, expected, rtol=0, atol=0)
+    assert not torch.allclose(mine, torch.load(tmp_path / "shipped.pt"))
+    assert cli.main(["figure", "cfg", "--fast", "--models", str(d), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert cli.main(["demo", "--fast", "--models", str(d), "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    assert (tmp_path / "cfg.png").is_file() and (tmp_path / "demo" / "metrics.json").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", "--models", str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "toydiff train --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--retrain", "--models", str(d)])
+    assert e.value.code == 2
+
+
+def test_every_cli_option_says_its_default():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest in ("help", "name") or action.required:
+                continue
+            assert action.help and "default" in action.help, (name, action.option_strings)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from toydiff import guidance as G
+from toydiff.distributions import GaussianMixture
 
 
 @pytest.fixture
@@ -170,13 +171,29 @@ def test_weight_schedule_callable(three, batch):
 
 
 def test_rescale_formula(three, batch):
+    # points [N, 2]: the per-sample RMS |D| / sqrt(2) (the std of two coordinates depends on the axes)
     x, sigma, cond = batch
     phi = 0.7
     cfg = _cfg_formula(three, x, sigma, cond, 3.0)
     pos = three(x, sigma, cond)
-    rescaled = cfg * pos.std(1, unbiased=False, keepdim=True) / cfg.std(1, unbiased=False, keepdim=True)
+    rms = lambda t: t.square().mean(1, keepdim=True).sqrt()                        # noqa: E731
     out = G.guided(three, G.CFG(3.0, rescale=phi))(x, sigma, cond)
-    torch.testing.assert_close(out, phi * rescaled + (1 - phi) * cfg)
+    torch.testing.assert_close(out, phi * cfg * rms(pos) / rms(cfg) + (1 - phi) * cfg)
+
+
+def test_rescale_on_images_is_lin_et_al_std_and_on_points_rotation_equivariant(three, batch):
+    d1, d0 = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    i = lambda c: torch.arange(len(c)) % 4                                     # noqa: E731  (CFG batches 2 x 4)
+    den = lambda x, s, c: torch.where((c >= 0).reshape(-1, 1, 1, 1), d1[i(c)], d0[i(c)])   # noqa: E731
+    out = G.guided(den, G.CFG(3.0, rescale=1.0))(torch.zeros(4, 3, 5, 5, dtype=torch.float64), 1.0, torch.zeros(4, dtype=torch.long))
+    cfg = d0 + 3.0 * (d1 - d0)
+    std = lambda t: t.flatten(1).std(1, unbiased=False).reshape(-1, 1, 1, 1)   # noqa: E731
+    torch.testing.assert_close(out, cfg * std(d1) / std(cfg))
+    x, sigma, cond = batch
+    r = torch.tensor([[0.6, -0.8], [0.8, 0.6]], dtype=torch.float64)
+    rotated = GaussianMixture(three.weights, three.means @ r.T, r @ three.covs @ r.T, three.labels)
+    g = G.CFG(4.0, rescale=0.7)
+    torch.testing.assert_close(G.guided(rotated, g)(x @ r.T, sigma, cond), G.guided(three, g)(x, sigma, cond) @ r.T)
 
 
 def test_ho_salimans_conversion():

@@ -18,7 +18,10 @@ def _rows(t, x):
     return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _std(t):
+def _scale(t):
+    """Rescale's per-sample scale: the std over all pixels for images, the RMS for points [N, d]."""
+    if t.ndim == 2:
+        return t.square().mean(1, keepdim=True).sqrt()
     return t.flatten(1).std(1, unbiased=False).reshape(-1, *([1] * (t.ndim - 1)))
 
 
@@ -64,7 +67,7 @@ def test_interval_rescale_schedule_on_every_method(three, batch, kind):
     schedule = lambda s: 2.0 + s                                                   # noqa: E731
     w = torch.where((sigma > lo) & (sigma <= hi), 2.0 + sigma, torch.ones_like(sigma))[:, None]
     cfg = d0 + w * (d1 - d0)
-    expected = phi * cfg * _std(d1) / _std(cfg) + (1 - phi) * cfg               # Lin et al. 2023, Eq. 15-16
+    expected = phi * cfg * _scale(d1) / _scale(cfg) + (1 - phi) * cfg           # Lin et al. 2023, Eq. 15-16
     out = G.guided(three, _make(kind, three, schedule, interval=(lo, hi), rescale=phi))(x, sigma, cond)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     inside = ((sigma > lo) & (sigma <= hi))
@@ -87,7 +90,7 @@ def test_modifiers_on_images(gen):
     w = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64).reshape(-1, 1, 1, 1)   # interval (0.5, 2]
     cfg = d0 + w * (d1 - d0)
     out = G.guided(den, G.CFG(3.0, interval=(0.5, 2.0), rescale=0.5))(x, sigma, cond)
-    torch.testing.assert_close(out, 0.5 * cfg * _std(d1) / _std(cfg) + 0.5 * cfg)
+    torch.testing.assert_close(out, 0.5 * cfg * _scale(d1) / _scale(cfg) + 0.5 * cfg)
     apg, _ = _apg_reference(d1, d0, w, 0.0, 0.0, torch.zeros_like(d1), 0.0)
     torch.testing.assert_close(G.guided(den, G.APG(3.0, interval=(0.5, 2.0)))(x, sigma, cond), apg)
     d, d_re = G.guided(den, G.CFGpp(0.4, interval=(0.5, 2.0))).denoise_with_renoise(x, sigma, cond)
@@ -108,12 +111,12 @@ def test_apg_formula_across_steps(three, batch, eta, r, beta):
         d1, d0 = _branches("cfg", three, x, torch.full((64,), sigma, dtype=torch.float64), cond)
         expected, running = _apg_reference(d1, d0, 4.0, eta, r, running, beta)
         torch.testing.assert_close(den(x, sigma, cond), expected)
-    # sigma rising again = a new run: the momentum restarts from zero, as after reset()
+    # a higher sigma inside a run (a churning sampler) keeps the momentum; only reset() starts a new run
     d1, d0 = _branches("cfg", three, x, torch.full((64,), 2.0, dtype=torch.float64), cond)
-    first, _ = _apg_reference(d1, d0, 4.0, eta, r, torch.zeros_like(x), beta)
-    torch.testing.assert_close(den(x, 2.0, cond), first)
-    den(x, 1.0, cond)
+    carried, _ = _apg_reference(d1, d0, 4.0, eta, r, running, beta)
+    torch.testing.assert_close(den(x, 2.0, cond), carried)
     den.reset()
+    first, _ = _apg_reference(d1, d0, 4.0, eta, r, torch.zeros_like(x), beta)
     torch.testing.assert_close(den(x, 2.0, cond), first)
 
 

@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
@@ -22,11 +23,42 @@ def test_panels_return_axes_and_render(tmp_path):
     assert isinstance(plot.trajectories_panel(traj, axes[0, 3]), Axes)
     lr = dist.log_prob(grid.points, 0.3, 0) - dist.log_prob(grid.points, 0.3, None)
     assert isinstance(plot.ratio_panel(grid, lr, axes[0, 4], field=lambda p: dist.score(p, 0.3, 0)), Axes)
-    fig.savefig(tmp_path / "panels.png")
+    labels = [a.get_ylabel() for a in fig.axes[5:]]                     # the colorbars, with units
+    assert labels == [r"$p\,/\,\max\,p$", r"$\log(p_1 / p_0)$ (nats)"], labels
+    plot.save(fig, tmp_path / "panels.png")
     assert (tmp_path / "panels.png").stat().st_size > 1000
+    from PIL import Image
+    assert Image.open(tmp_path / "panels.png").info["dpi"] == pytest.approx((150, 150), abs=0.1)
     assert plot.samples_panel(x).figure is not fig                     # ax=None makes a new figure
 
 
 def test_title_with_metrics():
     t = plot.title_with_metrics("cfg", dict(outlier_fraction=0.031, precision=0.95, recall=0.5))
     assert "3.1%" in t and "P 0.95" in t and "R 0.50" in t
+
+
+def test_interact_redraws_into_its_output_widget_and_closes_figures():
+    import matplotlib.pyplot as plt
+
+    calls = []
+
+    def draw(sigma=0.5, name="a"):
+        calls.append((sigma, name))
+        fig, ax = plt.subplots()
+        ax.set_title(f"{sigma} {name}")
+        return fig
+
+    plt.close("all")
+    box = plot.interact(draw, sigma=(0.1, 1.0, 0.1), name=["a", "b"])
+    sigma, name, output = box.children
+    assert (sigma.description, name.description) == ("sigma", "name") and calls == [(0.5, "a")]
+    first = output.outputs[0]["data"]["image/png"]
+    sigma.value = 0.3
+    name.value = "b"
+    assert calls[1:] == [(0.3, "a"), (0.3, "b")] and plt.get_fignums() == []
+    assert output.outputs[0]["data"]["image/png"] != first and len(output.outputs) == 1
+    assert output.msg_id == ""                      # never captured with `with output:` (what stalls nbclient)
+    with pytest.raises(ValueError, match="no argument"):
+        plot.interact(draw, tau=(0.0, 1.0))
+    with pytest.raises(TypeError, match="Figure"):
+        plot.interact(lambda sigma=0.5: None, sigma=(0.1, 1.0))

@@ -25,6 +25,8 @@ def run_until_interacts(path: Path, monkeypatch) -> list[tuple]:
     import matplotlib.pyplot as plt
     recorded = []
     monkeypatch.setattr(widgets, "interact", lambda f, **kw: recorded.append((f, kw)))
+    from toydiff import plot                                  # the notebooks' interact (safe under nbconvert)
+    monkeypatch.setattr(plot, "interact", lambda f, **kw: recorded.append((f, kw)))
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
     monkeypatch.chdir(path.parent)
     cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]

@@ -1,11 +1,14 @@
 """The `toydiff` command line: demo, train, sample, figure, explore, bench. Thin: the logic lives in toydiff.zoo / figures / demo.
 
-    toydiff demo [--out DIR] [--retrain] [--fast] [--seed S] [--no-progress]
-    toydiff train [--out DIR] [--seed S]                 # retrain the tree main/guide checkpoints
-    toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--out FILE.pt|.png]
-    toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast]
+    toydiff demo [--out DIR] [--retrain | --models DIR] [--fast] [--seed S] [--no-progress]
+    toydiff train --out DIR [--seed S]                   # retrain the four tree checkpoints into DIR
+    toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--models DIR] [--out FILE.pt|.png]
+    toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast] [--models DIR]
     toydiff explore [--port P] [--open]                  # the classroom page (Voila) on 127.0.0.1
-    toydiff bench [--fast] [--out DIR] [--methods NAME ...] [--datasets NAME ...]
+    toydiff bench [--fast] [--out DIR] [--methods NAME ...] [--datasets NAME ...] [--retrain]
+
+`--models DIR` loads what `toydiff train --out DIR` wrote (tree_main.pt, tree_guide.pt, tree_uncond.pt,
+tree_dropout.pt) instead of the shipped models.
 """
 from __future__ import annotations
 
@@ -25,46 +28,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="toydiff", description="Diffusion guidance on 2D mixtures with exact ground truth.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--seed", type=seed, default=0, help="seed for training, sampling and metrics (default 0)")
-        q.add_argument("--retrain", action="store_true", help="train the models from scratch instead of loading "
-                                                              "the shipped checkpoints")
-        q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    def common(q: argparse.ArgumentParser, models_dir: bool = True) -> None:
+        q.add_argument("--seed", type=seed, default=0, help="seed for training, sampling and metrics (default: 0)")
+        models = q.add_mutually_exclusive_group()
+        models.add_argument("--retrain", action="store_true", help="train the models from scratch, minutes of CPU "
+                                                                   "(default: off, the shipped checkpoints are loaded)")
+        if models_dir:
+            models.add_argument("--models", type=Path, default=None, metavar="DIR",
+                                help="load the tree_<name>.pt checkpoints from DIR, as `toydiff train --out DIR` writes "
+                                     "them (default: the shipped checkpoints)")
+        q.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
 
-    d = sub.add_parser("demo", help="train/load, sample, write all reproductions, metrics.json and a table")
-    d.add_argument("--out", type=Path, default=Path("toydiff-demo"), help="output directory (default ./toydiff-demo)")
-    d.add_argument("--fast", action="store_true", help="reduced sample counts and grids (seconds; for tests)")
+    d = sub.add_parser("demo", help="load/train, sample, write all reproductions, metrics.json and a table")
+    d.add_argument("--out", type=Path, default=Path("toydiff-demo"), help="output directory (default: ./toydiff-demo)")
+    d.add_argument("--fast", action="store_true", help="reduced sample counts and grids: seconds, for tests (default: off)")
     common(d)
     t = sub.add_parser("train", help="train the zoo's tree models: main 4x64 and guide 4x32 (class A), unconditional "
                                       "4x32 (CFG's D_0 in the paper's setup), condition-dropout 4x64")
-    t.add_argument("--out", type=Path, required=True, help="directory for the checkpoints tree_<name>.pt")
-    t.add_argument("--seed", type=seed, default=0)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="directory for the checkpoints tree_<name>.pt (load them with --models DIR)")
+    t.add_argument("--seed", type=seed, default=0, help="training seed (default: 0; 0 rebuilds the shipped models)")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     s = sub.add_parser("sample", help="sample class A of tree() with a guidance recipe")
     s.add_argument("--guidance", default="autoguidance",
-                   help="a recipe of the toydiff.guidance registry that needs at most a guide model (default autoguidance)")
-    s.add_argument("--w", type=nonnegative_float, default=None, help="guidance weight, 1 = none (default: the recipe's)")
-    s.add_argument("--sampler", default="heun", help="a toydiff.samplers method (default heun)")
-    s.add_argument("--n", type=positive_int, default=2000, help="samples (metrics need >= 4)")
+                   help="a recipe of the toydiff.guidance registry that needs at most a guide model "
+                        "(default: autoguidance)")
+    s.add_argument("--w", type=nonnegative_float, default=None,
+                   help="guidance weight, 1 = none; Ho & Salimans' weight is w - 1 (default: the recipe's)")
+    s.add_argument("--sampler", default="heun", help="a toydiff.samplers method (default: heun, 32 steps)")
+    s.add_argument("--n", type=positive_int, default=2000, help="number of samples, metrics need >= 4 (default: 2000)")
     s.add_argument("--class", dest="cls", type=int, default=0, choices=(0,),
-                   help="0 = class A, the class the zoo's main model knows (as in the paper's toy)")
-    s.add_argument("--out", type=Path, default=Path("samples.pt"), help=".pt (tensor [n, 2]) or .png, written as named")
+                   help="0 = class A, the class the zoo's main model knows, as in the paper's toy (default: 0)")
+    s.add_argument("--out", type=Path, default=Path("samples.pt"),
+                   help="a .pt file (float tensor [n, 2]) or a .png plot at 150 dpi, written as named (default: samples.pt)")
     common(s)
-    f = sub.add_parser("figure", help="write one reproduction as a PNG")
-    f.add_argument("name", choices=FIGURES)
-    f.add_argument("--out", type=Path, default=Path("."), help="output directory")
-    f.add_argument("--fast", action="store_true")
+    f = sub.add_parser("figure", help="write one reproduction as a 150-dpi PNG")
+    f.add_argument("name", choices=FIGURES, help="which reproduction")
+    f.add_argument("--out", type=Path, default=Path("."), help="output directory for NAME.png (default: .)")
+    f.add_argument("--fast", action="store_true", help="reduced sample counts and grids (default: off)")
     common(f)
     e = sub.add_parser("explore", help="the classroom explorer: a local page with guidance controls (Voila)")
     e.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    e.add_argument("--open", action="store_true", help="also open the page in the default web browser")
+    e.add_argument("--open", action="store_true", help="also open the page in the default web browser (default: off)")
     b = sub.add_parser("bench", help="every registered guidance method, swept over w, scored against the exact "
                                      "ground truth: leaderboard.md, bench.json, pareto_<dataset>.png")
-    b.add_argument("--out", type=Path, default=Path("toydiff-bench"), help="output directory (default ./toydiff-bench)")
-    b.add_argument("--fast", action="store_true", help="600 samples, 2 weights, 12x12 bins: a smoke run")
+    b.add_argument("--out", type=Path, default=Path("toydiff-bench"), help="output directory (default: ./toydiff-bench)")
+    b.add_argument("--fast", action="store_true", help="600 samples, 2 weights, 12x12 bins: a smoke run (default: off)")
     b.add_argument("--methods", nargs="+", metavar="NAME", help="guidance registry names and 'exact' (default: all)")
     b.add_argument("--datasets", nargs="+", metavar="NAME", help="bench datasets (default: all)")
-    common(b)
+    common(b, models_dir=False)                   # the bench has its own models (toydiff/checkpoints/bench)
     return p
 
 
@@ -78,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"toydiff explore: {err}", file=sys.stderr)
             return 2
+    if getattr(args, "models", None) is not None:
+        missing = [f for f in ("tree_main.pt", "tree_guide.pt") if not (args.models / f).is_file()]
+        if missing:
+            parser.error(f"argument --models: {args.models} lacks {', '.join(missing)} "
+                         f"(write them with `toydiff train --out {args.models}`)")
     from . import zoo  # deferred: `toydiff --help` stays instant
     from .guidance import names
     from .samplers import METHODS
@@ -113,7 +130,7 @@ def _run(args: argparse.Namespace, zoo) -> int:
     progress = not args.no_progress
     if args.command == "demo":
         from .demo import demo
-        demo(args.out, retrain=args.retrain, fast=args.fast, seed=args.seed, progress=progress)
+        demo(args.out, retrain=args.retrain, fast=args.fast, seed=args.seed, progress=progress, models_dir=args.models)
         return 0
     if args.command == "train":
         from .runs import RunLock
@@ -132,7 +149,7 @@ def _run(args: argparse.Namespace, zoo) -> int:
         paths = bench_report.write_outputs(result, args.out)
         print(f"bench done in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
-    models = zoo.pretrained(args.retrain, args.seed, progress)
+    models = zoo.pretrained(args.retrain, args.seed, progress, directory=args.models)
     if args.command == "sample":
         from . import datasets, metrics, plot
         x = zoo.draw(zoo.guided_denoiser(models, args.guidance, args.w), args.n, args.cls, args.seed,
@@ -141,8 +158,8 @@ def _run(args: argparse.Namespace, zoo) -> int:
         print(" ".join(f"{k}={v:.4f}" for k, v in m.items()) or "metrics skipped: they need >= 4 samples")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix.lower() == ".png":
-            plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m) if m else args.guidance
-                               ).figure.savefig(args.out, format="png")
+            plot.save(plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m) if m else args.guidance
+                                         ).figure, args.out)
         else:
             save_atomic(x, args.out)
         print(f"wrote {args.out}")
@@ -150,9 +167,9 @@ def _run(args: argparse.Namespace, zoo) -> int:
     import matplotlib.pyplot as plt
 
     from .figures import reproduce
+    from .plot import save
     fig, _ = reproduce(args.name, models, fast=args.fast, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / f"{args.name}.png")
+    save(fig, args.out / f"{args.name}.png")
     plt.close(fig)
     print(f"wrote {args.out / (args.name + '.png')}")
     return 0

@@ -135,7 +135,8 @@ def tree_figure(models: ToyModels, *, n: int = 4096, seed: int = 0, grid_res: in
     for ax, method in zip(axes[1, 3:], ("none", "cfg", "autoguidance")):
         _, traj = samplers.sample(guided_denoiser(models, method), starts, c, steps=STEPS, sigma_max=ZOOM_SIGMA,
                                   return_trajectory=True)
-        plot.density_panel(zoom, true_zoom, ax, log_scale=True, floor=8.0, cmap="Oranges")
+        plot.density_panel(zoom, true_zoom, ax, log_scale=True, floor=8.0, cmap="Oranges",
+                           with_colorbar=False)   # shading behind the paths
         plot.trajectories_panel(traj, ax, color="k")
         ax.set_title(f"trajectories from $\\sigma={ZOOM_SIGMA:g}$:\n{TREE_PANELS[method].splitlines()[0]}", fontsize=7)
         ax.set_xlim(ZOOM[:2]), ax.set_ylim(ZOOM[2:])
@@ -154,8 +155,8 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
     hist_grid = density.make_grid(grid.extent, 40)
     colors = torch.tensor([[0.84, 0.15, 0.16], [0.12, 0.47, 0.71], [0.17, 0.63, 0.17]], dtype=torch.float64)
     fig, axes = plot.figure(2, len(ws) + 1, size=2.8)
-    plot.density_panel(grid, dist.log_prob(grid.points, 0.0), axes[0, 0], title="marginal $p(x)$")
-    plot.colorbar(axes[0, 0], axes[0, 0].images[-1], "$p(x)\\,/\\,\\max p$")
+    plot.density_panel(grid, dist.log_prob(grid.points, 0.0), axes[0, 0], title="marginal $p(x)$",
+                       label="$p(x)\\,/\\,\\max p$")
     tv = {}
     for j, w in enumerate(ws):
         img = torch.ones(grid_res, grid_res, 3, dtype=torch.float64)
@@ -180,8 +181,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
                     "one\ndiffused density.", fontsize=7, va="center")
     fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): $p_w(x|c) \\propto p(x|c)^w p(x)^{1-w}$ "
-                 "(colour: each class's $p_w$ over its maximum) vs the sampler",
-                 )
+                 "(colour: each class's $p_w$ over its maximum) vs the sampler", fontsize=10)
     return fig, {"tv_sampler_vs_exact": tv}
 
 
@@ -198,16 +198,17 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
             table[method][f"{w:g}"] = unguided if w == 1 else metrics.evaluate(
                 draw(guided_denoiser(models, method, w), n, CLASS_A, seed), tree, CLASS_A, reference=ref, seed=seed)
     keys = ("outlier_fraction", "precision", "recall", "class_accuracy")
-    fig, axes = plot.figure(1, len(keys), size=2.4)
+    fig, axes = plot.figure(1, len(keys), size=3.0)
     for ax, key in zip(axes[0], keys):
         ax.set_aspect("auto"), ax.set_xticks(list(ws)), ax.yaxis.set_major_locator(ticker.AutoLocator())
+        ax.tick_params(labelsize=8)
         for method, style in (("cfg", "o-"), ("autoguidance", "s-"), ("cfg_interval", "^:")):
-            ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=3, lw=1, label=method)
+            ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=4, lw=1.2, label=method)
         if key == "outlier_fraction":
-            ax.axhline(0.01, color="0.5", lw=0.5, ls="--", label="true samples")
-        ax.set_xlabel("w (1 = no guidance)"), ax.set_title(key)
-    axes[0, 2].legend(fontsize=6)
-    fig.suptitle("Guidance weight sweep on tree(), class A")
+            ax.axhline(0.01, color="0.5", lw=0.8, ls="--", label="true samples")
+        ax.set_xlabel("$w$ (1 = no guidance)", fontsize=9), ax.set_title(key.replace("_", " "), fontsize=plot.TITLE_SIZE)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle("Guidance weight sweep on tree(), class A (metrics: toydiff.metrics.DEFINITIONS)", fontsize=10)
     return fig, table
 
 
@@ -237,16 +238,16 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
             plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
                                title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
-    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance w={w:g}")
+    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance $w={w:g}$", fontsize=10)
     return fig, rows
 
 
 # ---------------------------------------------------------------------------------------------------------
 def format_table(results: dict[str, dict[str, float]], keys=("outlier_fraction", "precision", "recall",
-                                                              "class_accuracy", "log_likelihood")) -> str:
-    """A fixed-width text table, one row per method."""
+                                                              "class_accuracy", "log_likelihood", "energy_distance")) -> str:
+    """A fixed-width text table, one row per method, one column per metric (defined in metrics.DEFINITIONS)."""
     width = max(len(k) for k in results) + 2
-    lines = [f"{'method':{width}s}" + "".join(f"{k[:16]:>17s}" for k in keys)]
+    lines = [f"{'method':{width}s}" + "".join(f"{k:>{len(k) + 2}s}" for k in keys)]
     for name, m in results.items():
-        lines.append(f"{name:{width}s}" + "".join(f"{m[k]:17.4f}" for k in keys))
+        lines.append(f"{name:{width}s}" + "".join(f"{m[k]:{len(k) + 2}.4f}" for k in keys))
     return "\n".join(lines)

@@ -24,8 +24,30 @@ from torch import Tensor
 from .distributions import GaussianMixture
 from .validation import as_cond, check_points, check_positive_int, check_seed
 
-__all__ = ["class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
+__all__ = ["DEFINITIONS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
            "mean_log_likelihood", "evaluate"]
+
+# what each number means and which way is better: printed under the demo's tables and in the notebooks
+DEFINITIONS: dict[str, str] = {
+    "outlier_fraction": "share of samples whose true log p(x|c) lies below the 1% quantile of true samples' "
+                        "(true samples score 0.01; lower is better, down to that)",
+    "precision": "share of samples inside the 3-NN balls of true samples (Kynkaanniemi et al. 2019): fidelity, "
+                 "higher is better, at most 1",
+    "recall": "share of true samples inside the 3-NN balls of the samples: coverage/diversity, higher is better",
+    "class_accuracy": "share of samples whose most probable class under the exact posterior p(c|x) is the one asked "
+                      "for; higher is better",
+    "log_likelihood": "mean true log p(x|c) of the samples, in nats. Higher is NOT better: true samples score "
+                      "about minus the entropy of p(x|c); above that, samples crowd the densest regions (lost "
+                      "diversity, e.g. score scaling)",
+    "energy_distance": "2E|X-Y| - E|X-X'| - E|Y-Y'| between samples and true samples (Szekely & Rizzo 2013), "
+                       "0 iff the laws match; lower is better (two finite sets of true samples score a little above 0)",
+}
+
+
+def describe(keys: Any = tuple(DEFINITIONS)) -> str:
+    """The definitions of the metrics `keys`, one line each ('name: definition')."""
+    return "\n".join(f"  {k}: {DEFINITIONS[k]}" for k in keys)
+
 
 _CACHE: "weakref.WeakKeyDictionary[GaussianMixture, dict]" = weakref.WeakKeyDictionary()
 

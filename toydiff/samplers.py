@@ -83,7 +83,10 @@ def vp_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, bet
 def linear_beta_sigmas(steps: int, sigma_min: float = 0.0, sigma_max: float = math.inf, num_train_steps: int = 1000,
                        beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """The discrete linear-beta schedule of Ho et al. 2020, `steps` time steps evenly spaced over the
-    `num_train_steps` training steps (as DDIM, Song et al. 2021, does), as sigmas with a final 0.
+    `num_train_steps` training steps, t = round(linspace(T - 1, 0, steps)), as sigmas with a final 0.
+
+    This is diffusers' `timestep_spacing="linspace"` (10 of 1000 steps: t = 999, 888, ..., 0), not the DDIM paper's
+    uniform skip / diffusers' DDIMScheduler default "leading" (t = 900, 800, ..., 0); see docs/CONVENTIONS.md.
 
     abar_t = prod_{i<=t} (1 - beta_i),  sigma_t = sqrt((1 - abar_t) / abar_t). Steps outside
     [sigma_min, sigma_max] are dropped (by default none are). `steps` <= `num_train_steps` (there are no

@@ -146,9 +146,13 @@ def thin_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> tuple[MLPDenoi
     return load_model(Path(directory) / "thin_main.pt"), load_model(Path(directory) / "thin_guide.pt")
 
 
-def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True) -> ToyModels:
-    """The shipped checkpoints, or freshly trained models with `retrain=True`."""
-    return train_models(seed, progress) if retrain else load_models()
+def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True,
+               directory: str | os.PathLike | None = None) -> ToyModels:
+    """The shipped checkpoints, those in `directory` (as `toydiff train --out DIR` / `save_models` write them), or
+    freshly trained models with `retrain=True` (not together with `directory`)."""
+    if retrain and directory is not None:
+        raise ValueError("retrain=True and a models directory exclude each other")
+    return train_models(seed, progress) if retrain else load_models(CHECKPOINT_DIR if directory is None else directory)
 
 
 # the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults);

@@ -29,8 +29,12 @@ def from_ho_salimans(w_hs: float) -> float:
     return w
 
 
-def _std(t: Tensor) -> Tensor:
-    """Per-sample standard deviation over all non-batch dimensions, shaped to broadcast against t."""
+def _scale(t: Tensor) -> Tensor:
+    """CFG rescale's per-sample scale, shaped to broadcast against t: for images (t.ndim > 2) Lin et al.'s standard
+    deviation over all non-batch elements; for points [N, d] the RMS |t| / sqrt(d), because the std of a point's
+    coordinates (|x_1 - x_2| / 2 in 2D) depends on the orientation of the axes (docs/CONVENTIONS.md, section 2)."""
+    if t.ndim == 2:
+        return t.square().mean(1, keepdim=True).sqrt()
     return t.flatten(1).std(dim=1, unbiased=False).reshape(-1, *([1] * (t.ndim - 1)))
 
 
@@ -45,8 +49,11 @@ class Guidance:
             weight is 1 elsewhere (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval
             Improves Sample and Distribution Quality", Eq. 2). Given in sigma, not in steps.
         rescale: phi in [0, 1], CFG rescale of Lin et al. 2023 ("Common Diffusion Noise Schedules and
-            Sample Steps are Flawed", Eq. 15-16) applied to the denoised output:
-            D_r = D_w * std(D_1) / std(D_w);  D = phi D_r + (1 - phi) D_w.
+            Sample Steps are Flawed", Eq. 15-16) applied to the denoised output D (diffusers' `guidance_rescale`
+            acts on eps or v instead, so the same phi gives different results, docs/CONVENTIONS.md):
+            D_r = D_w * s(D_1) / s(D_w);  D = phi D_r + (1 - phi) D_w, with s the per-sample std over all
+            pixels for images and the RMS |D| / sqrt(d) for points [N, d] (the std of two coordinates is not
+            rotation-invariant: a 45-degree rotation changed it by up to 120, measured).
     """
 
     def __init__(self, w: Weight = 1.0, *, interval: tuple[float, float] | None = None, rescale: float = 0.0):
@@ -99,8 +106,8 @@ class Guidance:
         """D_w = D_1 + (w - 1)(D_1 - D_0), then the optional rescale. Subclasses (APG) may override."""
         out = d1 + sigma_like(w - 1, d1) * delta
         if self.rescale > 0:
-            s_out = _std(out)
-            ratio = torch.where(s_out > 0, _std(d1) / s_out.clamp_min(1e-12), 1.0)  # a constant D_w has no scale: kept
+            s_out = _scale(out)
+            ratio = torch.where(s_out > 0, _scale(d1) / s_out.clamp_min(1e-12), 1.0)  # D_w without scale: kept
             out = self.rescale * out * ratio + (1 - self.rescale) * out
         return out
 
