@@ -5,6 +5,7 @@ import torch
 
 from toydiff import guidance as G
 from toydiff import samplers
+from toydiff.denoiser import reset
 from toydiff.guidance import CFGZeroStar, LinearCFG
 
 
@@ -25,7 +26,7 @@ def test_cfg_zero_star_matches_formula(three, batch, w):
     x, sigma, cond = batch
     d_c, d_u = three(x, sigma, cond), three(x, sigma, torch.full_like(cond, -1))
     expected, s_star = _cfg_zero_star_reference(x, sigma, d_c, d_u, w)
-    out = G.guided(three, CFGZeroStar(w))(x, sigma, cond)
+    out = G.guided(three, CFGZeroStar(w, zero_init=0))(x, sigma, cond)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
     assert (s_star - 1).abs().max() > 1e-3                               # the optimized scale is not CFG's 1 here
     if w != 1:
@@ -35,38 +36,100 @@ def test_cfg_zero_star_matches_formula(three, batch, w):
 def test_cfg_zero_star_zero_init_and_autoguidance_base(three, batch):
     x, sigma, cond = batch
     weak = lambda x, s, c: three(x, (torch.as_tensor(s, dtype=x.dtype) ** 2 + 0.09).sqrt(), c)   # noqa: E731
-    out = G.guided(three, CFGZeroStar(3.0, on=G.AutoGuidance(weak), zero_init=1.0))(x, sigma, cond)
+    den = G.guided(three, CFGZeroStar(3.0, on=G.AutoGuidance(weak)))
+    den.reset(torch.tensor([3.0, 1.0, 0.5, 0.0]))                    # a run whose second level is 1: zero above it
+    out = den(x, sigma, cond)
     first = sigma > 1.0
     torch.testing.assert_close(out[first], x[first] / (1 + sigma[first, None]))      # v = 0: z stays put
     expected, _ = _cfg_zero_star_reference(x, sigma, three(x, sigma, cond), weak(x, sigma, cond), 3.0)
     torch.testing.assert_close(out[~first], expected[~first], rtol=1e-9, atol=1e-9)
 
 
-def test_cfg_zero_star_refuses_bad_settings():
+class _Recorder:
+    """A denoiser that records, per call, its sigma and whether the output is CFG-Zero*'s zero velocity."""
+
+    def __init__(self, den):
+        self.den, self.calls = den, []
+
+    def reset(self, sigmas=None):
+        reset(self.den, sigmas)
+
+    def __call__(self, x, sigma, cond=None):
+        out = self.den(x, sigma, cond)
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        self.calls.append((s, bool(torch.equal(out, x / (1 + torch.as_tensor(sigma, dtype=x.dtype))))))
+        return out
+
+
+@pytest.mark.parametrize("sigma_max", [5.0, 10.0])
+@pytest.mark.parametrize("method,k", [("euler", 1), ("euler", 2), ("heun", 1)])
+def test_cfg_zero_star_zero_init_fires_on_the_first_steps(three, sigma_max, method, k):
+    """The registry's recipe (K = 1) and K = 2 under the toy's sigma_max 5 and the bench's old 10: the sampler's
+    reset(sigmas) puts zero-init on exactly the first K levels, whatever sigma_max; with Euler z = x / (1 + sigma)
+    stays put through them and moves at the next step."""
+    g = G.make("cfg_zero_star", 4.0) if k == 1 else CFGZeroStar(4.0, zero_init=k)
+    den = _Recorder(G.guided(three, g))
+    levels = samplers.edm_sigmas(12, 0.002, sigma_max, 7.0)
+    _, traj = samplers.sample(den, (16, 2), 0, method=method, steps=12, sigma_max=sigma_max, return_trajectory=True,
+                              generator=torch.Generator().manual_seed(0))
+    zeroed = [s for s, z in den.calls if z]
+    assert zeroed == pytest.approx(levels[:k].tolist(), rel=1e-6)       # the first K levels, each called once
+    assert den.calls[0][0] == pytest.approx(sigma_max)
+    if method == "euler":
+        z = [traj[i] / (1 + levels[i].item()) for i in range(k + 2)]
+        for i in range(1, k + 1):
+            torch.testing.assert_close(z[i], z[0])
+        assert (z[k + 1] - z[0]).abs().max() > 1e-3
+
+
+def test_cfg_zero_star_refuses_bad_settings(three, batch):
+    x, sigma, cond = batch
     with pytest.raises(ValueError, match="rescale"):
         CFGZeroStar(2.0, rescale=0.5)
     with pytest.raises(TypeError, match="on"):
         CFGZeroStar(2.0, on=G.APG(2.0))
-    with pytest.raises(ValueError, match="zero_init"):
+    with pytest.raises(TypeError, match="zero_init"):
         CFGZeroStar(2.0, zero_init=float("nan"))
+    with pytest.raises(ValueError, match="reset"):                     # zero-init with no schedule: no silent guess
+        G.guided(three, CFGZeroStar(2.0))(x, sigma, cond)
+    with pytest.raises(ValueError, match="zero_init"):
+        CFGZeroStar(2.0, zero_init=3).reset(torch.tensor([2.0, 1.0, 0.5, 0.0]))
+
+
+def _edm_time(sigma, lo, hi, rho):
+    return (sigma ** (1 / rho) - lo ** (1 / rho)) / (hi ** (1 / rho) - lo ** (1 / rho))
 
 
 @pytest.mark.parametrize("w", [1.0, 3.0])
 def test_linear_cfg_matches_formula(three, batch, w):
-    x, sigma, cond = batch
+    """At the levels of an EDM run, t is Karras et al.'s Eq. 5 fraction; the weight is Wang et al.'s linear one."""
+    x, _, cond = batch
     lo, hi, rho = 0.002, 10.0, 7.0
-    t = (sigma ** (1 / rho) - lo ** (1 / rho)) / (hi ** (1 / rho) - lo ** (1 / rho))
-    w_t = (1 + 2 * (w - 1) * (1 - t))[:, None]                          # Wang et al. 2024, linear, mean = static
+    levels = samplers.edm_sigmas(64, lo, hi, rho)
+    sigma = levels[:-1]
+    w_t = (1 + 2 * (w - 1) * (1 - _edm_time(sigma, lo, hi, rho)))[:, None]   # Wang et al. 2024, linear, mean = static
     d_c, d_u = three(x, sigma, cond), three(x, sigma, torch.full_like(cond, -1))
-    out = G.guided(three, LinearCFG(w, sigma_min=lo, sigma_max=hi, rho=rho))(x, sigma, cond)
-    torch.testing.assert_close(out, d_u + w_t * (d_c - d_u), rtol=1e-9, atol=1e-9)
+    den = G.guided(three, LinearCFG(w))
+    den.reset(levels)
+    torch.testing.assert_close(den(x, sigma, cond), d_u + w_t * (d_c - d_u), rtol=1e-9, atol=1e-9)
 
 
-def test_linear_cfg_mean_strength_equals_static():
-    sigmas = samplers.edm_sigmas(32, 0.002, 10.0, 7.0)[:-1]
-    g = LinearCFG(4.0, sigma_min=0.002, sigma_max=10.0, rho=7.0)
-    w_t = g.weight(sigmas)
-    assert float(w_t[0]) == pytest.approx(1.0) and float(w_t[-1]) == pytest.approx(7.0)
-    assert float((w_t - 1).mean()) == pytest.approx(3.0, abs=1e-9)
-    with pytest.raises(ValueError, match="sigma_min"):
-        LinearCFG(2.0, sigma_min=1.0, sigma_max=0.5)
+@pytest.mark.parametrize("sigma_max", [5.0, 10.0])
+def test_linear_cfg_starts_at_t_1_for_any_sigma_max(three, sigma_max):
+    """The registry's recipe sampled from sigma_max 5 or 10: t = 1 (weight 1) at the first sigma, 0 (weight
+    2w - 1) at the last, and the mean strength over the evaluated levels is the static w - 1."""
+    g, seen = G.make("linear_cfg", 4.0), []
+    record = lambda info: seen.append(float(g.weight(torch.tensor([info["sigma"]], dtype=torch.float64))))  # noqa
+    samplers.sample(G.guided(three, g), (8, 2), 0, method="euler", steps=32, sigma_max=sigma_max, callback=record)
+    assert seen[0] == pytest.approx(1.0) and seen[-1] == pytest.approx(7.0)
+    assert sum(w - 1 for w in seen) / len(seen) == pytest.approx(3.0, abs=1e-9)
+    between = g.time(torch.tensor([0.5 * (sigma_max + g._levels[1].item())], dtype=torch.float64))
+    assert 0 < 1 - float(between) < 1 / 31                               # between the first two levels' t
+
+
+def test_linear_cfg_needs_the_schedule(three, batch):
+    x, sigma, cond = batch
+    with pytest.raises(ValueError, match="reset"):
+        G.guided(three, LinearCFG(2.0))(x, sigma, cond)
+    with pytest.raises(ValueError, match="decreasing"):
+        LinearCFG(2.0).reset(torch.tensor([1.0, 2.0, 0.0]))

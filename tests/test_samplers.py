@@ -165,3 +165,27 @@ def test_bad_shape(three):
 def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="diverged"):
         samplers.sample(lambda x, s, c: x * 1e30, (4, 2), steps=8)
+
+
+def test_sample_passes_its_levels_to_reset(three):
+    """sample() starts a run with reset(levels) (the schedule-dependent methods read it); a reset() that takes
+    no parameter, the contract's older form, is still called, without them."""
+    class WithLevels:
+        def __init__(self):
+            self.got = []
+
+        def reset(self, sigmas=None):
+            self.got.append(sigmas)
+
+        def __call__(self, x, sigma, cond=None):
+            return three(x, sigma, cond)
+
+    class Legacy(WithLevels):
+        def reset(self):
+            self.got.append("called")
+
+    new, old = WithLevels(), Legacy()
+    for den in (new, old):
+        samplers.sample(den, (4, 2), 0, method="euler", steps=5, sigma_max=5.0)
+    torch.testing.assert_close(new.got[0], samplers.edm_sigmas(5, 0.002, 5.0, 7.0))
+    assert len(new.got) == 1 and old.got == ["called"]

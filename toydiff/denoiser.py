@@ -8,12 +8,14 @@ let samplers and guidance use more of a denoiser that offers it (see docs/DESIGN
     denoise_pair(x, sigma, cond) -> (D(x|c), D(x|null))   both CFG branches from one pass (twin-head nets)
     denoise_with_renoise(x, sigma, cond) -> (D, D_renoise) x0 from D, the sampler's noise eps = (x - D_renoise)/sigma
                                                            (CFG++); an attribute that is None means "not offered"
-    reset()                                                 clear per-sampling-run state (APG momentum)
+    reset(sigmas=None)                                      clear per-sampling-run state (APG momentum) and take the
+                                                            run's levels (CFG-Zero*'s zero-init, LinearCFG's time)
 
 `pair_of`, `renoise_of` and `reset` read them, so no other module looks attributes up by name.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Union
 
 import torch
@@ -47,11 +49,18 @@ def renoise_of(denoiser: Any) -> Callable[[Tensor, Any, Any], tuple[Tensor, Tens
     return fn if callable(fn) else None
 
 
-def reset(denoiser: Any) -> None:
-    """Clear a denoiser's per-run state: call its `reset()` where it has one (samplers do, before the first step)."""
+def reset(denoiser: Any, sigmas: Tensor | None = None) -> None:
+    """Start a sampling run: call the denoiser's `reset(sigmas)` where it has one (samplers do, before the first step,
+    with their levels sigma_0 > ... > sigma_N = 0, float64). Methods whose formula depends on the sampler's schedule
+    take it from here; a `reset()` that takes no argument is called without it."""
     fn = getattr(denoiser, "reset", None)
-    if callable(fn):
-        fn()
+    if not callable(fn):
+        return
+    try:
+        takes_sigmas = bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):                   # a builtin without a signature: assume the contract's form
+        takes_sigmas = True
+    fn(sigmas) if takes_sigmas else fn()
 
 
 class SeparateNull:

@@ -214,7 +214,8 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
         callback: called after every step with {"i", "x", "sigma", "sigma_next"} (k-diffusion's habit).
         return_trajectory: also return x at every level, [steps + 1, *shape] (x at sigma_i, the last at 0).
         progress: show a tqdm bar over the steps.
-    The denoiser's optional `reset()` is called before the first step (clears APG momentum); one that offers
+    The denoiser's optional `reset(sigmas)` is called before the first step with the run's levels (float64, ending
+    in 0): it clears APG's momentum and gives CFG-Zero* and LinearCFG the schedule they depend on; one that offers
     `denoise_with_renoise` (CFG++) runs only with the methods in RENOISE_METHODS.
     Returns:
         samples [*shape], and the trajectory when asked.
@@ -242,7 +243,7 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
     if renoise_of(denoiser) is not None and method not in RENOISE_METHODS:
         raise ValueError(f"method {method!r} cannot run {denoiser!r}: CFG++ re-noises with the unguided branch, "
                          f"which only methods {list(RENOISE_METHODS)} support")
-    reset(denoiser)
+    reset(denoiser, torch.tensor(levels, dtype=torch.float64))
 
     def noise() -> Tensor:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -80,8 +80,10 @@ class Guidance:
     # (CFG++ defines it); None: the guided D re-noises itself (the denoiser extension of toydiff.denoiser)
     denoise_with_renoise: Callable[..., tuple[Tensor, Tensor]] | None = None
 
-    def reset(self) -> None:
-        """Clear per-sampling-run state (none here; APG's momentum, a guide's). Samplers call it before the first step."""
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        """Start a sampling run along the levels `sigmas` (the sampler's, decreasing, ending in 0; None where unknown):
+        clear per-run state (none here; APG's momentum, a guide's) and keep what the method needs of the schedule
+        (CFGZeroStar, LinearCFG). Samplers call it before the first step."""
 
     def active(self, sigma: Tensor) -> Tensor:
         """Where guidance is on [N] (bool): sigma_lo < sigma <= sigma_hi (Kynkaanniemi et al. 2024, Eq. 2), or everywhere."""
@@ -140,8 +142,8 @@ class Guidance:
 class GuidedDenoiser:
     """A denoiser D(x, sigma, cond) that applies `guidance` to `denoiser` on every call.
 
-    It carries the contract's extensions through (toydiff.denoiser): `reset()` clears the guidance's state and the
-    wrapped denoiser's; `denoise_with_renoise` is offered where a sampler must re-noise: the guidance's own
+    It carries the contract's extensions through (toydiff.denoiser): `reset(sigmas)` starts a run for the guidance
+    and the wrapped denoiser; `denoise_with_renoise` is offered where a sampler must re-noise: the guidance's own
     (CFG++), or, around a denoiser that re-noises (a CFG++ denoiser guided again), the guidance applied to both
     of its outputs alike (two guidance passes a call). Two nested re-noising guidances are refused.
     """
@@ -172,10 +174,11 @@ class GuidedDenoiser:
         return (self.guidance(lambda *a: inner(*a)[0], x, sigma, cond),
                 self.guidance(lambda *a: inner(*a)[1], x, sigma, cond))
 
-    def reset(self) -> None:
-        """Clear the guidance's per-run state (APG momentum) and the wrapped denoiser's; samplers call this first."""
-        self.guidance.reset()
-        reset(self.denoiser)
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        """Start a run along `sigmas` for the guidance (APG's momentum cleared, the schedule of CFG-Zero* and
+        LinearCFG set) and the wrapped denoiser; samplers call this first."""
+        self.guidance.reset(sigmas)
+        reset(self.denoiser, sigmas)
 
     def __repr__(self) -> str:
         return f"guided({self.denoiser!r}, {self.guidance!r})"

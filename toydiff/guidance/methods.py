@@ -57,8 +57,8 @@ class AutoGuidance(Guidance):
         super().__init__(w, **kwargs)
         self.guide = guide
 
-    def reset(self) -> None:
-        reset(self.guide)
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        reset(self.guide, sigmas)
 
     def branches(self, denoiser, x, sigma, cond):
         d1 = denoiser(x, sigma, cond)

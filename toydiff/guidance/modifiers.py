@@ -65,9 +65,9 @@ class APG(Guidance):
         self.momentum = float(momentum)
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, sigmas: Tensor | None = None) -> None:
         self._running: Tensor | None = None
-        self.on.reset()
+        self.on.reset(sigmas)
 
     def unguided(self, denoiser, x, sigma, cond):
         return self.on.unguided(denoiser, x, sigma, cond)
@@ -121,8 +121,8 @@ class CFGpp(Guidance):
             raise ValueError(f"w (CFG++'s lambda) must lie in [0, 1], got {self.w}")
         self.on = _check_base(on, "CFGpp", (CFG, AutoGuidance))
 
-    def reset(self) -> None:
-        self.on.reset()
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        self.on.reset(sigmas)
 
     def denoise_with_renoise(self, denoiser, x, sigma, cond=None):
         x, s, cond = self._args(x, sigma, cond)

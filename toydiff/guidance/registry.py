@@ -3,6 +3,9 @@
 A builder takes the weight w, the models the recipe `needs` (keyword roles: "guide" = a weaker denoiser for
 autoguidance, "classifier" = a noise-aware log p(c | x; sigma)) and the shared modifiers (`interval`, `rescale`),
 and returns a `Guidance`. `register` a new one and it appears wherever `names()` is offered, with no other edits.
+The builder never sees the sampler: a method whose formula depends on the sampling schedule (sigma_max, the step
+count) takes the run's levels in `reset(sigmas)`, which every toydiff sampler calls before its first step
+(CFGZeroStar's zero-init, LinearCFG's time t); driving a guided denoiser with your own loop, call it yourself.
 """
 from __future__ import annotations
 
@@ -95,8 +98,8 @@ class _SeparateCFG(CFG):
         super().__init__(w, **kwargs)
         self.uncond = uncond
 
-    def reset(self) -> None:
-        reset(self.uncond)
+    def reset(self, sigmas: Any = None) -> None:
+        reset(self.uncond, sigmas)
 
     def branches(self, denoiser, x, sigma, cond):
         return super().branches(SeparateNull(denoiser, self.uncond), x, sigma, cond)
@@ -127,10 +130,9 @@ register("cfg_rescale", lambda w, **m: CFG(w, **{"rescale": 0.7, **m}), default_
          help="CFG with rescale phi = 0.7 (Lin et al. 2023)")
 register("autoguidance_interval", lambda w, guide, **m: AutoGuidance(guide, w, **{"interval": CFG_INTERVAL, **m}),
          needs=("guide",), default_w=3.0, help=f"autoguidance on sigma in {CFG_INTERVAL} only")
-# both constants fit the bench's sampler (toydiff.bench: 32 Heun steps, sigma 10 -> 0.002, rho 7), which goes
-# 10 -> 8.49 in its first step, so sigma > 9 zeroes exactly the first denoiser call (the paper's default zero-init);
-# under the zoo's sigma_max = 5 zero-init never fires and the linear schedule starts at t = 0.87, not 1
-register("cfg_zero_star", lambda w, **m: CFGZeroStar(w, zero_init=9.0, **m), default_w=4.0,
-         help="CFG-Zero*: optimized scale + zero-init (Fan et al. 2025)")
-register("linear_cfg", lambda w, **m: LinearCFG(w, sigma_min=0.002, sigma_max=10.0, rho=7.0, **m), default_w=4.0,
+# both take the sampler's schedule at reset(sigmas) (every toydiff sampler calls it before the first step): zero-init
+# on the run's first level, the linear schedule's t = 1 there, whatever sigma_max, steps or sampler
+register("cfg_zero_star", lambda w, **m: CFGZeroStar(w, **m), default_w=4.0,
+         help="CFG-Zero*: optimized scale + zero-init of the first step (Fan et al. 2025)")
+register("linear_cfg", lambda w, **m: LinearCFG(w, **m), default_w=4.0,
          help="CFG with a linearly increasing weight, mean w (Wang et al. 2024)")
