@@ -5,11 +5,12 @@ For each dataset (`toydiff.bench_models.BENCH_DATASETS`) and method (`method_nam
 `toydiff.guidance`, plus the exact denoiser as a reference row), n samples per weight, the classes in turn
 (label i % C), are drawn with the toy sampler, EDM Heun, zoo.STEPS = 32 steps (a re-noising method, CFG++: Euler
 with the same 63 denoiser evaluations), from the SAME start noise for every method and weight (common random
-numbers), but from sigma_max = 10, not the zoo's 5: every class starts from N(0, sigma_max^2 I), while p(x; sigma | c)
-is centred on the class mean mu_c (|mu_c| up to 0.70 here, three_gaussians), and the probability flow is a
-bijection, so the samples of even the exact denoiser keep the start's TV of about |mu_c| / (sigma_max sqrt(2 pi)):
-0.056 at sigma_max 5, 0.028 at 10. Measured (exact denoiser, 60000 samples per class, 32 x 32 bins, floor 0.036):
-TV 0.063 from 5, 0.042 from 10 (benchmarks/RESULTS.md). The data's extent alone (std <= 0.71) would allow 5.
+numbers), but from sigma_max = 10, not the zoo's 5. The data's extent (std <= 0.71) would allow 5, but every class
+starts from N(0, sigma_max^2 I) while p(x; sigma_max | c) is centred on the class mean mu_c, and the probability
+flow is a bijection, so even the exact denoiser's samples keep the start's TV of about
+|mu_c| / (sigma_max sqrt(2 pi)): on three_gaussians (|mu_c| = 0.70) 0.056 from 5, 0.028 from 10; measured there
+(exact denoiser, 60000 samples per class, 32 x 32 bins, floor 0.036): TV 0.063 from 5, 0.042 from 10
+(benchmarks/bench_start_bias.py; every dataset is closer to its floor from 10).
 One sampler call covers the whole sweep of a method: each row carries its own weight (a per-row schedule
 w(sigma)); a recipe that only takes a number gets one call per weight.
 
