@@ -60,7 +60,10 @@ def reset(denoiser: Any, sigmas: Tensor | None = None) -> None:
         takes_sigmas = bool(inspect.signature(fn).parameters)
     except (TypeError, ValueError):                   # a builtin without a signature: assume the contract's form
         takes_sigmas = True
-    fn(sigmas) if takes_sigmas else fn()
+    if takes_sigmas:
+        fn(sigmas)
+    else:
+        fn()
 
 
 class SeparateNull:
