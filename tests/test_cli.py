@@ -54,6 +54,21 @@ def test_guide_checkpoint_regenerates_bit_identically(tmp_path):
     assert path.read_bytes() == (zoo.CHECKPOINT_DIR / "tree_guide.pt").read_bytes()
 
 
+def test_training_in_two_processes_gives_the_same_bits(monkeypatch):
+    import dataclasses
+
+    import torch
+    for name in zoo.TREE_MODELS:            # the edited specs travel to the worker processes
+        monkeypatch.setitem(zoo.MODEL_SPECS, name, dataclasses.replace(zoo.MODEL_SPECS[name], steps=8, batch_size=64))
+    one, two = zoo.train_models(1, progress=False, workers=1), zoo.train_models(1, progress=False, workers=2)
+    for name in ("main", "guide", "uncond", "dropout"):
+        a, b = getattr(one, name).state_dict(), getattr(two, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert not torch.equal(one.main.out.weight, zoo.train_model("tree_main", 2, progress=False).out.weight)
+    with pytest.raises(ValueError, match="workers"):
+        zoo.train_models(workers=0)
+
+
 def test_cli_rejects_bad_arguments(capsys, tmp_path):
     """A user error: one line on stderr naming the flag, exit status 2, no traceback, nothing written."""
     (tmp_path / "file").write_text("x")

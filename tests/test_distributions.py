@@ -166,3 +166,23 @@ def test_class_log_prob_matches_per_class_log_prob(tree_mix, gen):
         all_classes = tree_mix.class_log_prob(x, sigma)
         for c in range(2):
             torch.testing.assert_close(all_classes[:, c], tree_mix.log_prob(x, sigma, c))
+
+
+@pytest.mark.parametrize("sigma", [0.003, 0.3, 2.0])
+def test_component_denoise_averages_to_the_exact_denoiser(three, sigma, gen):
+    # E[x0 | x] = sum_k p(k | x) E[x0 | x, k], with p(k | x) from scipy's densities of each component
+    x = torch.randn(32, 2, generator=gen, dtype=torch.float64)
+    logp = np.stack([np.log(w) + multivariate_normal(m, c + sigma ** 2 * np.eye(2)).logpdf(x.numpy()) for w, m, c in
+                     zip(three.weights.numpy(), three.means.numpy(), three.covs.numpy())], 1)       # [N, K]
+    post = torch.from_numpy(np.exp(logp - logsumexp(logp, axis=1, keepdims=True)))
+    per_k = torch.stack([three.component_denoise(x, sigma, torch.full((32,), k)) for k in range(len(three))], 1)
+    torch.testing.assert_close((post[:, :, None] * per_k).sum(1), three.denoise(x, sigma), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="k must be"):
+        three.component_denoise(x, sigma, torch.full((32,), len(three)))
+
+
+def test_sample_reports_the_components_it_drew(three):
+    x, y, k = three.sample(500, generator=torch.Generator().manual_seed(0), components=True)
+    x2, y2 = three.sample(500, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(three.labels[k], y)
+    assert k.unique().numel() == len(three)

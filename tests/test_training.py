@@ -139,6 +139,17 @@ def test_checkpoint_errors_name_the_path(tmp_path):
         load_model(mismatched)
 
 
+def test_component_loss_is_the_exact_loss_for_one_gaussian_and_not_dsm():
+    # with one component, E[y | x, k] is E[y | x]: the same training up to float rounding of the two formulas
+    one = GaussianMixture([1.0], [[0.3, -0.2]], [[[0.04, 0.01], [0.01, 0.02]]])
+    runs = {loss: train(MLPDenoiser(width=16, depth=2), one, steps=30, loss=loss, p_uncond=0.0, **FAST).losses
+            for loss in ("component", "exact", "dsm")}
+    torch.testing.assert_close(runs["component"], runs["exact"], rtol=1e-4, atol=1e-6)
+    assert runs["dsm"][-10:].mean() > 3 * runs["component"][-10:].mean()    # no DSM target noise left
+    with pytest.raises(ValueError, match="loss='component' needs a GaussianMixture"):
+        train(small(), one.sample(64), steps=1, loss="component", **FAST)
+
+
 def test_bad_arguments():
     mix = three_gaussians()
     x, y = mix.sample(64)

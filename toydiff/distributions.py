@@ -180,6 +180,19 @@ class GaussianMixture:
 
     __call__ = denoise
 
+    def component_denoise(self, x: Tensor, sigma, k: Tensor) -> Tensor:
+        """E[x0 | x, k; sigma] [N, 2] = mu_k + C_k (C_k + s^2 I)^-1 (x - mu_k): the posterior mean given that x0 came
+        from component k[i] (int64 [N]). Averaged over k ~ p(k | x) it is `denoise`: an unbiased training target
+        with the within-component noise integrated out (Rao-Blackwellized denoising score matching)."""
+        x, s, _ = self._prepare(x, sigma, None)
+        if not isinstance(k, Tensor) or k.dtype != torch.long or k.shape != x.shape[:1] \
+                or (k < 0).any() or (k >= len(self)).any():
+            raise ValueError(f"k must be an int64 tensor [{x.shape[0]}] of component indices in [0, {len(self)})")
+        cov, r, s2 = self.covs[k], x.double() - self.means[k], s.double() ** 2
+        a, b, d = cov[:, 0, 0] + s2, cov[:, 0, 1], cov[:, 1, 1] + s2                  # S = C + s^2 I
+        u = torch.stack([d * r[:, 0] - b * r[:, 1], a * r[:, 1] - b * r[:, 0]], 1) / (a * d - b * b)[:, None]
+        return (self.means[k] + (cov @ u[:, :, None])[:, :, 0]).to(x.dtype)          # S^-1 r by the 2x2 adjugate
+
     def class_posterior(self, x: Tensor, sigma) -> Tensor:
         """Exact p(c | x; sigma) [N, C]: the components' responsibilities summed per class (differentiable in x)."""
         return self.class_log_posterior(x, sigma).exp()
@@ -206,10 +219,11 @@ class GaussianMixture:
         return torch.cat(out)
 
     def sample(self, n: int, cond=None, sigma=0.0, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+               dtype: torch.dtype = torch.float32, components: bool = False) -> tuple[Tensor, ...]:
         """Exact samples (x [n, 2], y [n]) of p(x | c; sigma): pick a component, then mu + L z (+ sigma * noise).
 
         `cond` is an int, an int64 tensor [n] (-1 = marginal) or None (marginal); y holds each sample's class.
+        components=True: (x, y, k) with k [n] each sample's component index (the same draws).
         """
         n = check_positive_int(n, "n")
         c = as_cond(cond, n, self.num_classes)
@@ -229,7 +243,7 @@ class GaussianMixture:
         l11 = (cov[:, 1, 1] - l10 ** 2).sqrt()
         z = torch.randn(n, 4, generator=generator, dtype=torch.float64)
         x = self.means[k] + torch.stack([l00 * z[:, 0], l10 * z[:, 0] + l11 * z[:, 1]], 1) + s[:, None] * z[:, 2:]
-        return x.to(dtype), self.labels[k].clone()
+        return (x.to(dtype), self.labels[k].clone()) + ((k,) if components else ())
 
     # ------------------------------------------------------------------ summaries
     def mean(self, cond: int | None = None) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .denoiser import SIGMA_TINY, edm_preconditioning
-from .validation import as_sigma, check_points, check_positive_int, check_seed, label_index
+from .validation import as_sigma, check_points, check_positive_int, check_real, check_seed, label_index
 
 __all__ = ["MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model", "NoiseAwareClassifier"]
 
@@ -65,14 +65,27 @@ class MLPDenoiser(_NoiseConditionedMLP):
     ``width`` SiLU units -> Linear (zero init). The class embedding has num_classes + 1 rows; the last is the
     learned null label used for cond == -1 / None (Ho & Salimans 2022). num_classes = 0: unconditional model.
     Weights are drawn from ``seed`` inside a forked RNG, so the same arguments give the same model.
+
+    ``position_freqs`` = P > 0 adds 2P random Fourier features of the position (Tancik et al. 2020), b ~ N(0,
+    position_scale^2 I_dim), each damped by its mean under the input's noise (mip-NeRF's integrated encoding,
+    Barron et al. 2021): x_in = c_in (y + s n), so E_n cos(2 pi b.x_in) = cos(2 pi b.c_in y) exp(-2 pi^2 |b|^2
+    (c_in s)^2), and the features fade out where the noise hides the detail they resolve. A plain MLP of this size
+    cannot draw branches 0.01 wide at small sigma (RESULTS.md, issue 9); these features let it.
     """
 
     def __init__(self, dim: int = 2, num_classes: int = 0, width: int = 64, depth: int = 4, sigma_data: float = 0.5,
-                 num_freqs: int = 16, seed: int = 0) -> None:
+                 num_freqs: int = 16, seed: int = 0, position_freqs: int = 0, position_scale: float = 3.0) -> None:
+        self._position = (check_positive_int(position_freqs, "position_freqs", minimum=0),
+                          check_real(position_scale, "position_scale", 0, lo_open=True))
         super().__init__(dim, num_classes, width, depth, sigma_data, num_freqs, seed)
+        if position_freqs:          # only then: the configs (and checkpoint bytes) of plain models stay as they were
+            self.config.update(position_freqs=self._position[0], position_scale=float(position_scale))
 
     def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
-        self.inp = nn.Linear(dim + num_freqs, width)
+        n_pos, scale = self._position
+        if n_pos:
+            self.register_buffer("position_b", torch.randn(dim, n_pos) * scale)
+        self.inp = nn.Linear(dim + num_freqs + 2 * n_pos, width)
         self.emb = nn.Embedding(self.num_classes + 1, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
         self.out = nn.Linear(width, self._out_features())
@@ -94,7 +107,14 @@ class MLPDenoiser(_NoiseConditionedMLP):
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise. Inputs of
         another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype."""
-        return self.inp(torch.cat([x_in, self._fourier(c_noise)], dim=1).to(self.inp.weight.dtype))
+        feats = [x_in, self._fourier(c_noise)]
+        if hasattr(self, "position_b"):                     # see the class docstring; s = exp(4 c_noise)
+            s = (4 * c_noise).exp()
+            z = 2 * math.pi * (x_in.to(self.position_b.dtype) @ self.position_b)                     # [N, P]
+            damp = torch.exp(-2 * math.pi ** 2 * s.square() / (s.square() + self.sigma_data ** 2)
+                             * self.position_b.square().sum(0))
+            feats += [(torch.cos(z) * damp).to(x_in.dtype), (torch.sin(z) * damp).to(x_in.dtype)]
+        return self.inp(torch.cat(feats, dim=1).to(self.inp.weight.dtype))
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""

@@ -18,7 +18,9 @@ dropout 0.1 (Ho & Salimans 2022). The four took 95 s of CPU time on one thread (
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +51,9 @@ class ModelSpec:
 
     dataset: a toydiff.datasets function name; classes: the class subset to train on (relabelled 0..k-1; None =
     all); conditional: False trains an unconditional model (num_classes = 0); architecture: a toydiff.nets.MODELS
-    class name with width x depth; loss: "dsm" or "exact"; p_uncond: condition dropout (Ho & Salimans 2022).
+    class name with width x depth and `position_freqs` Fourier features of the position (0: none); loss: "dsm",
+    "exact" or "component" (toydiff.training); p_uncond: condition dropout (Ho & Salimans 2022); p_mean: the
+    mean of ln sigma in training; pool_size: training samples drawn once from the dataset.
     """
     dataset: str = "tree"
     classes: tuple[int, ...] | None = None
@@ -57,21 +61,25 @@ class ModelSpec:
     architecture: str = "MLPDenoiser"
     width: int = 64
     depth: int = 4
+    position_freqs: int = 0
     loss: str = "dsm"
     steps: int = 4096
     batch_size: int = 1024
     lr: float = 1e-2
+    p_mean: float = -2.3
     ema_std: float = 0.010
     p_uncond: float = 0.1
+    pool_size: int = 1 << 16
     seed: int = 0
 
 
 # see the module docstring; class A alone is classes=(0,) (label 0 = A, no null label: p_uncond = 0)
+_TREE = dict(position_freqs=32, loss="component", batch_size=4096)
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "tree_main": ModelSpec(classes=(0,), width=64, steps=4096, batch_size=4096, p_uncond=0.0),
-    "tree_guide": ModelSpec(classes=(0,), width=32, steps=512, batch_size=4096, p_uncond=0.0),
-    "tree_uncond": ModelSpec(conditional=False, width=32, steps=512, batch_size=4096, p_uncond=0.0),
-    "tree_dropout": ModelSpec(width=64, steps=4096, batch_size=4096, p_uncond=0.1),
+    "tree_main": ModelSpec(classes=(0,), width=64, steps=4096, p_uncond=0.0, **_TREE),
+    "tree_guide": ModelSpec(classes=(0,), width=32, steps=512, p_uncond=0.0, **_TREE),
+    "tree_uncond": ModelSpec(conditional=False, width=32, steps=512, p_uncond=0.0, **_TREE),
+    "tree_dropout": ModelSpec(width=64, steps=4096, p_uncond=0.1, **_TREE),
     # the hard case (notebook 04): thin_tree() with the earlier recipe, both classes, condition dropout 0.1
     "thin_main": ModelSpec(dataset="thin_tree", width=64, steps=4096),
     "thin_guide": ModelSpec(dataset="thin_tree", width=32, steps=512),
@@ -100,23 +108,32 @@ def training_data(spec: ModelSpec) -> GaussianMixture:
     return GaussianMixture(dist.weights[keep], dist.means[keep], dist.covs[keep], relabel, len(spec.classes))
 
 
-def train_model(name: str, seed: int | None = None, progress: bool = True) -> MLPDenoiser:
-    """Train the model of MODEL_SPECS[name] from scratch (seed: the spec's by default) and return its EMA
-    (seeded, bit-reproducible)."""
-    if name not in MODEL_SPECS:
-        raise ValueError(f"name must be one of {sorted(MODEL_SPECS)}, got {name!r}")
-    spec = MODEL_SPECS[name]
+def train_model(name: str | ModelSpec, seed: int | None = None, progress: bool = True) -> MLPDenoiser:
+    """Train the model of MODEL_SPECS[name] (or the ModelSpec `name`) from scratch (seed: the spec's by default)
+    and return its EMA (seeded, bit-reproducible)."""
+    if not isinstance(name, ModelSpec) and name not in MODEL_SPECS:
+        raise ValueError(f"name must be one of {sorted(MODEL_SPECS)} or a ModelSpec, got {name!r}")
+    spec = name if isinstance(name, ModelSpec) else MODEL_SPECS[name]
     seed = spec.seed if seed is None else seed
     data = training_data(spec)
-    model = build_model(spec.architecture, dict(num_classes=data.num_classes if spec.conditional else 0,
-                                                width=spec.width, depth=spec.depth, seed=seed))
-    return train(model, data, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, loss=spec.loss,
-                 p_uncond=spec.p_uncond, ema_std=spec.ema_std, seed=seed, progress=progress).ema
+    config = dict(num_classes=data.num_classes if spec.conditional else 0, width=spec.width, depth=spec.depth, seed=seed)
+    model = build_model(spec.architecture, {**config, **({"position_freqs": spec.position_freqs}
+                                                         if spec.position_freqs else {})})
+    return train(model, data, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, p_mean=spec.p_mean,
+                 loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std, pool_size=spec.pool_size, seed=seed,
+                 progress=progress).ema
 
 
-def train_models(seed: int | None = None, progress: bool = True) -> ToyModels:
-    """Train the tree models (TREE_MODELS) from scratch."""
-    return ToyModels(*(train_model(name, seed, progress) for name in TREE_MODELS))
+def train_models(seed: int | None = None, progress: bool = True, workers: int | None = None) -> ToyModels:
+    """Train the tree models (TREE_MODELS) from scratch, in `workers` processes of one thread each (default: one
+    per CPU core, at most 2; no progress bars then). Every model is seeded on its own: the same bits either way."""
+    workers = min(2, os.cpu_count() or 1) if workers is None else check_positive_int(workers, "workers")
+    if workers == 1:
+        return ToyModels(*(train_model(name, seed, progress) for name in TREE_MODELS))
+    # TREE_MODELS's order puts main and dropout (7/8 of the work) in different processes
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        specs = [MODEL_SPECS[name] for name in TREE_MODELS]            # as they are here, also when edited
+        return ToyModels(*pool.map(train_model, specs, [seed] * len(specs), [False] * len(specs)))
 
 
 def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
