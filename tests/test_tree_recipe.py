@@ -1,24 +1,20 @@
 """The shipped tree models (toydiff.zoo, seed 0) against the targets of the tree recipe (Karras et al. 2024, Fig. 1;
 benchmarks/tree_recipe.py and RESULTS.md have the full-size numbers and the 3-seed spread).
 
-Measured here at reduced n = 2048 (the full size is 4096), EDM Heun 32 steps from sigma_max 5, class A. Tolerances:
-0.02 on outlier fractions, 0.03 on precision and recall (half-size k-NN manifolds and sampling noise move them by
-about that much between n = 2048 and 4096).
+Measured here at the demo's size and seeds (n = 4096, start noise 0, reference seed 1; EDM Heun 32 steps from
+sigma_max 5, class A), so the bounds are the targets themselves: k-NN recall depends on n (at n = 2048 CFG's
+reads 0.52 instead of 0.42), and the targets are stated at n = 4096.
 
 Targets (issue 9) and where the shipped models stand at n = 4096 (`toydiff demo`): no guidance outliers <= 0.12
-(0.124), recall >= 0.95 (0.98); CFG in the paper's setup at most 0.02 more outliers than no guidance (+0.064: NOT
-met; the bound below is the measured excess), precision >= 0.9 (0.95), recall <= 0.45 (0.38); autoguidance
-outliers <= 0.05 (0.070: NOT met; the bound below is the measured value), precision >= 0.95 (0.97), recall >= 0.77
-(0.79). The paper's released code reaches 0.118 / 0.125 / 0.053 with exact score matching on a GPU."""
+(0.039), recall >= 0.95 (0.97); CFG in the paper's setup at most 0.02 more outliers than no guidance (-0.016),
+precision >= 0.9 (0.97), recall <= 0.45 (0.42); autoguidance outliers <= 0.05 (0.019), precision >= 0.95 (0.97),
+recall >= 0.77 (0.91). The paper's released code reaches 0.118 / 0.125 / 0.053 with exact score matching on a GPU."""
 import pytest
 import torch
 
 from toydiff import datasets, metrics, zoo
 
-N = 2048
-NONE_OUTLIERS = 0.12      # the target
-CFG_EXCESS = 0.07         # measured (target 0.02)
-AUTO_OUTLIERS = 0.07      # measured (target 0.05)
+N = 4096
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +31,17 @@ def measured():
 
 def test_no_guidance_covers_the_tree(measured):
     m = measured["none"]
-    assert m["outlier_fraction"] <= NONE_OUTLIERS + 0.02 and m["recall"] >= 0.95 - 0.03
+    assert m["outlier_fraction"] <= 0.12 and m["recall"] >= 0.95
 
 
-def test_cfg_paper_setup_drops_branches(measured):
+def test_cfg_paper_setup_drops_branches_without_adding_outliers(measured):
     m = measured["cfg"]
-    assert m["precision"] >= 0.9 - 0.03 and m["recall"] <= 0.45 + 0.03
-    assert m["outlier_fraction"] <= measured["none"]["outlier_fraction"] + CFG_EXCESS + 0.02
+    assert m["precision"] >= 0.9 and m["recall"] <= 0.45
+    assert m["outlier_fraction"] <= measured["none"]["outlier_fraction"] + 0.02
 
 
 def test_autoguidance_cuts_outliers_and_keeps_branches(measured):
     m = measured["autoguidance"]
-    assert m["outlier_fraction"] <= AUTO_OUTLIERS + 0.02
-    assert m["precision"] >= 0.95 - 0.03 and m["recall"] >= 0.77 - 0.03
+    assert m["outlier_fraction"] <= 0.05
+    assert m["precision"] >= 0.95 and m["recall"] >= 0.77
     assert m["outlier_fraction"] < measured["none"]["outlier_fraction"] and m["recall"] > measured["cfg"]["recall"] + 0.2
