@@ -1,9 +1,15 @@
 """toydiff.explore without a browser: the controls map to the right guidance, the page's update samples what the
-library samples and measures it, the page notebook ships in the package, and the CLI rejects a bad port (exit 2).
-The page itself in Chromium: tests/test_browser.py."""
+library samples and measures it, the page notebook ships in the package, the CLI rejects a bad port (exit 2), and
+stopping `toydiff explore` stops Voila and its kernels. The page itself in Chromium: tests/test_browser.py."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +84,56 @@ def test_cli_explore_bad_port_exits_2(capsys):
     assert cli.main(["explore", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "port" in err[0]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process (Linux /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):                                   # it ended while being read
+            continue
+        out[int(d.name)] = (ppid, cmd)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through Linux's /proc")
+def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port():
+    """`kill` of `toydiff explore` (SIGTERM) must reach Voila: it used to outlive its parent with its kernel."""
+    port = explore._free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"127.0.0.1:{port}" in proc.stdout.readline()
+        end = time.monotonic() + 120
+        while True:                                     # the page renders in a kernel: Voila then has a child
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60).read()
+                break
+            except OSError:
+                assert time.monotonic() < end and proc.poll() is None, "explore did not serve its page"
+                time.sleep(0.3)
+        procs = _processes()
+        voila = [pid for pid, (ppid, cmd) in procs.items() if ppid == proc.pid and f"--port={port}" in cmd]
+        kernels = [pid for pid, (ppid, _) in procs.items() if ppid in voila]
+        assert len(voila) == 1 and kernels, "expected Voila under explore and a kernel under Voila"
+        proc.terminate()
+        assert proc.wait(30) is not None
+        end = time.monotonic() + 20
+        while set(voila + kernels) & set(_processes()) and time.monotonic() < end:
+            time.sleep(0.2)
+        alive = set(voila + kernels) & set(_processes())
+        assert not alive, f"still running after explore ended: {[_processes().get(p) for p in alive]}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))                 # the port is free again
+    finally:
+        if proc.poll() is None:                         # SIGTERM first: a SIGKILL could not reach Voila
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -155,7 +157,21 @@ def serve(port: int = 0, *, open_browser: bool = False) -> int:
     if open_browser:
         import webbrowser
         webbrowser.open(url)
+    proc = subprocess.Popen(voila_command(port))
+    # SIGTERM to this process must reach Voila: without it Voila and its kernels outlive `kill` (and keep the port)
+    forward = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate()) if forward else None
     try:
-        return subprocess.call(voila_command(port))
-    except KeyboardInterrupt:
+        return proc.wait()
+    except KeyboardInterrupt:                   # Ctrl-C reached Voila too (same process group): let it finish
         return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if forward:
+            signal.signal(signal.SIGTERM, previous)
