@@ -124,10 +124,10 @@ def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port():
         proc.terminate()
         assert proc.wait(30) is not None
         end = time.monotonic() + 20
-        while set(voila + kernels) & set(_processes()) and time.monotonic() < end:
+        while (alive := {pid: cmd for pid, (_, cmd) in _processes().items() if pid in voila + kernels}) \
+                and time.monotonic() < end:
             time.sleep(0.2)
-        alive = set(voila + kernels) & set(_processes())
-        assert not alive, f"still running after explore ended: {[_processes().get(p) for p in alive]}"
+        assert not alive, f"still running after explore ended: {alive}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))                 # the port is free again
     finally:
