@@ -23,7 +23,23 @@ def _check_base(on: Guidance | None, owner: str, allowed: tuple[type, ...] = (Gu
     return on
 
 
-class APG(Guidance):
+class _OnBase(Guidance):
+    """A method applied to the branches of another (`self.on`): D_1 and D_1 - D_0 come from it, and a run's start
+    (`reset(sigmas)`) reaches it. APG, CFG-Zero* and LinearCFG build on it."""
+
+    on: Guidance
+
+    def reset(self, sigmas: Tensor | None = None) -> None:
+        self.on.reset(sigmas)
+
+    def unguided(self, denoiser, x, sigma, cond):
+        return self.on.unguided(denoiser, x, sigma, cond)
+
+    def branches(self, denoiser, x, sigma, cond):
+        return self.on.branches(denoiser, x, sigma, cond)
+
+
+class APG(_OnBase):
     """Adaptive projected guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High Guidance
     Scales in Diffusion Models", arXiv 2410.02416: the parallel/orthogonal decomposition, the rescaling and the
     reverse momentum of its method section, as in its PyTorch listing), in denoiser (x0) space, on the branches
@@ -67,13 +83,7 @@ class APG(Guidance):
 
     def reset(self, sigmas: Tensor | None = None) -> None:
         self._running: Tensor | None = None
-        self.on.reset(sigmas)
-
-    def unguided(self, denoiser, x, sigma, cond):
-        return self.on.unguided(denoiser, x, sigma, cond)
-
-    def branches(self, denoiser, x, sigma, cond):
-        return self.on.branches(denoiser, x, sigma, cond)
+        super().reset(sigmas)
 
     def combine(self, d1, delta, w, x, sigma):
         if self._running is None or self._running.shape != delta.shape:

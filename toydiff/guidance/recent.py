@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..validation import check_positive_int, sigma_like
 from .base import Guidance, Weight
-from .modifiers import _check_base
+from .modifiers import _check_base, _OnBase
 
 __all__ = ["CFGZeroStar", "LinearCFG"]
 
@@ -39,7 +39,7 @@ def _unknown(owner: str, what: str) -> ValueError:
                       f"reset(sigmas) first), or call reset(sigmas) with your own loop's levels before the run")
 
 
-class CFGZeroStar(Guidance):
+class CFGZeroStar(_OnBase):
     """CFG-Zero* (Fan et al. 2025, arXiv 2503.18886, Sec. 4, "optimized scale" and "zero-init").
 
     The paper guides a flow-matching velocity. In the EDM view x = x0 + sigma n, the rectified-flow state is
@@ -66,17 +66,11 @@ class CFGZeroStar(Guidance):
         self._threshold: float | None = None
 
     def reset(self, sigmas: Tensor | None = None) -> None:
-        self.on.reset(sigmas)
+        super().reset(sigmas)
         levels = _positive_levels(sigmas, "CFGZeroStar")
         if levels is not None and self.zero_init >= levels.numel():
             raise ValueError(f"zero_init = {self.zero_init} steps would zero the whole run of {levels.numel()} levels")
         self._threshold = None if levels is None or not self.zero_init else float(levels[self.zero_init])
-
-    def unguided(self, denoiser, x, sigma, cond):
-        return self.on.unguided(denoiser, x, sigma, cond)
-
-    def branches(self, denoiser, x, sigma, cond):
-        return self.on.branches(denoiser, x, sigma, cond)
 
     def combine(self, d1: Tensor, delta: Tensor, w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         s, dims = sigma_like(sigma, x), tuple(range(1, x.ndim))
@@ -105,7 +99,7 @@ class CFGZeroStar(Guidance):
         return f"CFGZeroStar(w={self.w!r}, on={self.on!r}, zero_init={self.zero_init!r}, interval={self.interval!r})"
 
 
-class LinearCFG(Guidance):
+class LinearCFG(_OnBase):
     """CFG with a linearly increasing weight (Wang et al. 2024, arXiv 2404.13040, Sec. 4, the "linear" heuristic
     scheduler, which they find improves on static CFG for every model and task they tried).
 
@@ -126,7 +120,7 @@ class LinearCFG(Guidance):
         self._levels: Tensor | None = None
 
     def reset(self, sigmas: Tensor | None = None) -> None:
-        self.on.reset(sigmas)
+        super().reset(sigmas)
         self._levels = _positive_levels(sigmas, "LinearCFG")
 
     def time(self, sigma: Tensor) -> Tensor:
@@ -144,12 +138,6 @@ class LinearCFG(Guidance):
     def weight(self, sigma: Tensor) -> Tensor:
         static = super().weight(sigma)                                   # 1 outside the interval
         return 1 + 2 * (static - 1) * (1 - self.time(sigma))
-
-    def unguided(self, denoiser, x, sigma, cond):
-        return self.on.unguided(denoiser, x, sigma, cond)
-
-    def branches(self, denoiser, x, sigma, cond):
-        return self.on.branches(denoiser, x, sigma, cond)
 
     def __repr__(self) -> str:
         return f"LinearCFG(w={self.w!r}, on={self.on!r}, interval={self.interval!r})"
