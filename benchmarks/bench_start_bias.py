@@ -31,9 +31,7 @@ def measure(name: str, n: int, sigma_max: float) -> dict[str, float]:
         start = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * sigma_max
         x = samplers.sample(data, start, torch.full((n,), c), steps=STEPS, sigma_max=sigma_max)
         div = histogram_divergence(x.float(), data, c, bins=BINS)
-        m = data.labels == c
-        mu = (data.weights[m, None] * data.means[m]).sum(0) / data.weights[m].sum()
-        rows.append((div["tv"], div["kl"], float(mu.norm()) / (sigma_max * math.sqrt(2 * math.pi))))
+        rows.append((div["tv"], div["kl"], float(data.mean(c).norm()) / (sigma_max * math.sqrt(2 * math.pi))))
     return {k: sum(r[i] for r in rows) / len(rows) for i, k in enumerate(("tv", "kl", "start_tv"))}
 
 
