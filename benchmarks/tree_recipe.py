@@ -54,6 +54,14 @@ def fit(recipe: dict, data: GaussianMixture, steps: int, width: int, batch: int,
     return r.ema, r.seconds
 
 
+def measure(denoiser, cond: torch.Tensor | None, tree: GaussianMixture, reference: torch.Tensor) -> tuple[float, ...]:
+    """(outliers, precision, recall) on class A of N samples: EDM Heun, STEPS steps from SIGMA_MAX, start seed 7."""
+    x = samplers.sample(denoiser, (N, 2), cond, steps=STEPS, sigma_max=SIGMA_MAX,
+                        generator=torch.Generator().manual_seed(7))
+    m = metrics.evaluate(x, tree, 0, reference=reference)
+    return m["outlier_fraction"], m["precision"], m["recall"]
+
+
 def run(name: str, seed: int, tree: GaussianMixture, reference: torch.Tensor) -> dict:
     recipe = {**BASE, **RECIPES[name]}
     class_a = zoo.training_data(zoo.ModelSpec(classes=(0,)))
@@ -70,9 +78,7 @@ def run(name: str, seed: int, tree: GaussianMixture, reference: torch.Tensor) ->
     row = dict(recipe=name, seed=seed, seconds=t_main + t_guide + t_uncond + t_drop,
                times=(t_main, t_guide, t_uncond, t_drop), cfg_dropout=(float("nan"),) * 3)
     for method, (d, c) in denoisers.items():
-        x = samplers.sample(d, (N, 2), c, steps=STEPS, sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(7))
-        m = metrics.evaluate(x, tree, 0, reference=reference)
-        row[method] = (m["outlier_fraction"], m["precision"], m["recall"])
+        row[method] = measure(d, c, tree, reference)
     return row
 
 
@@ -90,10 +96,7 @@ def run_zoo(seed: int, tree: GaussianMixture, reference: torch.Tensor, skip: tup
     for method, key in (("none", "none"), ("cfg", "cfg"), ("cfg_dropout", "cfg_dropout"), ("autoguidance", "auto")):
         if method == "cfg_dropout" and "tree_dropout" in skip:
             continue
-        x = samplers.sample(zoo.guided_denoiser(models, method), (N, 2), torch.zeros(N, dtype=torch.long), steps=STEPS,
-                            sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(7))
-        m = metrics.evaluate(x, tree, 0, reference=reference)
-        row[key] = (m["outlier_fraction"], m["precision"], m["recall"])
+        row[key] = measure(zoo.guided_denoiser(models, method), torch.zeros(N, dtype=torch.long), tree, reference)
     return row
 
 
@@ -123,12 +126,9 @@ def diagnose(tree: GaussianMixture, reference: torch.Tensor) -> None:
               for lo, hi in ((0, 0.05), (0.05, 0.3), (0.3, 1.5), (1.5, 99), (0, 99))}
     for label, (main, uncond) in swaps.items():
         models = zoo.ToyModels(main, shipped.guide, uncond, shipped.dropout)
-        cells = []
-        for method in ("none", "cfg", "autoguidance"):
-            x = samplers.sample(zoo.guided_denoiser(models, method), (N, 2), torch.zeros(N, dtype=torch.long),
-                                steps=STEPS, sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(7))
-            m = metrics.evaluate(x, tree, 0, reference=reference)
-            cells.append("{}: {:.3f}/{:.2f}/{:.2f}".format(method, m["outlier_fraction"], m["precision"], m["recall"]))
+        cells = ["{}: {:.3f}/{:.2f}/{:.2f}".format(method, *measure(zoo.guided_denoiser(models, method),
+                                                                    torch.zeros(N, dtype=torch.long), tree, reference))
+                 for method in ("none", "cfg", "autoguidance")]
         print(f"{label:24s} " + "  ".join(cells), flush=True)
     class_a = zoo.training_data(zoo.ModelSpec(classes=(0,)))
     for sigma in (0.005, 0.01, 0.02, 0.05, 0.2, 1.0, 5.0):
