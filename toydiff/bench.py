@@ -51,7 +51,6 @@ METRICS = ("outliers", "precision", "recall", "accuracy", "energy", "tv", "kl")
 # CFG++'s lambda acts like CFG's w_t = lambda sigma / (sigma - sigma') per Euler step (toydiff.guidance.CFGpp):
 # with these 63 steps sigma / (sigma - sigma') is about 7, so lambda ~ 0.14 is no guidance and 0.4 about w = 3
 CFGPP_GRID = (0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
-Weight = Callable[[Tensor], Tensor]
 
 
 # weights swept where the shared grid does not fit: "none" has only w = 1, CFG++'s lambda lives in [0, 1]
@@ -68,7 +67,7 @@ def method_names() -> list[str]:
     return [EXACT, *guidance.names()]
 
 
-def _denoiser(name: str, models: BenchModels, w: float | Weight) -> Callable:
+def _denoiser(name: str, models: BenchModels, w: guidance.Weight) -> Callable:
     """The denoiser of method `name` at weight w (a number, or a per-row schedule)."""
     if name == EXACT:
         return models.data
@@ -90,7 +89,7 @@ FULL = BenchConfig()
 FAST = BenchConfig(n=600, grid=(1.5, 3.0), bins=12)
 
 
-def _rows(values: Tensor) -> Weight:
+def _rows(values: Tensor) -> guidance.Weight:
     """A weight schedule that gives row i the weight values[i] at every sigma."""
     return lambda sigma: values.to(sigma.dtype)
 
