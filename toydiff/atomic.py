@@ -10,7 +10,19 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
-__all__ = ["save_atomic", "atomic_path"]
+__all__ = ["save_atomic", "atomic_path", "naming_full_disk"]
+
+
+@contextmanager
+def naming_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a full disk (ENOSPC, EDQUOT) inside the block as OSError of the same errno naming `path` and
+    "no space left on device"; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left on device while writing {path} ({e.strerror})") from e
+        raise
 
 
 @contextmanager
@@ -25,14 +37,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(e.errno, f"no space left on device while writing {path} ({e.strerror})") from e
-        raise
+        with naming_full_disk(path):
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

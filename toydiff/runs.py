@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -30,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Mapping
 
-from .atomic import atomic_path
+from .atomic import atomic_path, naming_full_disk
 
 __all__ = ["OutputInUse", "RunLock", "numbered_checkpoints", "prune_checkpoints", "StopSignals", "check_resume",
            "truncate_log", "append_jsonl", "fingerprint"]
@@ -175,13 +174,8 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], path: str
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON record to the log `path`; a full disk raises OSError naming the path and "no space"."""
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(e.errno, f"no space left on device while writing {path} ({e.strerror})") from e
-        raise
+    with naming_full_disk(path), open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def truncate_log(path: str | os.PathLike, step: int) -> None:
