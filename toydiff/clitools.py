@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["Parser", "positive_int", "nonnegative_int", "finite_float", "positive_float", "nonnegative_float",
-           "probability", "seed", "device", "check_output", "user_errors", "UserError"]
+__all__ = ["Parser", "positive_int", "positive_float", "nonnegative_float", "probability", "seed", "device",
+           "check_output", "user_errors", "UserError"]
 
 
 class UserError(ValueError):
@@ -49,9 +49,7 @@ def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[s
 
 
 positive_int = _number(int, lambda v: v >= 1, "an int >= 1")
-nonnegative_int = _number(int, lambda v: v >= 0, "an int >= 0")
 seed = _number(int, lambda v: _seed_ok(v), "an int seed in [0, 2**63 - 1]")
-finite_float = _number(float, math.isfinite, "a finite number")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
