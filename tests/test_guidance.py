@@ -51,6 +51,9 @@ def test_cfg_with_a_separate_unconditional_model(tree_mix, gen, w):
     expect = torch.where((mixed < 0)[:, None], tree_mix(x, sigma, None), class_a(x, sigma, zeros))
     torch.testing.assert_close(pair(x, sigma, mixed), expect)
     torch.testing.assert_close(pair(x, sigma, None), tree_mix(x, sigma, None))
+    for label in (0, torch.tensor(0)):                              # an int or 0-d label means every row
+        torch.testing.assert_close(pair(x, sigma, label), class_a(x, sigma, zeros))
+    torch.testing.assert_close(pair(x, sigma, -1), tree_mix(x, sigma, None))
     with pytest.raises(TypeError, match="unconditional"):
         SeparateNull(class_a, "net")
 

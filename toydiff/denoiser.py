@@ -21,7 +21,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .validation import as_sigma, check_batch
+from .validation import as_cond, as_sigma, check_batch
 
 __all__ = [
     "Denoiser", "SIGMA_TINY", "pair_of", "renoise_of", "reset", "SeparateNull", "edm_preconditioning",
@@ -87,7 +87,8 @@ class SeparateNull:
         if cond is None:
             return self.unconditional(x, sigma, None)
         s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
-        null = torch.as_tensor(cond, device=x.device) < 0
+        cond = as_cond(cond, x.shape[0], None, device=x.device)          # an int or 0-d label: one per sample
+        null = cond < 0
         out = torch.empty_like(x)
         if (~null).any():
             out[~null] = self.conditional(x[~null], s[~null], cond[~null]).to(x.dtype)
