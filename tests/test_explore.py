@@ -128,8 +128,9 @@ def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port():
                 and time.monotonic() < end:
             time.sleep(0.2)
         assert not alive, f"still running after explore ended: {alive}"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))                 # the port is free again
+        with socket.socket() as s:                      # the port is free again for a server (which, like Voila,
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # reuses it past TIME_WAIT; a listener still
+            s.bind(("127.0.0.1", port))                 # holding it makes bind fail)
     finally:
         if proc.poll() is None:                         # SIGTERM first: a SIGKILL could not reach Voila
             proc.terminate()
