@@ -131,6 +131,11 @@ def test_train_out_dir_is_loadable_by_sample_figure_and_demo(tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:
         cli.main(["sample", "--models", str(tmp_path / "nowhere")])
     assert e.value.code == 2 and "toydiff train --out" in capsys.readouterr().err
+    (d / "tree_dropout.pt").unlink()                                 # any one of the four missing is named
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", "--models", str(d)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "lacks tree_dropout.pt" in err and "toydiff train --out" in err
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--retrain", "--models", str(d)])
     assert e.value.code == 2

@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"toydiff explore: {err}", file=sys.stderr)
             return 2
-    if getattr(args, "models", None) is not None:
-        missing = [f for f in ("tree_main.pt", "tree_guide.pt") if not (args.models / f).is_file()]
+    from . import zoo  # deferred: `toydiff --help` stays instant
+    if getattr(args, "models", None) is not None:                # every model zoo.load_models reads from there
+        missing = [f"{name}.pt" for name in zoo.TREE_MODELS if not (args.models / f"{name}.pt").is_file()]
         if missing:
             parser.error(f"argument --models: {args.models} lacks {', '.join(missing)} "
                          f"(write them with `toydiff train --out {args.models}`)")
-    from . import zoo  # deferred: `toydiff --help` stays instant
     from .guidance import names
     from .samplers import METHODS
     from .training import torch_threads
