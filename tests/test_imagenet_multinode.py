@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from imagenet_ext.checkpoint import load_checkpoint
+from toydiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
