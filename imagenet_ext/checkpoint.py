@@ -3,17 +3,16 @@ model_config = {"name": UNet config name, "overrides": {...}}, config = the run'
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from toydiff.runs import numbered_checkpoints
 from toydiff.training import load_checkpoint
 
 from .unet import EDMDenoiser, build
 
 __all__ = ["PRETRAINED", "resolve", "latest_checkpoint", "load_denoiser"]
 
-_CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
 # shipped models, loadable by name wherever a checkpoint path is taken (see imagenet_ext/digits.py)
 PRETRAINED = {"digits": Path(__file__).with_name("checkpoints") / "digits_tiny.pt"}
 
@@ -30,16 +29,10 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The `ckpt-<step>.pt` with the largest step in run_dir, or None."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return None
-    best = None
-    for p in run_dir.iterdir():
-        m = _CKPT_RE.search(p.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return None if best is None else best[1]
+    """The `ckpt-<step>.pt` with the largest step in run_dir (toydiff.runs.numbered_checkpoints, the scan that
+    --keep prunes by), or None."""
+    found = numbered_checkpoints(run_dir)
+    return found[-1][1] if found else None
 
 
 def load_denoiser(path: str | os.PathLike | dict[str, Any], *, ema: bool = True, map_location: Any = "cpu"

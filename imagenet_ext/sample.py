@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor
@@ -182,6 +181,8 @@ def _main(a: argparse.Namespace) -> dict[str, Any]:
                 np.savez(f, images=u8.flatten(0, 1).permute(0, 2, 3, 1).numpy(),
                          labels=labels.repeat(len(ws)).numpy(), w=np.repeat(np.asarray(ws, dtype=np.float64), a.n))
         else:
+            import matplotlib.pyplot as plt       # only for a grid: generate() and .npz output need no pyplot
+
             head = "no guidance" if a.guidance == "none" else a.guidance
             plt.close(sweep_figure(u8, labels, ws, classes, acc, title=f"{head}, {a.sampler} {a.steps} steps", path=o))
         print(f"[sample] wrote {o}: {a.n} images x w in {ws} (Ho & Salimans w = {[to_ho_salimans(w) for w in ws]}), "

@@ -40,6 +40,13 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, chosen as `toydiff explore` chooses its own."""
+    from toydiff.explore import _free_port
+    return _free_port()
+
+
 def pytest_terminal_summary(terminalreporter):
     """Never skip the browser tests silently: say why at the end of every run (the README command has no -rs)."""
     reasons = {str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr)

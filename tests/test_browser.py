@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +31,6 @@ from selenium.common.exceptions import StaleElementReferenceException  # noqa: E
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("TOYDIFF_BROWSER_ARTIFACTS", ""))           # set it to keep the screenshots
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -106,11 +99,11 @@ def _errors(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.XPATH, "//*[contains(text(), 'Error displaying widget')]")]
 
 
-def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path):
+def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path, free_port):
     work = tmp_path / "nb"
     work.mkdir()
     shutil.copy(ROOT / "notebooks" / "04_outliers_and_autoguidance.ipynb", work / "04.ipynb")   # autosave stays here
-    port, token = _port(), "toydiff-test"
+    port, token = free_port, "toydiff-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -141,8 +134,8 @@ def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tm
         _stop(proc)
 
 
-def test_toydiff_explore_renders_and_redraws_with_w(browser):
-    port = _port()
+def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port):
+    port = free_port
     proc = subprocess.Popen([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

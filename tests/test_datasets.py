@@ -4,7 +4,6 @@ overlapping as in Ho & Salimans 2022, Fig. 2, so that exact guidance visibly sep
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from toydiff import datasets, density
@@ -25,12 +24,7 @@ def _branch_by_hand(n_len: float, d: int, p: np.ndarray, th: float):
     return S * (p + u * length * 0.07), cov, length * 0.5 ** d, p + u * length
 
 
-@pytest.fixture(scope="module")
-def tree():
-    return datasets.tree()
-
-
-def test_tree_components_by_hand(tree):
+def test_tree_components_by_hand(tree_mix):
     n = np.random.RandomState(2).randn(400)
     # class A: the trunk uses n[0]; its first child's angle n[1] is drawn before descending, its length n[2]
     mean0, cov0, w0, end0 = _branch_by_hand(n[0], 0, O, math.pi / 4)
@@ -39,24 +33,24 @@ def test_tree_components_by_hand(tree):
     # depth-7 children build nothing), so it takes n[381]
     mean_b, cov_b, w_b, _ = _branch_by_hand(n[381], 0, O, 5 * math.pi / 4)
     for k, (mean, cov) in {0: (mean0, cov0), 8: (mean1, cov1), 1016: (mean_b, cov_b)}.items():
-        np.testing.assert_allclose(tree.means[k].numpy(), mean, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(tree.covs[k].numpy(), cov, rtol=1e-12, atol=1e-15)
-    w = tree.weights.numpy()
+        np.testing.assert_allclose(tree_mix.means[k].numpy(), mean, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(tree_mix.covs[k].numpy(), cov, rtol=1e-12, atol=1e-15)
+    w = tree_mix.weights.numpy()
     np.testing.assert_allclose([w[8] / w[0], w[1016] / w[0]], [w1 / w0, w_b / w0], rtol=1e-12)
-    assert tree.labels[0] == 0 and tree.labels[1015] == 0 and tree.labels[1016] == 1
+    assert tree_mix.labels[0] == 0 and tree_mix.labels[1015] == 0 and tree_mix.labels[1016] == 1
     # the 8 components of a branch are equally spaced at t = 0.07 .. 0.93 and share one weight and covariance
-    step = (tree.means[7] - tree.means[0]).numpy() / 7
-    np.testing.assert_allclose(tree.means[1].numpy() - tree.means[0].numpy(), step, rtol=1e-9)
+    step = (tree_mix.means[7] - tree_mix.means[0]).numpy() / 7
+    np.testing.assert_allclose(tree_mix.means[1].numpy() - tree_mix.means[0].numpy(), step, rtol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(step / S) * 7 / 0.86, 0.292 * (1 + 0.2 * n[0]), rtol=1e-9)
 
 
-def test_tree_totals(tree):
-    assert len(tree) == 2032 and tree.num_classes == 2 and int((tree.labels == 0).sum()) == 1016
-    assert abs(float(tree.weights.sum()) - 1) < 1e-12
-    assert round(float(tree.weights[tree.labels == 0].sum()), 4) == 0.4770        # p(A), unequal class priors
-    assert abs(math.sqrt(float(tree.covariance().trace()) / 2) - 0.5) < 0.005     # union std ~ sigma_data
+def test_tree_totals(tree_mix):
+    assert len(tree_mix) == 2032 and tree_mix.num_classes == 2 and int((tree_mix.labels == 0).sum()) == 1016
+    assert abs(float(tree_mix.weights.sum()) - 1) < 1e-12
+    assert round(float(tree_mix.weights[tree_mix.labels == 0].sum()), 4) == 0.4770        # p(A), unequal class priors
+    assert abs(math.sqrt(float(tree_mix.covariance().trace()) / 2) - 0.5) < 0.005     # union std ~ sigma_data
     # branches ~0.68 as thick as long (sqrt of the covariance's eigenvalue ratio), unlike the thin tree's ~0.27
-    for mix, lo, hi in ((tree, 0.6, 0.8), (datasets.thin_tree(), 0.2, 0.35)):
+    for mix, lo, hi in ((tree_mix, 0.6, 0.8), (datasets.thin_tree(), 0.2, 0.35)):
         ev = np.linalg.eigvalsh(mix.covs[:8].numpy())
         ratio = np.sqrt(ev[:, 0] / ev[:, 1]).mean()
         assert lo < ratio < hi, ratio

@@ -6,7 +6,6 @@ weights of size 0.25 after 8 Adam steps), with one log record per step."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from imagenet_ext.checkpoint import load_checkpoint
+from toydiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -22,12 +21,6 @@ ARGS = ["-m", "imagenet_ext.train", "--data", "digits", "--resolution", "8", "--
         "--batch", "8", "--lr", "1e-3", "--ckpt-every", "2", "--log-every", "1", "--no-progress", "--seed", "3",
         "--device", "cpu", "--steps", str(STEPS)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node(out, port, host):
@@ -63,8 +56,8 @@ def _kill(proc):
     proc.wait(timeout=30)
 
 
-def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path):
-    out, port = tmp_path / "two", _free_port()
+def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path, free_port):
+    out, port = tmp_path / "two", free_port
     a, b = _node(out, port, True), _node(out, port, False)
     log, deadline = out / "log.jsonl", time.monotonic() + 180
     try:
