@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 import torch
@@ -45,6 +46,32 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago, chosen as `toydiff explore` chooses its own."""
     from toydiff.explore import _free_port
     return _free_port()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """start(args, env=None) -> (process, log file): a server subprocess, stopped at teardown if still running.
+
+    Its output goes to the log file (shown when the server dies early), never to a pipe: a pipe nobody reads fills
+    at 64 KB and then blocks the server mid-request. Stopped with SIGTERM first, which `toydiff explore` forwards
+    to Voila (a SIGKILL would leave Voila running), then SIGKILL."""
+    procs = []
+
+    def start(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "os.PathLike"]:
+        log = tmp_path / f"server-{len(procs)}.log"
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT))
+        return procs[-1], log
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def pytest_terminal_summary(terminalreporter):

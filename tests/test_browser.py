@@ -33,25 +33,17 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 ARTIFACTS = Path(os.environ.get("TOYDIFF_BROWSER_ARTIFACTS", ""))           # set it to keep the screenshots
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -99,61 +91,53 @@ def _errors(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.XPATH, "//*[contains(text(), 'Error displaying widget')]")]
 
 
-def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path, free_port):
+def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path, free_port, server):
     work = tmp_path / "nb"
     work.mkdir()
     shutil.copy(ROOT / "notebooks" / "04_outliers_and_autoguidance.ipynb", work / "04.ipynb")   # autosave stays here
     port, token = free_port, "toydiff-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                             f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-                             f"--ServerApp.root_dir={work}", "--LabApp.news_url=", *(["--allow-root"] if os.geteuid() == 0 else [])],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
-        browser.get(f"http://127.0.0.1:{port}/lab/tree/04.ipynb?token={token}&reset")
-        wait = WebDriverWait(browser, 60, poll_frequency=0.25)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
-        wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(@class, 'jp-Notebook-ExecutionIndicator') "
-                                                        "and @data-status='idle']"))
-        browser.find_element(By.XPATH, "//div[contains(@class, 'lm-MenuBar-itemLabel') and text()='Run']").click()
-        browser.find_element(By.XPATH, "//div[contains(@class, 'lm-Menu-itemLabel') and text()='Run All Cells']").click()
-        sliders = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-slider"),
-                             message="no slider rendered in JupyterLab (Error displaying widget?)")
-        before = wait.until(lambda d: _images(d, ".widget-interact .jp-OutputArea img") or None,
-                            message="the interact of notebook 04 rendered no figure in JupyterLab")
-        assert not _errors(browser), _errors(browser)
-        shot_before = _shot(browser, "lab_before.png")
-        _move_slider(browser, sliders[0])                                           # the first slider to an end
-        after = wait.until(lambda d: (lambda s: s if s and s != before else None)(
-            _images(d, ".widget-interact .jp-OutputArea img")), message="the figure did not change after moving the slider")
-        assert after != before
-        assert _shot(browser, "lab_after.png") != shot_before
-    finally:
-        _stop(proc)
+    proc, log = server([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                        f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+                        "--LabApp.news_url=", *(["--allow-root"] if os.geteuid() == 0 else [])], env=env)
+    _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc, log)
+    browser.get(f"http://127.0.0.1:{port}/lab/tree/04.ipynb?token={token}&reset")
+    wait = WebDriverWait(browser, 60, poll_frequency=0.25)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
+    wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(@class, 'jp-Notebook-ExecutionIndicator') "
+                                                    "and @data-status='idle']"))
+    browser.find_element(By.XPATH, "//div[contains(@class, 'lm-MenuBar-itemLabel') and text()='Run']").click()
+    browser.find_element(By.XPATH, "//div[contains(@class, 'lm-Menu-itemLabel') and text()='Run All Cells']").click()
+    sliders = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-slider"),
+                         message="no slider rendered in JupyterLab (Error displaying widget?)")
+    before = wait.until(lambda d: _images(d, ".widget-interact .jp-OutputArea img") or None,
+                        message="the interact of notebook 04 rendered no figure in JupyterLab")
+    assert not _errors(browser), _errors(browser)
+    shot_before = _shot(browser, "lab_before.png")
+    _move_slider(browser, sliders[0])                                           # the first slider to an end
+    after = wait.until(lambda d: (lambda s: s if s and s != before else None)(
+        _images(d, ".widget-interact .jp-OutputArea img")), message="the figure did not change after moving the slider")
+    assert after != before
+    assert _shot(browser, "lab_after.png") != shot_before
 
 
-def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port):
-    port = free_port
-    proc = subprocess.Popen([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        first = proc.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+/", first)
-        assert url and url.group(0) == f"http://127.0.0.1:{port}/", f"explore must print its URL first, got {first!r}"
-        _wait_http(url.group(0), proc)
-        browser.get(url.group(0))
-        wait = WebDriverWait(browser, 60, poll_frequency=0.25)
-        before = wait.until(lambda d: _images(d, ".widget-output img") or None, message="the explore page drew no figure")
-        table = browser.find_element(By.CSS_SELECTOR, ".widget-html table").text
-        assert "outlier_fraction" in table and not _errors(browser)
-        _shot(browser, "explore_before.png")
-        sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider")
-        _move_slider(browser, sliders[0])                                           # w: 3 -> its max
-        wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")),
-                   message="the explore figure did not change after moving w")
-        assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
-        _shot(browser, "explore_after.png")
-    finally:
-        _stop(proc)
+def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port, server):
+    proc, log = server([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(free_port)])
+    url = f"http://127.0.0.1:{free_port}/"
+    _wait_http(url, proc, log)
+    first = log.read_text().splitlines()[0]
+    printed = re.search(r"http://127\.0\.0\.1:\d+/", first)
+    assert printed and printed.group(0) == url, f"explore must print its URL first, got {first!r}"
+    browser.get(url)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.25)
+    before = wait.until(lambda d: _images(d, ".widget-output img") or None, message="the explore page drew no figure")
+    table = browser.find_element(By.CSS_SELECTOR, ".widget-html table").text
+    assert "outlier_fraction" in table and not _errors(browser)
+    _shot(browser, "explore_before.png")
+    sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider")
+    _move_slider(browser, sliders[0])                                           # w: 3 -> its max
+    wait.until(lambda d: (lambda s: s if s and s != before else None)(_images(d, ".widget-output img")),
+               message="the explore figure did not change after moving w")
+    assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
+    _shot(browser, "explore_after.png")

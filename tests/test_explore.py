@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -102,39 +101,30 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through Linux's /proc")
-def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port():
+def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port(free_port, server):
     """`kill` of `toydiff explore` (SIGTERM) must reach Voila: it used to outlive its parent with its kernel."""
-    port = explore._free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert f"127.0.0.1:{port}" in proc.stdout.readline()
-        end = time.monotonic() + 120
-        while True:                                     # the page renders in a kernel: Voila then has a child
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60).read()
-                break
-            except OSError:
-                assert time.monotonic() < end and proc.poll() is None, "explore did not serve its page"
-                time.sleep(0.3)
-        procs = _processes()
-        voila = [pid for pid, (ppid, cmd) in procs.items() if ppid == proc.pid and f"--port={port}" in cmd]
-        kernels = [pid for pid, (ppid, _) in procs.items() if ppid in voila]
-        assert len(voila) == 1 and kernels, "expected Voila under explore and a kernel under Voila"
-        proc.terminate()
-        assert proc.wait(30) is not None
-        end = time.monotonic() + 20
-        while (alive := {pid: cmd for pid, (_, cmd) in _processes().items() if pid in voila + kernels}) \
-                and time.monotonic() < end:
-            time.sleep(0.2)
-        assert not alive, f"still running after explore ended: {alive}"
-        with socket.socket() as s:                      # the port is free again for a server (which, like Voila,
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # reuses it past TIME_WAIT; a listener still
-            s.bind(("127.0.0.1", port))                 # holding it makes bind fail)
-    finally:
-        if proc.poll() is None:                         # SIGTERM first: a SIGKILL could not reach Voila
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    port = free_port
+    proc, log = server([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)])
+    end = time.monotonic() + 120
+    while True:                                         # the page renders in a kernel: Voila then has a child
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60).read()
+            break
+        except OSError:
+            assert time.monotonic() < end and proc.poll() is None, f"explore did not serve its page: {log.read_text()}"
+            time.sleep(0.3)
+    assert f"127.0.0.1:{port}" in log.read_text().splitlines()[0]
+    procs = _processes()
+    voila = [pid for pid, (ppid, cmd) in procs.items() if ppid == proc.pid and f"--port={port}" in cmd]
+    kernels = [pid for pid, (ppid, _) in procs.items() if ppid in voila]
+    assert len(voila) == 1 and kernels, "expected Voila under explore and a kernel under Voila"
+    proc.terminate()
+    assert proc.wait(30) is not None
+    end = time.monotonic() + 20
+    while (alive := {pid: cmd for pid, (_, cmd) in _processes().items() if pid in voila + kernels}) \
+            and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not alive, f"still running after explore ended: {alive}"
+    with socket.socket() as s:                          # the port is free again for a server (which, like Voila,
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)       # reuses it past TIME_WAIT; a listener still
+        s.bind(("127.0.0.1", port))                     # holding it makes bind fail)
