@@ -4,7 +4,8 @@ per cell and for the whole notebook, and nbclient never has to send a comm messa
 Why the last check: nbclient mimics an Output widget that captures output (`with output:`, as `ipywidgets.interact`
 draws) by sending comm messages on the shell socket while it awaits the cell's execute_reply on that socket, and
 then often misses the reply: `jupyter nbconvert --execute` stalled for the whole cell timeout, or forever with none
-(its default). The notebooks use `toydiff.plot.interact`, which sets its Output widget's outputs instead.
+(its default). Voila executes `toydiff explore`'s page the same way. The notebooks use `toydiff.plot.interact` and
+the explorer's page `toydiff.plot.show_figure`, which set the Output widget's outputs instead.
 """
 import asyncio
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("notebooks/assignments/*.ipynb"))
+NOTEBOOKS = (sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("notebooks/assignments/*.ipynb"))
+             + [ROOT / "toydiff" / "explore.ipynb"])      # Voila executes the explorer's page through nbclient too
 CELL_TIMEOUT, NOTEBOOK_TIMEOUT = 300, 600                       # seconds; the slowest notebook takes about 40 s
 
 
@@ -42,4 +44,4 @@ def test_notebook_runs_to_the_end_under_nbclient(path):
     asyncio.run(asyncio.wait_for(client.async_execute(), NOTEBOOK_TIMEOUT))
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert code and all(c.execution_count is not None for c in code)
-    assert client.sent == 0, f"{path.name} captures output in an Output widget (use toydiff.plot.interact)"
+    assert client.sent == 0, f"{path.name} captures output in an Output widget (use toydiff.plot.interact / show_figure)"

@@ -19,7 +19,7 @@ from .density import Grid
 
 __all__ = ["STYLE", "DPI", "COLORS", "figure", "density_panel", "samples_panel", "score_field", "trajectories_panel",
            "ratio_panel", "title_with_metrics", "outline", "class_regions", "colorbar", "mark_box", "arrows", "save",
-           "interact"]
+           "interact", "show_figure"]
 
 DPI = 150                                               # every PNG toydiff writes
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": DPI,
@@ -184,21 +184,15 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
     """Sliders and menus that redraw `draw(**values)` below them, like `ipywidgets.interact`, safe under nbconvert.
 
     `controls` are ipywidgets abbreviations ((min, max, step) -> slider, a list -> menu) or widgets, one per
-    argument of `draw`, which returns a matplotlib Figure. The figure (a PNG at the notebook's figure dpi) is put
-    into the box's Output widget by setting its `outputs`, never by capturing output inside `with output:` as
-    `ipywidgets.interact` does. Why: under `jupyter nbconvert --execute`, nbclient mimics a capturing Output widget
-    by sending comm messages on the shell socket while it awaits the cell's reply there, and then misses the
-    reply: measured, 7 of 10 runs of a notebook of 12 interact cells stalled for a whole cell timeout (forever with
-    none, nbconvert's default), 0 of 8 with this. Returns the box, or None (drawing nothing) without ipywidgets.
+    argument of `draw`, which returns a matplotlib Figure, shown by `show_figure` in the box's Output widget.
+    Returns the box, or None (drawing nothing) without ipywidgets.
     """
     try:
         import ipywidgets
         from IPython.display import display
     except ImportError:
         return None
-    import base64
     import inspect
-    import io
 
     params = inspect.signature(draw).parameters
     widgets = {}
@@ -216,12 +210,7 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
         fig = draw(**{k: w.value for k, w in widgets.items()})
         if not isinstance(fig, Figure):
             raise TypeError(f"interact: {draw.__name__} must return a matplotlib Figure, got {type(fig).__name__}")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=plt.rcParams["figure.dpi"], bbox_inches="tight")
-        plt.close(fig)
-        png = base64.b64encode(buf.getvalue()).decode("ascii")
-        output.outputs = ({"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},
-                           "metadata": {}},)
+        show_figure(output, fig)
 
     for widget in widgets.values():
         widget.observe(redraw, names="value")
@@ -230,3 +219,25 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
     box.add_class("widget-interact")                       # the layout class of ipywidgets.interact's box
     display(box)
     return box
+
+
+def show_figure(output: Any, fig: Figure) -> None:
+    """Show `fig` (a PNG at the notebook's figure dpi) in the ipywidgets Output widget `output`, replacing what it
+    showed, and close the figure.
+
+    It sets the widget's `outputs`, never captures output inside `with output:` (which `ipywidgets.interact` and
+    `interactive_output` do). Why: whoever executes a notebook through nbclient (`jupyter nbconvert --execute`,
+    Voila) mimics a capturing Output widget by sending comm messages on the shell socket while it awaits the cell's
+    reply there, and then misses the reply: measured, 7 of 10 runs of a notebook of 12 interact cells stalled for a
+    whole cell timeout (forever with none, nbconvert's default), 0 of 8 with this. Voila executes its pages the
+    same way.
+    """
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=plt.rcParams["figure.dpi"], bbox_inches="tight")
+    plt.close(fig)
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    output.outputs = ({"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},
+                       "metadata": {}},)
