@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from toydiff.runs import numbered_checkpoints
-from toydiff.training import load_checkpoint
+from toydiff.infra.runs import numbered_checkpoints
+from toydiff.core.checkpoint import load_checkpoint
 
 from .unet import EDMDenoiser, build
 

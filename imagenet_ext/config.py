@@ -7,8 +7,8 @@ import argparse
 import re
 from dataclasses import MISSING, dataclass, fields
 
-from toydiff.clitools import Parser, check_output
-from toydiff.validation import check_device, check_positive_int, check_real, check_seed
+from toydiff.infra.clitools import Parser, check_output
+from toydiff.infra.validation import check_device, check_positive_int, check_real, check_seed
 
 __all__ = ["TrainConfig", "parse_args", "RESUME_KEYS"]
 

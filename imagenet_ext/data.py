@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toydiff.runs import fingerprint
+from toydiff.infra.runs import fingerprint
 
 from .cache import memmap_cache
 from .images import decode_image

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from toydiff.training import load_checkpoint, save_checkpoint
+from toydiff.core.checkpoint import load_checkpoint, save_checkpoint
 
 from .checkpoint import PRETRAINED, load_denoiser
 from .data import load_digits

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from toydiff.atomic import atomic_path
-from toydiff.clitools import Parser, check_output, device, positive_int, user_errors
+from toydiff.infra.atomic import atomic_path
+from toydiff.infra.clitools import Parser, check_output, device, positive_int, user_errors
 
 from .data import load_dataset
 from .inception import FIDInceptionV3, load_inception

@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from toydiff import guidance as recipes
-from toydiff.atomic import atomic_path
-from toydiff.clitools import (Parser, UserError, check_output, device, nonnegative_float, positive_float, positive_int,
-                              probability, seed, user_errors)
-from toydiff.guidance import guided, to_ho_salimans
-from toydiff.samplers import METHODS, sample
-from toydiff.training import load_checkpoint, torch_threads
+from toydiff.core import guidance as recipes
+from toydiff.core.guidance import guided, to_ho_salimans
+from toydiff.core.samplers import METHODS, sample
+from toydiff.core.training import load_checkpoint, torch_threads
+from toydiff.infra.atomic import atomic_path
+from toydiff.infra.clitools import (Parser, UserError, check_output, device, nonnegative_float, positive_float,
+                                    positive_int, probability, seed, user_errors)
 
 from .checkpoint import load_denoiser, resolve
 from .images import labelled_grid, to_uint8

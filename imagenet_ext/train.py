@@ -1,6 +1,6 @@
 """`python -m imagenet_ext.train`: class-conditional EDM training with condition dropout, EMA and DDP.
 
-Loss (Karras et al. 2022, Eq. 2 and Table 1, "EDM" column; `toydiff.training.edm_loss`, the squared norm summed
+Loss (Karras et al. 2022, Eq. 2 and Table 1, "EDM" column; `toydiff.core.training.edm_loss`, the squared norm summed
 over pixels, averaged over the batch):
     ln sigma ~ N(P_mean, P_std^2),  n ~ N(0, I),  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2
     L = E[ lambda(sigma) || D(y + sigma n; sigma, c') - y ||^2 ],
@@ -39,12 +39,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from toydiff.denoiser import count_parameters
-from toydiff.clitools import user_errors
-from toydiff.runs import (RunLock, StopSignals, append_jsonl, check_resume, fingerprint, prune_checkpoints,
-                          truncate_log)
-from toydiff.training import (edm_loss, ema_beta_halflife, ema_update, load_checkpoint,
-                              save_checkpoint, torch_threads)
+from toydiff.core.denoiser import count_parameters
+from toydiff.core.training import edm_loss, ema_beta_halflife, ema_update, load_checkpoint, save_checkpoint, torch_threads
+from toydiff.infra.clitools import user_errors
+from toydiff.infra.runs import (RunLock, StopSignals, append_jsonl, check_resume, fingerprint, prune_checkpoints,
+                                truncate_log)
 
 from .checkpoint import latest_checkpoint
 from .config import RESUME_KEYS, TrainConfig, parse_args

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toydiff.denoiser import count_parameters, edm_preconditioning
-from toydiff.validation import as_sigma, check_batch, label_index, sigma_like
+from toydiff.core.denoiser import count_parameters, edm_preconditioning
+from toydiff.infra.validation import as_sigma, check_batch, label_index, sigma_like
 
 __all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "forward_flops"]
 

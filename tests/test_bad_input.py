@@ -307,13 +307,14 @@ CASES = {
 
 
 # every module that validates user input is reached by at least one case (a frame of it in the traceback)
-VALIDATING = {"toydiff/denoiser.py", "toydiff/nets.py", "toydiff/guidance/base.py", "toydiff/guidance/methods.py",
-              "toydiff/guidance/modifiers.py", "toydiff/guidance/registry.py", "toydiff/samplers.py",
-              "toydiff/training.py", "toydiff/classifier.py", "toydiff/metrics.py",
-              "toydiff/validation.py", "toydiff/cli.py", "toydiff/bench.py", "toydiff/bench_models.py",
-              "toydiff/histogram.py", "imagenet_ext/sample.py", "imagenet_ext/fid.py",
-              "toydiff/distributions.py", "toydiff/datasets.py", "toydiff/runs.py", "toydiff/clitools.py",
-              "toydiff/checkpoint.py", "toydiff/zoo.py", "imagenet_ext/data.py", "imagenet_ext/inception.py",
+VALIDATING = {"toydiff/core/denoiser.py", "toydiff/toy/nets.py", "toydiff/core/guidance/base.py",
+              "toydiff/core/guidance/methods.py", "toydiff/core/guidance/modifiers.py",
+              "toydiff/core/guidance/registry.py", "toydiff/core/samplers.py", "toydiff/toy/training.py",
+              "toydiff/toy/classifier.py", "toydiff/toy/metrics.py", "toydiff/infra/validation.py",
+              "toydiff/app/cli.py", "toydiff/bench/sweep.py", "toydiff/bench/models.py", "toydiff/toy/histogram.py",
+              "imagenet_ext/sample.py", "imagenet_ext/fid.py", "toydiff/toy/distributions.py",
+              "toydiff/toy/datasets.py", "toydiff/infra/runs.py", "toydiff/infra/clitools.py",
+              "toydiff/core/checkpoint.py", "toydiff/toy/zoo.py", "imagenet_ext/data.py", "imagenet_ext/inception.py",
               "imagenet_ext/config.py", "imagenet_ext/train.py"}
 
 

@@ -123,7 +123,7 @@ def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tm
 
 
 def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port, server):
-    proc, log = server([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(free_port)])
+    proc, log = server([sys.executable, "-m", "toydiff.app.cli", "explore", "--port", str(free_port)])
     url = f"http://127.0.0.1:{free_port}/"
     _wait_http(url, proc, log)
     first = log.read_text().splitlines()[0]

@@ -104,7 +104,7 @@ def _processes() -> dict[int, tuple[int, str]]:
 def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port(free_port, server):
     """`kill` of `toydiff explore` (SIGTERM) must reach Voila: it used to outlive its parent with its kernel."""
     port = free_port
-    proc, log = server([sys.executable, "-m", "toydiff.cli", "explore", "--port", str(port)])
+    proc, log = server([sys.executable, "-m", "toydiff.app.cli", "explore", "--port", str(port)])
     end = time.monotonic() + 120
     while True:                                         # the page renders in a kernel: Voila then has a child
         try:

@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = (sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("notebooks/assignments/*.ipynb"))
-             + [ROOT / "toydiff" / "explore.ipynb"])      # Voila executes the explorer's page through nbclient too
+             + [ROOT / "toydiff" / "app" / "explore.ipynb"])      # Voila executes the explorer's page through nbclient too
 CELL_TIMEOUT, NOTEBOOK_TIMEOUT = 300, 600                       # seconds; the slowest notebook takes about 40 s
 
 

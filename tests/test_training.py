@@ -7,8 +7,9 @@ import torch
 from toydiff.datasets import three_gaussians
 from toydiff.distributions import GaussianMixture
 from toydiff.nets import MLPDenoiser, TwinHeadMLPDenoiser
-from toydiff.training import (_ema_gamma, denoiser_error, ema_beta_halflife, ema_beta_power, ema_update,
-                              load_checkpoint, load_model, save_checkpoint, train)
+from toydiff.core.training import _ema_gamma
+from toydiff.training import (denoiser_error, ema_beta_halflife, ema_beta_power, ema_update, load_checkpoint,
+                              load_model, save_checkpoint, train)
 
 FAST = dict(batch_size=128, progress=False, pool_size=4096)
 

@@ -1,0 +1,179 @@
+"""`toydiff explore`: the classroom explorer. One page with the tree (Karras et al. 2024, Fig. 1; the shipped main
+and guide networks) and the three Gaussians (Ho & Salimans 2022, Fig. 2; the exact mixture as the denoiser), the
+guidance method, its weight w, the guidance interval (Kynkaanniemi et al. 2024) and the sampler as controls, the
+samples over the true density and the metrics (toydiff.metrics) recomputed on every change.
+
+The logic lives here and is tested without a browser; the page (explore.ipynb, shipped in the package) only wires
+ipywidgets to `Explorer.update`, and `serve` runs it under Voila (the notebook's outputs only, no code) on
+127.0.0.1. Weights: w = 1 is no guidance, D_w = D_0 + w (D_1 - D_0); Ho & Salimans' weight is w - 1.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..core import guidance, samplers
+from ..core.denoiser import SeparateNull
+from ..core.guidance import Guidance, NoGuidance, guided, to_ho_salimans
+from ..toy import datasets, density, metrics, zoo
+from ..toy.distributions import GaussianMixture
+from . import figures, plot
+
+__all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "Explorer",
+           "voila_command", "serve"]
+
+NOTEBOOK = Path(__file__).with_name("explore.ipynb")
+PROBLEMS = ("tree", "three_gaussians")
+SAMPLERS = tuple(samplers.METHODS)
+SIGMA_MAX = zoo.SIGMA_MAX
+METRICS = ("outlier_fraction", "precision", "recall", "class_accuracy")
+
+
+def methods() -> list[str]:
+    """The guidance recipes the page offers: every name of the toydiff.guidance registry that needs at most a guide
+    model (a recipe registered later appears with no other edit)."""
+    return guidance.names(("guide",))
+
+
+@dataclass
+class Problem:
+    """A toy problem: the data (exact), the main denoiser, the weaker guide, the class shown and the plotted box."""
+    name: str
+    data: GaussianMixture
+    main: Callable
+    guide: Callable
+    cls: int
+    grid: density.Grid
+
+
+def problem(name: str) -> Problem:
+    """`tree`: the shipped main (4 x 64, class A) and guide (4 x 32, 1/8 the training) MLPs, class A; CFG's D_0 is the
+    separate unconditional model (the paper's setup, `zoo.guided_denoiser`). `three_gaussians`: the
+    exact mixture is the main denoiser and the same mixture with every covariance doubled (a blurrier model, the
+    "bad version") the guide, class 0."""
+    if name == "tree":
+        data, models = datasets.tree(), zoo.pretrained(progress=False)
+        main = SeparateNull(models.main, models.uncond)          # CFG's D_0: the separate unconditional model
+        return Problem(name, data, main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
+    if name == "three_gaussians":
+        data = datasets.three_gaussians()
+        blurred = GaussianMixture(data.weights, data.means, data.covs * 2.0, labels=data.labels,
+                                  num_classes=data.num_classes)
+        return Problem(name, data, data, blurred, 0, density.make_grid((-3.0, 3.0, -3.0, 3.0), 120))
+    raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {name!r}")
+
+
+def make_guidance(method: str, w: float, interval: tuple[float, float], guide: Callable) -> Guidance:
+    """The guidance of a registry recipe (toydiff.guidance.make) at weight w ("none" ignores w). `interval` =
+    (sigma_lo, sigma_hi): guidance only where sigma_lo < sigma <= sigma_hi; (0, SIGMA_MAX) or wider leaves the
+    recipe's own (none, or cfg_interval's), an empty one (lo >= hi) means no guidance at all."""
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
+    lo, hi = (float(v) for v in interval)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"interval must be two finite sigmas, got {interval!r}")
+    if lo >= hi or method == "none":
+        return NoGuidance()
+    modifiers = {} if lo <= 0 and hi >= SIGMA_MAX else {"interval": (lo, hi)}
+    return guidance.make(method, w, guide=guide, **modifiers)
+
+
+class Explorer:
+    """The state behind the page: `update(...)` samples with the chosen settings and returns the figure and metrics.
+
+    Problems are built on first use and kept (the tree's models load once); the start noise is fixed by `seed`, so
+    moving one control changes only what that control does."""
+
+    def __init__(self, n: int = 1500, steps: int = zoo.STEPS, seed: int = 0):
+        self.n, self.steps, self.seed = n, steps, seed
+        self._problems: dict[str, Problem] = {}
+        self._logp: dict[str, Tensor] = {}
+
+    def problem(self, name: str) -> Problem:
+        if name not in self._problems:
+            p = self._problems[name] = problem(name)
+            self._logp[name] = p.data.log_prob(p.grid.points, 0.0, p.cls)
+        return self._problems[name]
+
+    def sample(self, name: str, method: str, w: float, interval: tuple[float, float], sampler: str) -> Tensor:
+        """n samples of the problem's class, EDM schedule from SIGMA_MAX, the same start noise for every setting."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+        p = self.problem(name)
+        den = guided(p.main, make_guidance(method, w, interval, p.guide))
+        with torch.no_grad():
+            return samplers.sample(den, (self.n, 2), p.cls, method=sampler, steps=self.steps, sigma_max=SIGMA_MAX,
+                                   generator=torch.Generator().manual_seed(self.seed))
+
+    def update(self, problem: str = "tree", method: str = "autoguidance", w: float = 3.0,
+               interval: tuple[float, float] = (0.0, SIGMA_MAX), sampler: str = "heun") -> tuple[Figure, dict[str, float]]:
+        """Sample, measure against the exact density (toydiff.metrics.evaluate) and draw the samples over it."""
+        x = self.sample(problem, method, w, interval, sampler)
+        p = self.problem(problem)
+        m = metrics.evaluate(x, p.data, p.cls, seed=self.seed)
+        fig = Figure(figsize=(4.6, 5.2), dpi=100, layout="constrained")
+        lo, hi = interval
+        where = "all $\\sigma$" if lo <= 0 and hi >= SIGMA_MAX else f"$\\sigma \\in ({lo:g}, {hi:g}]$"
+        name = (f"{problem} (class {p.cls}), {method}, {sampler}\n$w$ = {w:g} (Ho & Salimans {to_ho_salimans(w):g}), "
+                f"guidance on {where}")
+        ax = fig.add_subplot(aspect="equal", xticks=[], yticks=[])
+        plot.samples_panel(x, ax, grid=p.grid, log_density=self._logp[problem], size=2.0,
+                           title=plot.title_with_metrics(name, m))
+        return fig, {k: m[k] for k in METRICS}
+
+
+def voila_command(port: int, notebook: str | os.PathLike = NOTEBOOK) -> list[str]:
+    """The Voila command line that serves the explorer page on 127.0.0.1:port without opening a browser."""
+    return [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
+            "--theme=light", "--show_tracebacks=True"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(port: int = 0, *, open_browser: bool = False) -> int:
+    """Run the explorer under Voila until interrupted; prints the URL first. port 0 = a free one. Returns the exit code."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in [0, 65535] (0 = a free one), got {port!r}")
+    if importlib.util.find_spec("voila") is None:
+        raise FileNotFoundError("voila is not installed: python -m pip install 'toydiff[teaching]'")
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    print(f"toydiff explore: {url}  (Ctrl-C to stop)", flush=True)
+    if open_browser:
+        import webbrowser
+        webbrowser.open(url)
+    proc = subprocess.Popen(voila_command(port))
+    # SIGTERM to this process must reach Voila: without it Voila and its kernels outlive `kill` (and keep the port)
+    forward = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.terminate()) if forward else None
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:                   # Ctrl-C reached Voila too (same process group): let it finish
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if forward:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,1 @@
+"""Plumbing: argument validation, atomic writes, run ownership (locks, signals, resume), CLI helpers."""

@@ -1,0 +1,262 @@
+"""Gaussian mixtures in 2D with exact log-density, score, denoiser and class posterior at every noise level.
+
+Noising the data with N(0, sigma^2 I) keeps a Gaussian mixture a Gaussian mixture:
+    p(x; sigma) = sum_k w_k N(x; mu_k, C_k + sigma^2 I)
+so every quantity a diffusion model learns is known in closed form (Karras et al. 2022, EDM, Sec. 2):
+    score      s(x; sigma) = grad_x log p(x; sigma)
+    denoiser   D(x; sigma) = E[x0 | x] = x + sigma^2 s(x; sigma)        (Tweedie / Miyasawa)
+The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse), evaluated in float64, and every sum
+over components is a log-sum-exp, so results (float64 or float32) stay finite over the stated range
+|x| <= X_LIMIT = 1e15 (each coordinate) and 0 <= sigma <= SIGMA_LIMIT = 1e15; inputs beyond it raise a ValueError
+(past ~1e77 the float64 terms sigma^4 and |x|^2 sigma^2 themselves overflow).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..infra.validation import as_cond, as_sigma, check_points, check_positive_int
+
+__all__ = ["GaussianMixture", "X_LIMIT", "SIGMA_LIMIT"]
+
+X_LIMIT = 1e15      # |x| and sigma where every method is still finite in float32 too (see the module docstring)
+SIGMA_LIMIT = 1e15
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
+
+
+class GaussianMixture:
+    """A class-labelled mixture sum_k w_k N(mu_k, C_k) in 2D; also an exact denoiser D(x, sigma, cond).
+
+    Args:
+        weights: [K] non-negative mixture weights (normalized here).
+        means: [K, 2] component means.
+        covs: [K, 2, 2] symmetric positive-definite component covariances.
+        labels: [K] class of each component, in [0, num_classes); default all 0.
+        num_classes: number of classes; default max(labels) + 1.
+
+    Conditioning follows the denoiser contract: `cond` is int64 [N] with -1 for "no condition"
+    (the marginal p(x)), or None for a marginal batch. p(x | c) is the mixture restricted to the
+    components labelled c, renormalized.
+    """
+
+    def __init__(self, weights, means, covs, labels=None, num_classes: int | None = None):
+        w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covs, dtype=torch.float64)
+        k = w.shape[0]
+        if k == 0:
+            raise ValueError("weights must have at least one component")
+        if mu.shape != (k, 2):
+            raise ValueError(f"means must have shape [{k}, 2], got {tuple(mu.shape)}")
+        if cov.shape != (k, 2, 2):
+            raise ValueError(f"covs must have shape [{k}, 2, 2], got {tuple(cov.shape)}")
+        if not (torch.isfinite(w).all() and torch.isfinite(mu).all() and torch.isfinite(cov).all()):
+            raise ValueError("weights, means and covs must be finite")
+        if mu.abs().max() > X_LIMIT or cov.abs().max() > SIGMA_LIMIT ** 2:
+            raise ValueError(f"means must satisfy |mu| <= {X_LIMIT:g} and covs |C| <= {SIGMA_LIMIT ** 2:g} (the "
+                             f"mixture's finite range), got max |mu| {mu.abs().max().item():g}, max |C| "
+                             f"{cov.abs().max().item():g}")
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        if not torch.allclose(cov, cov.transpose(1, 2)):
+            raise ValueError("covs must be symmetric")
+        a, b, d = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
+        if (a <= 0).any() or (a * d - b * b <= 0).any():
+            raise ValueError("covs must be positive definite")
+        lab = torch.zeros(k, dtype=torch.long) if labels is None else torch.as_tensor(labels).reshape(-1)
+        if lab.is_floating_point() or lab.dtype == torch.bool:
+            raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
+        lab = lab.long()
+        if lab.shape != (k,):
+            raise ValueError(f"labels must have shape [{k}], got {tuple(lab.shape)}")
+        c = int(lab.max()) + 1 if num_classes is None else check_positive_int(num_classes, "num_classes")
+        if (lab < 0).any() or (lab >= c).any():
+            raise ValueError(f"labels must lie in [0, {c - 1}]")
+        self.weights = w / w.sum()
+        self.means, self.covs, self.labels, self.num_classes = mu, cov, lab, c
+        # log w_k for p(x) and log(w_k / W_c) for p(x | c): row c of [C+1, K], row C is the marginal
+        onehot = torch.nn.functional.one_hot(lab, c).T.bool()                      # [C, K]
+        class_mass = (self.weights * onehot).sum(1, keepdim=True)                  # [C, 1] = W_c
+        if (class_mass <= 0).any():
+            raise ValueError("every class in [0, num_classes) needs at least one component of positive weight")
+        logw = self.weights.log()
+        cond_logw = torch.where(onehot, logw - class_mass.log(), torch.full_like(logw, -math.inf))
+        self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K]
+        self._log_class_mass = class_mass[:, 0].log()                              # [C] = log W_c
+        self._class_mask = torch.where(onehot, 0.0, -math.inf).double()            # [C, K]
+        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _logits and _score).
+        # C = [[A, B], [B, D]], adj C = [[D, -B], [-B, A]], S = C + s^2 I:
+        #   det S = det C + s^2 tr C + s^4                     -> [1, s^2, s^4] @ [det C; tr C; 1]
+        #   adj S = adj C + s^2 I,   S^-1 = adj S / det S
+        #   r^T adj S r = Q(x - mu) + s^2 |x - mu|^2, expanded in the features of x:
+        #   [x0^2, x0 x1, x1^2, x0, x1, 1, s^2|x|^2, s^2 x0, s^2 x1, s^2] @ W
+        A, B, D = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
+        adj_mu = torch.stack([D * mu[:, 0] - B * mu[:, 1], A * mu[:, 1] - B * mu[:, 0]], 1)   # (adj C) mu
+        self._quad_w = torch.stack([D, -2 * B, A, -2 * adj_mu[:, 0], -2 * adj_mu[:, 1], (mu * adj_mu).sum(1),
+                                    torch.ones_like(A), -2 * mu[:, 0], -2 * mu[:, 1], (mu * mu).sum(1)])  # [10, K]
+        self._det_w = torch.stack([A * D - B * B, A + D, torch.ones_like(A)])                          # [3, K]
+        # sum_k rho_k adj(S_k)(x - mu_k) = M x - v1 + s^2 (sum(rho) x - v2),  [M | v1 | v2 | sum] = rho @ Z
+        self._score_z = torch.cat([torch.stack([D, -B, -B, A], 1), adj_mu, mu, torch.ones_like(A)[:, None]], 1)  # [K, 9]
+
+    # ------------------------------------------------------------------ core
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    def _prepare(self, x: Tensor, sigma, cond) -> tuple[Tensor, Tensor, Tensor | None]:
+        x = check_points(x, 2, "x")
+        n = x.shape[0]
+        s = as_sigma(sigma, n, device=x.device)
+        c = as_cond(cond, n, self.num_classes, device=x.device)
+        if x.abs().max() > X_LIMIT:
+            raise ValueError(f"x lies outside the mixture's finite range |x| <= {X_LIMIT:g}: max |x| = "
+                             f"{x.abs().max().item():g}")
+        if s.max() > SIGMA_LIMIT:
+            raise ValueError(f"sigma lies outside the mixture's finite range 0 <= sigma <= {SIGMA_LIMIT:g}: "
+                             f"got {s.max().item():g}")
+        return x, s, c
+
+    def _logw_rows(self, cond: Tensor | None, n: int, device) -> Tensor:
+        """Prior log-weights per point [N, K]: row `cond` of the table (the marginal row for -1/None)."""
+        table = self._logw_table.to(device)
+        if cond is None:
+            return table[-1].expand(n, -1)
+        return table[torch.where(cond < 0, torch.full_like(cond, self.num_classes), cond)]
+
+    def _logits(self, x: Tensor, s2: Tensor, logw: Tensor) -> tuple[Tensor, Tensor]:
+        """log(w_k N(x; mu_k, C_k + s^2 I)) [N, K] (with the prior row logw) and det S [N, K].
+
+        log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2,  r = x - mu  (float64 throughout)
+        """
+        x0, x1 = x[:, 0], x[:, 1]
+        feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [N, 6]
+        feats = torch.cat([feats, s2[:, None] * torch.stack([x0 * x0 + x1 * x1, x0, x1, torch.ones_like(x0)], 1)], 1)
+        det = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1) @ self._det_w.to(x.device)        # [N, K]
+        quad = (feats @ self._quad_w.to(x.device)) / det
+        logits = logw.sub(quad, alpha=0.5).sub_(det.log(), alpha=0.5).sub_(_LOG_2PI)
+        return logits, det
+
+    def _chunks(self, n: int, per_point: int = 1) -> list[slice]:
+        """Row slices of a batch of n points so that points x components x per_point stays bounded."""
+        step = max(1, _CHUNK_ELEMENTS // (len(self) * per_point))
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    # ------------------------------------------------------------------ public API
+    def log_prob(self, x: Tensor, sigma=0.0, cond=None) -> Tensor:
+        """Normalized log p(x | c; sigma) [N] of the mixture convolved with N(0, sigma^2 I) (c = -1/None: p(x; sigma))."""
+        x, s, c = self._prepare(x, sigma, cond)
+        xd, s2 = x.double(), s.double() ** 2
+        out = []
+        for sl in self._chunks(x.shape[0]):
+            logw = self._logw_rows(None if c is None else c[sl], xd[sl].shape[0], x.device)
+            out.append(torch.logsumexp(self._logits(xd[sl], s2[sl], logw)[0], dim=1))
+        return torch.cat(out).to(x.dtype)
+
+    def score(self, x: Tensor, sigma, cond=None) -> Tensor:
+        """Exact score grad_x log p(x | c; sigma) [N, 2] = sum_k r_k (-S_k^-1 (x - mu_k)), r = responsibilities."""
+        x, s, c = self._prepare(x, sigma, cond)
+        return self._score(x, s, c).to(x.dtype)
+
+    def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
+        xd, s2 = x.double(), s.double() ** 2
+        out = []
+        for sl in self._chunks(x.shape[0]):
+            xs, s2s = xd[sl], s2[sl]
+            logits, det = self._logits(xs, s2s, self._logw_rows(None if c is None else c[sl], xs.shape[0], x.device))
+            rho = torch.softmax(logits, dim=1) / det                              # r_k / det S_k   [n, K]
+            p = rho @ self._score_z.to(x.device)                                  # [n, 9]
+            m = p[:, :4].reshape(-1, 2, 2)
+            adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
+            out.append(-adj_r)                                                    # -sum_k r_k S_k^-1 (x - mu_k)
+        return torch.cat(out)                                                     # float64
+
+    def denoise(self, x: Tensor, sigma, cond=None) -> Tensor:
+        """Exact posterior mean E[x0 | x; sigma, c] [N, 2] = x + sigma^2 s(x | c; sigma) (Tweedie's formula)."""
+        x, s, c = self._prepare(x, sigma, cond)
+        return (x.double() + (s.double() ** 2)[:, None] * self._score(x, s, c)).to(x.dtype)
+
+    __call__ = denoise
+
+    def component_denoise(self, x: Tensor, sigma, k: Tensor) -> Tensor:
+        """E[x0 | x, k; sigma] [N, 2] = mu_k + C_k (C_k + s^2 I)^-1 (x - mu_k): the posterior mean given that x0 came
+        from component k[i] (int64 [N]). Averaged over k ~ p(k | x) it is `denoise`: an unbiased training target
+        with the within-component noise integrated out (Rao-Blackwellized denoising score matching)."""
+        x, s, _ = self._prepare(x, sigma, None)
+        if not isinstance(k, Tensor) or k.dtype != torch.long or k.shape != x.shape[:1] \
+                or (k < 0).any() or (k >= len(self)).any():
+            raise ValueError(f"k must be an int64 tensor [{x.shape[0]}] of component indices in [0, {len(self)})")
+        cov, r, s2 = self.covs[k], x.double() - self.means[k], s.double() ** 2
+        a, b, d = cov[:, 0, 0] + s2, cov[:, 0, 1], cov[:, 1, 1] + s2                  # S = C + s^2 I
+        u = torch.stack([d * r[:, 0] - b * r[:, 1], a * r[:, 1] - b * r[:, 0]], 1) / (a * d - b * b)[:, None]
+        return (self.means[k] + (cov @ u[:, :, None])[:, :, 0]).to(x.dtype)          # S^-1 r by the 2x2 adjugate
+
+    def class_posterior(self, x: Tensor, sigma) -> Tensor:
+        """Exact p(c | x; sigma) [N, C]: the components' responsibilities summed per class (differentiable in x)."""
+        return self.class_log_posterior(x, sigma).exp()
+
+    def class_log_posterior(self, x: Tensor, sigma) -> Tensor:
+        """Exact log p(c | x; sigma) [N, C] = log W_c p(x | c; sigma) - log p(x; sigma), all as log-sum-exps."""
+        x, s, _ = self._prepare(x, sigma, None)
+        joint = self._class_joint(x, s)
+        return (joint - torch.logsumexp(joint, dim=1, keepdim=True)).to(x.dtype)
+
+    def class_log_prob(self, x: Tensor, sigma=0.0) -> Tensor:
+        """Exact log p(x | c; sigma) [N, C] for every class c at once (one pass over the components)."""
+        x, s, _ = self._prepare(x, sigma, None)
+        return (self._class_joint(x, s) - self._log_class_mass.to(x.device)).to(x.dtype)
+
+    def _class_joint(self, x: Tensor, s: Tensor) -> Tensor:
+        """log W_c p(x | c; sigma) = log sum_{k in c} w_k N_k  [N, C], float64."""
+        xd, s2 = x.double(), s.double() ** 2
+        in_class = self._class_mask.to(x.device)                                  # [C, K]: 0 or -inf
+        out = []
+        for sl in self._chunks(x.shape[0], per_point=self.num_classes):
+            joint = self._logits(xd[sl], s2[sl], self._logw_rows(None, xd[sl].shape[0], x.device))[0]  # [n, K]
+            out.append(torch.logsumexp(joint[:, None, :] + in_class[None], dim=2))
+        return torch.cat(out)
+
+    def sample(self, n: int, cond=None, sigma=0.0, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, components: bool = False) -> tuple[Tensor, ...]:
+        """Exact samples (x [n, 2], y [n]) of p(x | c; sigma): pick a component, then mu + L z (+ sigma * noise).
+
+        `cond` is an int, an int64 tensor [n] (-1 = marginal) or None (marginal); y holds each sample's class.
+        components=True: (x, y, k) with k [n] each sample's component index (the same draws).
+        """
+        n = check_positive_int(n, "n")
+        c = as_cond(cond, n, self.num_classes)
+        s = as_sigma(sigma, n)
+        if c is None:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:                                                                     # one draw per distinct label
+            k = torch.empty(n, dtype=torch.long)
+            for label in c.unique().tolist():
+                rows = (c == label).nonzero().squeeze(1)
+                probs = self._logw_table[label if label >= 0 else self.num_classes].exp()
+                k[rows] = torch.multinomial(probs, rows.numel(), replacement=True, generator=generator)
+        # Cholesky of [[a, b], [b, d]]: L = [[sqrt a, 0], [b / sqrt a, sqrt(d - b^2 / a)]]
+        cov = self.covs[k]
+        l00 = cov[:, 0, 0].sqrt()
+        l10 = cov[:, 0, 1] / l00
+        l11 = (cov[:, 1, 1] - l10 ** 2).sqrt()
+        z = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+        x = self.means[k] + torch.stack([l00 * z[:, 0], l10 * z[:, 0] + l11 * z[:, 1]], 1) + s[:, None] * z[:, 2:]
+        return (x.to(dtype), self.labels[k].clone()) + ((k,) if components else ())
+
+    # ------------------------------------------------------------------ summaries
+    def mean(self, cond: int | None = None) -> Tensor:
+        """Mean [2] of p(x) or p(x | cond)."""
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
+        return w @ self.means
+
+    def covariance(self, cond: int | None = None) -> Tensor:
+        """Covariance [2, 2] of p(x) or p(x | cond): sum w_k (C_k + mu_k mu_k^T) - m m^T."""
+        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
+        m = w @ self.means
+        second = (w[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        return second - m[:, None] * m[None, :]
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(components={len(self)}, num_classes={self.num_classes})"
