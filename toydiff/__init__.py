@@ -27,9 +27,9 @@ _FLAT = {
     "validation": "infra.validation", "atomic": "infra.atomic", "runs": "infra.runs", "clitools": "infra.clitools",
     "distributions": "toy.distributions", "datasets": "toy.datasets", "nets": "toy.nets", "training": "toy.training",
     "classifier": "toy.classifier", "zoo": "toy.zoo", "density": "toy.density", "histogram": "toy.histogram",
-    "metrics": "toy.metrics",
+    "metrics": "toy.metrics", "optimal_weight": "toy.optimal_weight",
     "bench_models": "bench.models", "bench_report": "bench.report",
-    "plot": "app.plot", "figures": "app.figures", "demo": "app.demo", "explore": "app.explore", "cli": "app.cli",
+    "plot": "app.plot", "figures": "app.figures", "demo": "app.demo", "explore": "app.explore", "cli": "app.cli", "weight_study": "app.weight_study",
     "grading": "app.grading",
 }
 

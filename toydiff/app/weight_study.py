@@ -18,12 +18,14 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from . import datasets, metrics, plot, samplers
-from .density import make_grid
-from .denoiser import SeparateNull
-from .guidance import CFG, AutoGuidance, Guidance
-from .optimal_weight import WeightProfile, oracle_schedule, optimal_weight, weight_profile
-from .zoo import SIGMA_MAX, STEPS, ToyModels, draw, guided_denoiser
+from ..core import samplers
+from ..core.denoiser import SeparateNull
+from ..core.guidance import CFG, AutoGuidance, Guidance
+from ..toy import datasets, metrics
+from ..toy.density import make_grid
+from ..toy.optimal_weight import WeightProfile, oracle_schedule, optimal_weight, weight_profile
+from ..toy.zoo import SIGMA_MAX, STEPS, ToyModels, draw, guided_denoiser
+from . import plot
 
 __all__ = ["GUIDES", "WS", "branches", "profiles", "oracle_table", "optimal_weight_figure"]
 

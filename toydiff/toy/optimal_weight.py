@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from ..core.denoiser import Denoiser
+from ..core.guidance import Guidance
+from ..infra.validation import check_positive_int
 from .distributions import GaussianMixture
-from .guidance import Guidance
-from .validation import check_positive_int
 
 __all__ = ["OptimalWeight", "optimal_weight", "WeightProfile", "weight_profile", "oracle_schedule"]
 
