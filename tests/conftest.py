@@ -74,6 +74,36 @@ def server(tmp_path):
                 proc.wait()
 
 
+# Test tiers (README, "Tests"): every test gets exactly one marker. `notebooks`: nbval over the notebooks and the
+# nbgrader course; `browser`: a real server (JupyterLab, Voila) and a headless browser; `slow`: a test over ~5 s CPU
+# here (trains, runs a CLI end to end, starts processes), listed in SLOW by file or by test; `unit`: all the rest.
+NOTEBOOK_FILES = ("tests/test_assignments.py", "tests/test_notebooks_execute.py")
+SLOW = ("tests/test_imagenet_multinode.py", "tests/test_imagenet_sample_fid.py", "tests/test_imagenet_train.py",
+        "tests/test_tree_recipe.py", "tests/test_crash.py", "tests/test_widgets.py", "tests/test_cli.py",
+        "tests/test_digits.py::test_export_is_deterministic",
+        "tests/test_guidance_modifiers.py::test_measured_effect_on_thin_tree",
+        "tests/test_bad_input.py::test_cases_reach_every_validating_module",
+        "tests/test_classifier.py::test_accuracy_matches_the_exact_posterior")
+TIERS = ("unit", "slow", "browser", "notebooks")
+
+
+def _tier(item: pytest.Item) -> str:
+    where = item.nodeid.replace("\\", "/")
+    if where.startswith("notebooks/") or where.startswith(NOTEBOOK_FILES):
+        return "notebooks"
+    if "server" in getattr(item, "fixturenames", ()) or where.startswith("tests/test_browser.py"):
+        return "browser"
+    if where.startswith(SLOW):
+        return "slow"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(_tier(item))
+
+
 def pytest_terminal_summary(terminalreporter):
     """Never skip the browser tests silently: say why at the end of every run (the README command has no -rs)."""
     reasons = {str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
