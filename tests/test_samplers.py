@@ -9,8 +9,9 @@ from toydiff.guidance import CFG, guided
 
 # Heun is second order: 32 steps suffice. The first-order and stochastic samplers need more levels for
 # their discretization error to fall under the 0.1-nat bar (measured, nats above the data: euler and ddim
-# +0.13 at 32 steps, +0.03 at 128; ddpm +0.23 at 32, +0.07 at 128; euler_maruyama -0.13 at 32, -0.02 at 128).
-STEPS = {"heun": 32, "euler": 128, "euler_maruyama": 128, "ddpm": 256, "ddim": 128}
+# +0.13 at 32 steps, +0.03 at 128; ddpm +0.23 at 32, +0.07 at 128; euler_maruyama -0.13 at 32, -0.02 at 128;
+# dpmpp_2m -0.16 at 16, -0.03 at 32).
+STEPS = {"heun": 32, "euler": 128, "euler_maruyama": 128, "ddpm": 256, "ddim": 128, "dpmpp_2m": 32}
 N = 20_000
 
 
@@ -21,9 +22,15 @@ def reference(three):
     return dict(ll=ll.mean().item(), threshold=torch.quantile(ll, 0.01).item())
 
 
-@pytest.mark.parametrize("method", sorted(samplers.METHODS))
+# and two that are not a method: EDM's stochastic Heun (Alg. 2; measured -0.07 nats) and Euler on the flow
+# schedule with SD3's shift 3 (+0.03)
+EXTRA = {"heun_churn": ("heun", 32, dict(s_churn=10.0)), "flow_euler": ("euler", 128, dict(schedule="flow", shift=3.0))}
+
+
+@pytest.mark.parametrize("method", sorted(samplers.METHODS) + sorted(EXTRA))
 def test_sampler_reproduces_data(three, reference, method):
-    x = samplers.sample(three, (N, 2), method=method, steps=STEPS[method], generator=torch.Generator().manual_seed(1))
+    method, steps, kwargs = EXTRA.get(method, (method, STEPS.get(method), {}))
+    x = samplers.sample(three, (N, 2), method=method, steps=steps, generator=torch.Generator().manual_seed(1), **kwargs)
     ll = three.log_prob(x)
     # class proportions: E_x[p(c|x)] equals the class weights exactly under the data; 2 points tolerance
     proportions = three.class_posterior(x, 0.0).mean(0)
@@ -82,7 +89,7 @@ def test_schedules():
 
 def test_explicit_sigmas_and_callback(three):
     """sigmas= runs exactly the given schedule (the default EDM one gives the default samples); the callback sees
-    every step with its sigma pair and the state after the step."""
+    every step with its sigma pair, the state after the step and the x0-hat D(x_i; sigma_i) the step used."""
     seen = []
     x = samplers.sample(three, (500, 2), generator=torch.Generator().manual_seed(0))
     y = samplers.sample(three, (500, 2), sigmas=samplers.edm_sigmas(32), generator=torch.Generator().manual_seed(0),
@@ -93,6 +100,71 @@ def test_explicit_sigmas_and_callback(three):
     assert seen[-1]["sigma_next"] == 0.0
     for d in seen:
         torch.testing.assert_close(d["x"], y[1][d["i"] + 1], rtol=0, atol=0)
+        assert d["sigma_hat"] == d["sigma"]
+        torch.testing.assert_close(d["denoised"], three(y[1][d["i"]], d["sigma"], None), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(samplers.METHODS))
+def test_callback_denoised_is_the_steps_x0_hat(three, method):
+    """Every method reports the x0-hat it evaluated at x_i: D(x_i; sigma_hat) (sigma_hat = sigma but under churn)."""
+    seen, cond = [], torch.arange(50) % 3
+    kwargs = dict(s_churn=20.0) if method == "heun" else {}
+    _, traj = samplers.sample(three, (50, 2), cond, method=method, steps=6, sigma_max=5.0, callback=seen.append,
+                              return_trajectory=True, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(seen) == 6
+    for d in seen:
+        if method != "heun":                     # under churn x_i gets noise first: D is evaluated at x_hat
+            torch.testing.assert_close(d["denoised"], three(traj[d["i"]], d["sigma_hat"], cond), rtol=0, atol=0)
+    if method == "heun":
+        assert all(d["sigma_hat"] > d["sigma"] for d in seen)
+
+
+def test_linear_beta_runs_the_steps_it_is_asked_for(three):
+    """schedule="linear_beta" takes its own range (all DDPM time steps), not EDM's sigma_max = 80, which used to
+    clip it: 10 steps run 10 levels from sigma_999 = 157 (docs/CONVENTIONS.md, section 5)."""
+    seen = []
+    samplers.sample(three, (8, 2), method="ddim", schedule="linear_beta", steps=10, callback=seen.append)
+    assert len(seen) == 10
+    torch.testing.assert_close(torch.tensor([d["sigma"] for d in seen] + [0.0], dtype=torch.float64),
+                               samplers.linear_beta_sigmas(10), rtol=0, atol=0)
+    assert 150 < seen[0]["sigma"] < 165
+
+
+def test_schedule_defaults_are_the_schedules_own(three):
+    """sample() leaves the schedule's arguments to the schedule: the same levels as calling it with steps only."""
+    for name, fn in samplers.SCHEDULES.items():
+        seen = []
+        samplers.sample(three, (4, 2), method="euler", schedule=name, steps=7, callback=seen.append)
+        assert [d["sigma"] for d in seen] == fn(7)[:-1].tolist(), name
+
+
+def test_flow_schedule_is_sd3s_shift():
+    """SD3's shift t' = s t / (1 + (s - 1) t) (Esser et al. 2024) multiplies sigma = t / (1 - t) by s; unshifted,
+    the levels are uniform in t between sigma_max / (1 + sigma_max) and sigma_min / (1 + sigma_min)."""
+    base, shifted = samplers.flow_sigmas(20), samplers.flow_sigmas(20, shift=3.0)
+    torch.testing.assert_close(shifted, 3.0 * base, rtol=1e-13, atol=0)
+    t = base[:-1] / (1 + base[:-1])
+    torch.testing.assert_close(t.diff(), torch.full((19,), t[1].item() - t[0].item(), dtype=torch.float64))
+    torch.testing.assert_close(t[[0, -1]], torch.tensor([80 / 81, 0.002 / 1.002], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_on_the_flow_schedule_is_euler_in_t(tree_mix, shift):
+    """Euler in sigma on the denoiser at the levels t_i IS Euler in t on the flow ODE dx_t/dt = v(x_t, t) with
+    x_t = (1 - t) x0 + t eps = x / (1 + sigma), v = (x_t - D(x_t / (1 - t); t / (1 - t))) / t: float64 rounding."""
+    sigmas = samplers.flow_sigmas(24, shift=shift)
+    cond = torch.arange(200) % 2
+    eps = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = (sigmas / (1 + sigmas)).tolist()
+    x_t, path = t[0] * eps, [t[0] * eps]                      # x_t at t_0, i.e. x = x_t / (1 - t_0) = sigma_0 eps
+    for t_i, t_next in zip(t[:-1], t[1:]):
+        v = (x_t - tree_mix(x_t / (1 - t_i), t_i / (1 - t_i), cond)) / t_i
+        x_t = x_t + (t_next - t_i) * v
+        path.append(x_t)
+    x0, traj = samplers.sample(tree_mix, sigmas[0].item() * eps, cond, method="euler", sigmas=sigmas,
+                               return_trajectory=True)
+    torch.testing.assert_close(traj / (1 + sigmas).reshape(-1, 1, 1), torch.stack(path), rtol=0, atol=1e-13)
+    torch.testing.assert_close(x0, x_t, rtol=0, atol=1e-13)
 
 
 def gaussian_pf_ode(x_start, s_max, sd=0.5):
@@ -102,10 +174,11 @@ def gaussian_pf_ode(x_start, s_max, sd=0.5):
 
 
 @pytest.mark.parametrize("method, steps, tol, order", [("heun", 32, 1e-2, 2), ("euler", 256, 1e-2, 1),
-                                                     ("ddim", 256, 1e-2, 1)])
+                                                     ("ddim", 256, 1e-2, 1), ("dpmpp_2m", 32, 1e-2, 2)])
 def test_deterministic_samplers_solve_the_gaussian_ode(method, steps, tol, order):
     """Against the closed-form PF-ODE solution for Gaussian data (Karras et al. 2022, Eq. 4 with the exact D):
-    close at the given steps, and the error falls by 2^order when the steps double (measured: heun 4.5x, euler 2.0x)."""
+    close at the given steps, and the error falls by 2^order when the steps double (measured: heun 4.5x, euler 2.0x,
+    dpmpp_2m 4.8x from 16 to 32 steps)."""
     def exact(x, sigma, cond):
         return 0.25 * x / (torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2 + 0.25)
     noise = torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10.0
@@ -119,13 +192,13 @@ def test_deterministic_samplers_solve_the_gaussian_ode(method, steps, tol, order
 
 
 def test_stochastic_samplers_match_the_gaussian_marginal():
-    """Euler-Maruyama and DDPM on N(0, sd^2 I) data end with std sd (exact D; 40000 values: the std's standard
-    error is 0.002; measured 0.505 and 0.494, the rest is the discretization of 256 steps)."""
+    """Euler-Maruyama, DDPM and EDM's churning Heun on N(0, sd^2 I) data end with std sd (exact D; 40000 values:
+    the std's standard error is 0.002; measured 0.505, 0.494 and 0.503 with s_churn = 80, the rest is the discretization)."""
     def exact(x, sigma, cond):
         return 0.25 * x / (torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2 + 0.25)
-    for method in ("euler_maruyama", "ddpm"):
+    for method, kwargs in (("euler_maruyama", {}), ("ddpm", {}), ("heun", dict(s_churn=80.0))):
         out = samplers.sample(exact, (20000, 2), method=method, steps=256, sigma_max=10.0, dtype=torch.float64,
-                              generator=torch.Generator().manual_seed(1))
+                              generator=torch.Generator().manual_seed(1), **kwargs)
         assert abs(float(out.std()) - 0.5) < 0.012, (method, float(out.std()))
 
 
@@ -149,6 +222,21 @@ def test_guided_sampling_runs_on_images():
     (dict(method="ddim", eta=float("nan")), ValueError, "eta must"),
     (dict(method="heun", eta=0.5), ValueError, "eta is a parameter of method 'ddim' only"),
     (dict(method="ddpm", eta=0.0), ValueError, "eta is a parameter of method 'ddim' only"),
+    (dict(schedule="vp", rho=5.0), ValueError, "rho is not an argument of schedule 'vp'"),
+    (dict(schedule="linear_beta", rho=5.0), ValueError, "rho is not an argument of schedule 'linear_beta'"),
+    (dict(shift=3.0), ValueError, "shift is not an argument of schedule 'edm'"),
+    (dict(schedule="flow", shift=0.0), ValueError, "shift must be > 0"),
+    (dict(schedule="flow", shift=-2.0), ValueError, "shift must be >= 0"),
+    (dict(schedule="flow", shift=float("nan")), ValueError, "shift must be finite"),
+    (dict(schedule="flow", sigma_max=float("inf")), ValueError, "sigma_max = inf is t = 1"),
+    (dict(method="dpmpp_2m", steps=1), ValueError, "steps must be >= 2 for method 'dpmpp_2m'"),
+    (dict(method="dpmpp_2m", sigmas=torch.tensor([3.0, 0.0])), ValueError, "steps must be >= 2"),
+    (dict(method="euler", s_churn=1.0), ValueError, "s_churn is a parameter of method 'heun' only"),
+    (dict(method="heun", s_tmin=0.1), ValueError, "s_tmin: used only with s_churn > 0"),
+    (dict(method="heun", s_churn=0.0, s_noise=1.003), ValueError, "s_noise: used only with s_churn > 0"),
+    (dict(method="heun", s_churn=-1.0), ValueError, "s_churn must be >= 0"),
+    (dict(method="heun", s_churn=1.0, s_tmin=2.0, s_tmax=1.0), ValueError, "s_tmin must be <= s_tmax"),
+    (dict(sigmas=torch.tensor([2.0, 1.0, 0.0]), rho=7.0), ValueError, "do not also pass rho"),
 ])
 def test_bad_arguments(three, kwargs, err, word):
     with pytest.raises(err, match=word):
