@@ -4,7 +4,9 @@ Each `check_*` function calls the student's function on fixed seeds, compares it
 implementation (the library is the reference: the same formulas the walkthroughs use) and raises an
 AssertionError whose message says what differs and what usually causes it. A student function that still
 raises NotImplementedError (the stub of the generated student notebook) propagates that error unchanged.
-Every check prints one line per passed part and returns None. `seed` changes the inputs (the autograder's hidden
+While the student's function runs, the toydiff function that would solve the exercise refuses to work
+(`forbid.own_work`): a submission that only calls the library scores nothing. Every check prints one line per
+passed part and returns None. `seed` changes the inputs (the autograder's hidden
 tests call the checks again with other seeds, so an answer tuned to the visible cases fails there).
 
 Conventions (as everywhere in toydiff): w = 1 is no guidance, D_w = D_0 + w (D_1 - D_0); Ho & Salimans'
@@ -20,10 +22,11 @@ import torch
 from torch import Tensor
 
 from ...core import samplers
-from ...core.guidance import CFG, AutoGuidance, guided
-from ...toy import datasets, metrics
+from ...core.guidance import CFG, AutoGuidance, Guidance, guided
+from ...toy import datasets, metrics, training
 from ...toy.nets import MLPDenoiser
 from ...toy.training import train
+from .forbid import own_work
 
 __all__ = ["check_drop_labels", "check_training_loss", "check_cfg_combine", "check_cfg_denoiser",
            "check_euler_step", "check_heun_step", "check_sampler", "check_autoguidance", "check_outlier_fraction",
@@ -81,6 +84,7 @@ def check_training_loss(loss_fn: Callable[..., Tensor], p_unconds: tuple[float, 
                         seeds: tuple[int, ...] = (0, 1)) -> None:
     """loss_fn(model, x0 [B, 2], labels [B], p_uncond, generator) -> scalar EDM loss of one training step with
     condition dropout, compared with the first-step loss that `toydiff.training.train` records on the same seed."""
+    loss_fn = own_work(loss_fn, ((training, "train"), (training, "edm_loss")), "loss_fn")
     data = datasets.three_gaussians()
     x, y = data.sample(2048, generator=torch.Generator().manual_seed(3))
     for p in p_unconds:
@@ -108,6 +112,7 @@ def check_training_loss(loss_fn: Callable[..., Tensor], p_unconds: tuple[float, 
 # ---- assignment 2: CFG and a sampler step ----------------------------------------------------------------
 def check_cfg_combine(cfg_combine: Callable[[Tensor, Tensor, float], Tensor], seed: int = 0) -> None:
     """cfg_combine(d_cond, d_uncond, w) -> D_w = d_uncond + w (d_cond - d_uncond) (w = 1: no guidance)."""
+    cfg_combine = own_work(cfg_combine, ((Guidance, "combine"),), "cfg_combine")
     g = torch.Generator().manual_seed(seed)
     d1, d0 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     out = _tensor(cfg_combine(d1, d0, 1.0), "cfg_combine", d1.shape)
@@ -127,6 +132,7 @@ def check_cfg_combine(cfg_combine: Callable[[Tensor, Tensor, float], Tensor], se
 def check_cfg_denoiser(cfg_denoise: Callable[..., Tensor], seed: int = 1) -> None:
     """cfg_denoise(denoiser, x, sigma, cond, w) == guided(denoiser, CFG(w))(x, sigma, cond), on the exact
     three_gaussians() mixture and on a small network."""
+    cfg_denoise = own_work(cfg_denoise, ((CFG, "branches"),), "cfg_denoise")
     dist, net = datasets.three_gaussians(), toy_model(seed=seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(300, 2, generator=g) * 1.5
@@ -156,11 +162,16 @@ def check_cfg_denoiser(cfg_denoise: Callable[..., Tensor], seed: int = 1) -> Non
               "[cond; -1] does both branches in one call (what CFG does, and what a GPU likes)")
 
 
+# the library's steps and loop: a step or sampler exercise may not call them
+_SAMPLER_CODE = ((samplers, "sample"), *((samplers.METHODS, k, f"samplers.METHODS[{k!r}]") for k in samplers.METHODS))
+
+
 def _step_check(step: Callable, method: str, name: str, seed: int) -> None:
     dist = datasets.three_gaussians()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(200, 2, generator=g) * 2
     cond = torch.arange(200) % 3
+    step = own_work(step, _SAMPLER_CODE, name)
     for den_name, den in (("the exact mixture", dist), ("CFG w=3 on it", guided(dist, CFG(3.0)))):
         for s, s_next in ((5.0, 2.0), (0.5, 0.3), (0.01, 0.0)):
             levels = torch.tensor([s, s_next, 0.0] if s_next > 0 else [s, 0.0], dtype=torch.float64)
@@ -189,6 +200,7 @@ def check_sampler(sample_fn: Callable, method: str = "heun", seed: int = 4, step
     """sample_fn(denoiser, noise [N, 2], cond, sigmas) -> x0: the whole loop over an EDM schedule, compared with
     toydiff.samplers.sample on the same start noise."""
     dist = datasets.three_gaussians()
+    sample_fn = own_work(sample_fn, _SAMPLER_CODE, "sample_fn")
     sigmas = samplers.edm_sigmas(steps, sigma_max=10.0)
     noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(seed)) * 10.0
     cond = torch.arange(500) % 3
@@ -205,6 +217,7 @@ def check_sampler(sample_fn: Callable, method: str = "heun", seed: int = 4, step
 # ---- assignment 3: autoguidance and outliers -------------------------------------------------------------
 def check_autoguidance(autoguide: Callable[..., Tensor], seed: int = 3) -> None:
     """autoguide(main, guide, x, sigma, cond, w) == guided(main, AutoGuidance(guide, w))(x, sigma, cond)."""
+    autoguide = own_work(autoguide, ((AutoGuidance, "branches"),), "autoguide")
     main, guide = toy_model(num_classes=2, width=32, seed=seed), toy_model(num_classes=2, width=16, seed=seed + 5)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(256, 2, generator=g)
@@ -230,6 +243,8 @@ def check_outlier_fraction(outlier_fraction: Callable[..., float], seed: int = 9
     """outlier_fraction(x [N, 2], dist, cls, quantile=0.01, n_ref=10000, seed=0) -> share of x whose true
     log p(x | cls) lies below the `quantile` of log p(x | cls) over n_ref true samples of cls, compared with
     toydiff.metrics.outlier_fraction."""
+    outlier_fraction = own_work(outlier_fraction, ((metrics, "outlier_fraction"), (metrics, "outlier_threshold")),
+                                "outlier_fraction")
     cases = [("three_gaussians()", datasets.three_gaussians(), 1), ("tree()", datasets.tree(), 0)]
     for name, dist, cls in cases:
         g = torch.Generator().manual_seed(seed)
@@ -250,6 +265,7 @@ def check_outlier_fraction(outlier_fraction: Callable[..., float], seed: int = 9
 def check_interval_weight(interval_weight: Callable[[float, Tensor, float, float], Tensor], seed: int = 5) -> None:
     """interval_weight(w, sigma [N], lo, hi) -> [N]: w where lo < sigma <= hi, 1 elsewhere (Kynkaanniemi et al. 2024,
     Eq. 2), compared with toydiff.guidance.Guidance.weight."""
+    interval_weight = own_work(interval_weight, ((Guidance, "weight"), (Guidance, "active")), "interval_weight")
     g = torch.Generator().manual_seed(seed)
     sigma = torch.cat([torch.tensor([0.3, 1.0, 0.0]), (torch.randn(200, generator=g) * 1.5 - 1).exp()])
     for w, (lo, hi) in ((3.0, (0.3, 1.0)), (2.0, (0.0, 0.3)), (0.5 + float(torch.rand((), generator=g)) * 4, (0.1, 5.0))):

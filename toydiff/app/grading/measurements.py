@@ -14,8 +14,9 @@ from ...core.guidance import Guidance, guided
 from ...toy import density, metrics, training
 from ...toy.nets import MLPDenoiser
 from .exercises import _ok, _tensor
+from .forbid import own_work
 
-__all__ = ["check_trained_denoiser", "check_samples", "method_table", "check_method_table"]
+__all__ = ["check_trained_denoiser", "check_samples", "check_sample_tv", "method_table", "check_method_table"]
 
 
 def check_trained_denoiser(model: Callable, data, sigma: float = 0.3, factor: float = 0.3) -> None:
@@ -50,6 +51,22 @@ def check_samples(xs: dict[str, Tensor], denoisers: dict[str, Callable], noise: 
             f"{name}: your samples differ from toydiff's by up to {float((got - ref).abs().max()):.3g} (class accuracy "
             f"{acc[0]:.3f} vs {acc[1]:.3f}, outliers {out[0]:.3f} vs {out[1]:.3f}): same start noise, same method?")
         _ok(f"{name}: class accuracy {acc[1]:.3f}, outliers {out[1]:.3f}, as toydiff computes them")
+
+
+def check_sample_tv(sample_tv: Callable, data, cls: int, seed: int = 1) -> None:
+    """sample_tv(x, grid, log_density) -> the TV between the histogram of x on the grid's cells and the density,
+    compared with toydiff's on true samples of class `cls`, the same shifted by 0.5 and far away (all outside)."""
+    fn = own_work(sample_tv, ((density, "sample_tv"),), "sample_tv")
+    grid = density.make_grid((-3.0, 3.0, -3.0, 3.0), 30)
+    target = density.guided_log_density(data, cls, 1.0, grid)
+    true, _ = data.sample(4000, cond=cls, generator=torch.Generator().manual_seed(seed))
+    for name, x in (("true samples", true), ("shifted by 0.5", true + 0.5), ("far away", true + 10)):
+        tv, ref = fn(x, grid, target), density.sample_tv(x, grid, target)
+        assert isinstance(tv, float), f"sample_tv must return a python float, got {type(tv).__name__}"
+        assert abs(tv - ref) < 1e-9, (f"{name}: you give {tv:.4f}, expected {ref:.4f}. Count the samples per cell "
+                                      "(row = y bin, col = x bin), divide by N, compare with exp(log_density) * cell "
+                                      "area, and add the share of samples outside the grid before halving")
+        _ok(f"{name}: TV {tv:.3f}")
 
 
 def method_table(methods: dict[str, Guidance], data, cls: int, w: float, *, n: int = 4000, seed: int = 0,
