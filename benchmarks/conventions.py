@@ -129,8 +129,7 @@ def apg_churn_resets(steps=16, churn=0.2) -> dict:
     mix = datasets.three_gaussians()
     out = {"denoiser_calls_per_run": 2 * (steps - 1) - 1}
     for gamma in (0.0, churn):
-        g = G.APG(4.0, momentum=-0.5)
-        g.reset()                                            # what toydiff's samplers do before the first step
+        g = G.APG(4.0, momentum=-0.5).start_run(None)          # one run, as toydiff's samplers start it
         sig = torch.linspace(5.0, 0.05, steps, dtype=torch.float64).tolist() + [0.0]
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(256, 2, generator=gen, dtype=torch.float64) * sig[0]

@@ -101,8 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if "guide" in recipes.RECIPES[a.guidance].needs and a.guide_ckpt is None:
         p.error(f"--guidance {a.guidance} needs --guide-ckpt")
-    if a.guidance == "none" and a.w != [1.0]:
-        p.error(f"argument --w: guidance 'none' has no weight, got --w {' '.join(f'{w:g}' for w in a.w)}")
+    try:
+        a.w = [recipes.weight(a.guidance, w) for w in a.w]
+    except ValueError as e:                                # "none" takes no weight but 1 (the registry says so)
+        p.error(f"argument --w: {e}")
     try:                                                   # every output checked before any work starts
         for o in a.out:
             check_output(o, "--out", suffixes=(".png", ".npz"))
@@ -162,7 +164,7 @@ def _main(a: argparse.Namespace) -> dict[str, Any]:
     if bad:
         raise ValueError(f"--classes must lie in [0, {k - 1}], got {bad}")
     labels = torch.tensor([classes[i % len(classes)] for i in range(a.n)], dtype=torch.long)
-    ws = [1.0] if a.guidance == "none" else a.w
+    ws = a.w
     with torch_threads(a.threads):
         x = generate(model, labels, ws, guidance=a.guidance, guide=guide,
                      interval=None if a.interval is None else tuple(a.interval), rescale=a.rescale,

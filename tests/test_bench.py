@@ -20,8 +20,7 @@ def test_every_method_runs_and_is_scored(tiny):
     data = tiny["datasets"]["three_gaussians"]
     assert list(data["methods"]) == bench.method_names() == ["exact", *guidance.names()]
     for name, entry in data["methods"].items():
-        grid = bench.GRIDS.get(name, TINY.grid)
-        assert [r["w"] for r in entry["sweep"]] == list(grid)
+        assert [r["w"] for r in entry["sweep"]] == list(bench.grid(name, TINY))
         assert entry["best"] in entry["sweep"]
         assert entry["best"]["tv"] == min(r["tv"] for r in entry["sweep"])
         for r in entry["sweep"]:
@@ -81,8 +80,11 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
 def test_a_registered_recipe_appears_in_the_bench(monkeypatch):
     """A recipe registered once in toydiff.guidance is a bench method with no other edit; one that wants a number
     (float(w) refuses a schedule) is sampled one call per weight and gives CFG's numbers."""
-    monkeypatch.setitem(guidance.RECIPES, "cfg_number",
-                        guidance.Recipe("cfg_number", lambda w, **m: guidance.CFG(float(w), **m)))
+    class NumberCFG(guidance.CFG):
+        def __init__(self, w, **m):
+            super().__init__(float(w), **m)
+
+    monkeypatch.setitem(guidance.RECIPES, "cfg_number", guidance.Recipe("cfg_number", NumberCFG))
     assert "cfg_number" in bench.method_names()
     got = bench.run(TINY, methods=["cfg", "cfg_number"], datasets=["three_gaussians"])["datasets"]["three_gaussians"]
     for a, b in zip(got["methods"]["cfg"]["sweep"], got["methods"]["cfg_number"]["sweep"]):

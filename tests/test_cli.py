@@ -92,12 +92,12 @@ def test_sample_and_figure_commands(tmp_path):
 
 def test_cli_lists_the_figures_and_the_guidance_registry(tmp_path, monkeypatch, capsys):
     """The CLI's figure names are figures.FIGURES'; a recipe registered in toydiff.guidance is a --guidance
-    choice with no other edit (here: CFG at a fixed w = 2 under a new name gives CFG's samples)."""
+    choice with no other edit (here: CFG under a new name gives CFG's samples)."""
     import torch
 
     from toydiff import figures, guidance
     assert cli.FIGURES == tuple(figures.FIGURES)
-    monkeypatch.setitem(guidance.RECIPES, "cfg_two", guidance.Recipe("cfg_two", lambda w, **m: guidance.CFG(2.0, **m)))
+    monkeypatch.setitem(guidance.RECIPES, "cfg_two", guidance.Recipe("cfg_two", guidance.CFG, default_w=2.0))
     for name in ("cfg_two", "cfg"):
         assert cli.main(["sample", "--guidance", name, "--w", "2", "--n", "100", "--out",
                          str(tmp_path / f"{name}.pt"), "--no-progress"]) == 0

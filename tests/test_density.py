@@ -84,6 +84,26 @@ def test_pf_ode_density_of_networks_and_guided_networks():
         assert (ode - exact).abs().mean() < 0.005 and (ode - exact).abs().max() < 0.03
 
 
+def test_pf_ode_density_starts_a_run_of_the_guidance():
+    """ode_log_density starts the guidance's run along its own levels: LinearCFG, whose weight depends on the run's
+    levels, gives the density of CFG with Wang et al.'s weight written out on those levels,
+    w_t = 1 + 2 (w - 1) (1 - t), t = (s^(1/rho) - lo^(1/rho)) / (hi^(1/rho) - lo^(1/rho)) (EDM's Eq. 5), whether or not
+    the object sampled before (a run of another schedule leaves nothing behind)."""
+    from toydiff import samplers
+    from toydiff.guidance import CFG, LinearCFG, guided
+    three = datasets.three_gaussians()
+    x, cond = three.sample(32, cond=1, generator=torch.Generator().manual_seed(0))[0], torch.ones(32, dtype=torch.long)
+    lo, hi, rho, w = 0.01, 20.0, 7.0, 3.0
+    t = lambda s: (s ** (1 / rho) - lo ** (1 / rho)) / (hi ** (1 / rho) - lo ** (1 / rho))          # noqa: E731
+    written = guided(three, CFG(lambda s: 1 + 2 * (w - 1) * (1 - t(s))))
+    linear = guided(three, LinearCFG(w))
+    kwargs = dict(sigma=lo, sigma_max=hi, steps=24, rho=rho, dtype=torch.float64)
+    expected = density.ode_log_density(written, x, cond, **kwargs)
+    torch.testing.assert_close(density.ode_log_density(linear, x, cond, **kwargs), expected, rtol=0, atol=1e-9)
+    samplers.sample(linear, (8, 2), 1, steps=5, sigma_max=3.0)
+    torch.testing.assert_close(density.ode_log_density(linear, x, cond, **kwargs), expected, rtol=0, atol=1e-9)
+
+
 def test_energy_head_density_is_gaussian_at_init():
     model = nets.EnergyMLPDenoiser(num_classes=0, width=16, depth=2)   # zero output layer: N(0, (s^2+sd^2) I)
     grid = density.make_grid((-4, 4, -4, 4), 120)

@@ -35,7 +35,11 @@ def test_methods_follow_the_guidance_registry():
     """A recipe registered in toydiff.guidance appears on the page with no other edit; one needing a classifier
     (which the explorer cannot supply) does not."""
     assert "autoguidance" in explore.methods() and "classifier" not in explore.methods()
-    guidance.register("half_cfg_test", lambda w, **m: guidance.CFG(1 + (w - 1) / 2, **m))
+    class HalfCFG(guidance.CFG):
+        def __init__(self, w, **m):
+            super().__init__(1 + (w - 1) / 2, **m)
+
+    guidance.register("half_cfg_test", HalfCFG)
     try:
         assert "half_cfg_test" in explore.methods()
         g = explore.make_guidance("half_cfg_test", 5.0, (0.0, explore.SIGMA_MAX), None)

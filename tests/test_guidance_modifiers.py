@@ -7,6 +7,7 @@ import torch
 
 from toydiff import guidance as G
 from toydiff import samplers
+from toydiff.denoiser import start_run
 
 
 def _weak(mix):
@@ -104,20 +105,22 @@ def test_modifiers_on_images(gen):
 @pytest.mark.parametrize("eta, r, beta", [(0.0, 0.0, 0.0), (0.5, 0.3, 0.0), (0.0, 0.2, -0.5), (1.0, 0.0, -0.75)])
 def test_apg_formula_across_steps(three, batch, eta, r, beta):
     x, _, cond = batch
-    apg = G.APG(4.0, eta=eta, norm_threshold=r, momentum=beta)
-    den = G.guided(three, apg)
+    plain = G.guided(three, G.APG(4.0, eta=eta, norm_threshold=r, momentum=beta))
+    den = start_run(plain, None)
     running = torch.zeros_like(x)
     for sigma in (2.0, 1.0, 0.5):                                                  # a decreasing run: momentum carries
         d1, d0 = _branches("cfg", three, x, torch.full((64,), sigma, dtype=torch.float64), cond)
         expected, running = _apg_reference(d1, d0, 4.0, eta, r, running, beta)
         torch.testing.assert_close(den(x, sigma, cond), expected)
-    # a higher sigma inside a run (a churning sampler) keeps the momentum; only reset() starts a new run
+    # a higher sigma inside a run (a churning sampler) keeps the momentum; only a new run starts from m = 0
     d1, d0 = _branches("cfg", three, x, torch.full((64,), 2.0, dtype=torch.float64), cond)
     carried, _ = _apg_reference(d1, d0, 4.0, eta, r, running, beta)
     torch.testing.assert_close(den(x, 2.0, cond), carried)
-    den.reset()
     first, _ = _apg_reference(d1, d0, 4.0, eta, r, torch.zeros_like(x), beta)
-    torch.testing.assert_close(den(x, 2.0, cond), first)
+    torch.testing.assert_close(start_run(plain, None)(x, 2.0, cond), first)
+    if beta:                                                # outside a run the momentum has nowhere to live
+        with pytest.raises(ValueError, match="start_run"):
+            plain(x, 2.0, cond)
 
 
 @pytest.mark.parametrize("kind", ["cfg", "auto", "classifier"])
@@ -131,12 +134,18 @@ def test_apg_plain_settings_are_the_base_method(three, batch, kind):
     torch.testing.assert_close(G.guided(three, G.APG(3.0, on=on, norm_threshold=0.5))(x, sigma, cond), expected)
 
 
-def test_apg_sampling_is_repeatable(three):
+def test_apg_sampling_does_not_depend_on_earlier_runs(three):
+    """A run's samples are the same whether or not other runs (another batch, another schedule) came before: the
+    momentum starts at 0 in every run. With momentum the samples differ from APG without it (the momentum acts)."""
     den = G.guided(three, G.APG(3.0, momentum=-0.5, norm_threshold=1.0))
     cond = torch.arange(3).repeat(20)
     a = samplers.sample(den, (60, 2), cond, steps=12, generator=torch.Generator().manual_seed(0))
+    samplers.sample(den, (30, 2), cond[:30], steps=5, sigma_max=3.0, generator=torch.Generator().manual_seed(5))
     b = samplers.sample(den, (60, 2), cond, steps=12, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    no_momentum = samplers.sample(G.guided(three, G.APG(3.0, norm_threshold=1.0)), (60, 2), cond, steps=12,
+                                  generator=torch.Generator().manual_seed(0))
+    assert (a - no_momentum).abs().max() > 1e-3
 
 
 # ---- CFG++ ---------------------------------------------------------------------------------------------------
@@ -183,8 +192,8 @@ def test_cfgpp_ddpm_runs_and_other_samplers_refuse(three):
 def test_guided_again_keeps_renoise_and_reset(three, batch):
     """A CFG++ denoiser wrapped in another guided() still re-noises (the outer guidance applied to both of its
     outputs), so heun still refuses it and euler takes the same step as the unwrapped one under NoGuidance; a
-    guidance whose weight is 1 is transparent, a real one is applied to D and D_renoise alike. reset() reaches
-    an APG nested inside."""
+    guidance whose weight is 1 is transparent, a real one is applied to D and D_renoise alike. start_run reaches
+    an APG nested inside: each run's first call is the same."""
     x, sigma, cond = batch
     inner = G.guided(three, G.CFGpp(0.4))
     d_in, re_in = inner.denoise_with_renoise(x, sigma, cond)
@@ -203,12 +212,47 @@ def test_guided_again_keeps_renoise_and_reset(three, batch):
     torch.testing.assert_close(twice[1], re_in + (re_in - d_guide))
     with pytest.raises(ValueError, match="both re-noise"):
         G.guided(inner, G.CFGpp(0.5))
-    apg = G.APG(3.0, momentum=-0.5)
-    nested = G.guided(G.guided(three, apg), G.NoGuidance())
-    nested(x, sigma, cond)
-    assert apg._running is not None
-    nested.reset()
-    assert apg._running is None
+    nested = G.guided(G.guided(three, G.APG(3.0, momentum=-0.5)), G.NoGuidance())
+    run = start_run(nested, None)
+    first, second = run(x, sigma, cond), run(x, sigma, cond)
+    assert (first - second).abs().max() > 1e-3                         # the momentum carries within a run ...
+    torch.testing.assert_close(start_run(nested, None)(x, sigma, cond), first, rtol=0, atol=0)   # ... not beyond it
+
+
+class _Counting:
+    """A denoiser that counts its evaluations (rows summed), to check that nesting evaluates each row once."""
+
+    def __init__(self, den):
+        self.den, self.rows = den, 0
+
+    def __call__(self, x, sigma, cond=None):
+        self.rows += x.shape[0]
+        return self.den(x, sigma, cond)
+
+
+def test_nested_guidance_evaluates_the_model_once(three, batch):
+    """Guidance around a CFG++ denoiser (which re-noises) takes D and D_renoise from ONE evaluation of the inner
+    one: CFG's two branches of 64 rows each are 2 x 2 x 64 rows of the model (the inner CFG++ batches [c; null]),
+    not twice that. APG around it advances its momentum once per evaluation, on D and D_renoise each: the
+    second call equals the paper's formula with m_prev of the first call's D track (and of the D_renoise track)."""
+    x, sigma, cond = batch
+    model = _Counting(three)
+    inner = G.guided(model, G.CFGpp(0.4))
+    G.guided(inner, G.CFG(2.0)).denoise_with_renoise(x, sigma, cond)
+    assert model.rows == 4 * 64
+    beta, w = -0.5, 3.0
+    run = start_run(G.guided(inner, G.APG(w, momentum=beta)), None)
+    tracks = []
+    for _ in range(2):
+        d1_pair, d0_pair = (inner.denoise_with_renoise(x, sigma, c) for c in (cond, torch.full_like(cond, -1)))
+        tracks.append([(d1_pair[k], d0_pair[k]) for k in range(2)])
+    running = [torch.zeros_like(x), torch.zeros_like(x)]
+    for step in range(2):
+        got = run.denoise_with_renoise(x, sigma, cond)
+        for k in range(2):                                             # k = 0: D, k = 1: D_renoise
+            d1, d0 = tracks[step][k]
+            expected, running[k] = _apg_reference(d1, d0, w, 0.0, 0.0, running[k], beta)
+            torch.testing.assert_close(got[k], expected)
 
 
 @pytest.mark.parametrize("make, err, word", [

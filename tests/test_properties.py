@@ -5,7 +5,7 @@ shape, and at sigma = 0 they return x itself. (Far beyond that, log p ~ -|x|^2 /
 import pytest
 import torch
 
-from toydiff.denoiser import renoise_of
+from toydiff.denoiser import renoise_of, start_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +76,7 @@ def test_guided_denoisers_are_finite(method, batch, cls, w_big):
     guidance = METHODS[method](mix)
     if w_big and not callable(guidance.w) and not isinstance(guidance, G.CFGpp):
         guidance.w = 50.0
-    den = G.guided(mix, guidance)
+    den = start_run(G.guided(mix, guidance), None)                               # one run (APG's momentum)
     cond = torch.full((x.shape[0],), cls)
     pair = renoise_of(den)
     d, d_renoise = pair(x, sigma, cond) if pair is not None else (den(x, sigma, cond),) * 2

@@ -255,25 +255,29 @@ def test_divergence_is_reported():
         samplers.sample(lambda x, s, c: x * 1e30, (4, 2), steps=8)
 
 
-def test_sample_passes_its_levels_to_reset(three):
-    """sample() starts a run with reset(levels) (the schedule-dependent methods read it); a reset() that takes
-    no parameter, the contract's older form, is still called, without them."""
-    class WithLevels:
+def test_sample_starts_a_run_and_samples_with_it(three):
+    """sample() calls start_run(levels) once (the schedule-dependent methods read them) and evaluates only what it
+    returned: the per-run object, never the one passed in."""
+    class Run:
+        def __init__(self, got):
+            self.got = got
+
+        def __call__(self, x, sigma, cond=None):
+            self.got.append("run")
+            return three(x, sigma, cond)
+
+    class WithRuns:
         def __init__(self):
             self.got = []
 
-        def reset(self, sigmas=None):
+        def start_run(self, sigmas):
             self.got.append(sigmas)
+            return Run(self.got)
 
         def __call__(self, x, sigma, cond=None):
-            return three(x, sigma, cond)
+            raise AssertionError("sample() called the object instead of its run")
 
-    class Legacy(WithLevels):
-        def reset(self):
-            self.got.append("called")
-
-    new, old = WithLevels(), Legacy()
-    for den in (new, old):
-        samplers.sample(den, (4, 2), 0, method="euler", steps=5, sigma_max=5.0)
-    torch.testing.assert_close(new.got[0], samplers.edm_sigmas(5, 0.002, 5.0, 7.0))
-    assert len(new.got) == 1 and old.got == ["called"]
+    den = WithRuns()
+    samplers.sample(den, (4, 2), 0, method="euler", steps=5, sigma_max=5.0)
+    torch.testing.assert_close(den.got[0], samplers.edm_sigmas(5, 0.002, 5.0, 7.0))
+    assert den.got[1:] == ["run"] * 5

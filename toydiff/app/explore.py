@@ -77,7 +77,8 @@ def problem(name: str) -> Problem:
 
 
 def make_guidance(method: str, w: float, interval: tuple[float, float], guide: Callable) -> Guidance:
-    """The guidance of a registry recipe (toydiff.guidance.make) at weight w ("none" ignores w). `interval` =
+    """The guidance of a registry recipe (toydiff.guidance.make) at weight w (ignored by a recipe that takes no
+    weight, toydiff.guidance.takes_weight: the page keeps its slider). `interval` =
     (sigma_lo, sigma_hi): guidance only where sigma_lo < sigma <= sigma_hi; (0, SIGMA_MAX) or wider leaves the
     recipe's own (none, or cfg_interval's), an empty one (lo >= hi) means no guidance at all."""
     if method not in methods():
@@ -85,7 +86,7 @@ def make_guidance(method: str, w: float, interval: tuple[float, float], guide: C
     lo, hi = (float(v) for v in interval)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"interval must be two finite sigmas, got {interval!r}")
-    if lo >= hi or method == "none":
+    if lo >= hi or not guidance.takes_weight(method):
         return NoGuidance()
     modifiers = {} if lo <= 0 and hi >= SIGMA_MAX else {"interval": (lo, hi)}
     return guidance.make(method, w, guide=guide, **modifiers)

@@ -42,7 +42,7 @@ from ..toy.histogram import histogram_divergence, noise_floor
 from ..infra.validation import check_positive_int
 from ..toy.zoo import STEPS
 
-__all__ = ["BenchConfig", "FULL", "FAST", "CRITERION", "METRICS", "GRIDS", "method_names", "run_method",
+__all__ = ["BenchConfig", "FULL", "FAST", "CRITERION", "METRICS", "GRIDS", "grid", "method_names", "run_method",
            "bench_dataset", "check_names", "run"]
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 10.0, 7.0      # sigma_max 10, not zoo.SIGMA_MAX = 5: the class means (docstring)
@@ -54,8 +54,8 @@ METRICS = ("outliers", "precision", "recall", "accuracy", "energy", "tv", "kl")
 CFGPP_GRID = (0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
 
 
-# weights swept where the shared grid does not fit: "none" has only w = 1, CFG++'s lambda lives in [0, 1]
-GRIDS: dict[str, tuple[float, ...]] = {"none": (1.0,), "exact": (1.0,), "cfgpp": CFGPP_GRID}
+# weights swept where the shared grid does not fit: the exact row has only w = 1, CFG++'s lambda lives in [0, 1]
+GRIDS: dict[str, tuple[float, ...]] = {"exact": (1.0,), "cfgpp": CFGPP_GRID}
 LABELS = {"exact": "exact denoiser", "none": "no guidance", "cfg": "CFG (null label)", "cfg_interval": "CFG + interval",
           "cfg_rescale": "CFG + rescale 0.7", "apg": "APG", "cfg_separate": "CFG (separate uncond.)",
           "cfgpp": r"CFG++ ($\lambda$)", "classifier": "classifier guid.", "autoguidance_interval": "autoguid. + interval",
@@ -66,6 +66,14 @@ EXACT = "exact"   # the reference row: the true mixture's denoiser, unguided
 def method_names() -> list[str]:
     """The benchmark's methods: every recipe of the toydiff.guidance registry, after the exact reference row."""
     return [EXACT, *guidance.names()]
+
+
+def grid(name: str, config: BenchConfig) -> tuple[float, ...]:
+    """The weights method `name` is swept over: GRIDS', w = 1 alone for a recipe without a weight
+    (toydiff.guidance.takes_weight: "none"), else the shared grid."""
+    if name in GRIDS:
+        return GRIDS[name]
+    return config.grid if guidance.takes_weight(name) else (1.0,)
 
 
 def _denoiser(name: str, models: BenchModels, w: guidance.Weight) -> Callable:
@@ -98,15 +106,15 @@ def _rows(values: Tensor) -> guidance.Weight:
 def run_method(name: str, models: BenchModels, config: BenchConfig) -> tuple[tuple[float, ...], Tensor, Tensor]:
     """Sample method `name` over its whole grid: (weights [G], samples [G, n, 2], labels [n]). One sampler call
     with a weight per row where the recipe takes a schedule; one call per weight where it wants a number."""
-    grid = GRIDS.get(name, config.grid)
+    weights = grid(name, config)
     n, classes = config.n, models.data.num_classes
     labels = torch.arange(n) % classes
     start = torch.randn(n, 2, generator=torch.Generator().manual_seed(config.seed)) * SIGMA_MAX
     try:
-        w_rows = torch.tensor(grid, dtype=torch.float64).repeat_interleave(n)
-        calls = [(_denoiser(name, models, grid[0] if len(grid) == 1 else _rows(w_rows)), len(grid))]
+        w_rows = torch.tensor(weights, dtype=torch.float64).repeat_interleave(n)
+        calls = [(_denoiser(name, models, weights[0] if len(weights) == 1 else _rows(w_rows)), len(weights))]
     except (TypeError, ValueError):                                             # a recipe that takes numbers only
-        calls = [(_denoiser(name, models, w), 1) for w in grid]
+        calls = [(_denoiser(name, models, w), 1) for w in weights]
     dtype = torch.float64 if name == EXACT else torch.float32
     out = []
     for denoiser, k in calls:
@@ -114,7 +122,7 @@ def run_method(name: str, models: BenchModels, config: BenchConfig) -> tuple[tup
         steps = 2 * STEPS - 1 if sampler == "euler" else STEPS                  # the same denoiser evaluations
         out.append(samplers.sample(denoiser, start.repeat(k, 1).to(dtype), labels.repeat(k), method=sampler,
                                    steps=steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO))
-    return grid, torch.cat(out).float().reshape(len(grid), n, 2), labels
+    return weights, torch.cat(out).float().reshape(len(weights), n, 2), labels
 
 
 def _score(x: Tensor, labels: Tensor, models: BenchModels, references: list[Tensor], bins: int) -> dict[str, float]:
@@ -146,11 +154,11 @@ def bench_dataset(name: str, models: BenchModels, config: BenchConfig, methods: 
                                 tv_std=float(per_seed[:, 0].std()), seeds=FLOOR_SEEDS), methods={})
     for method in tqdm(methods, desc=name, disable=not progress, leave=False):
         t0 = time.perf_counter()
-        grid, x, labels = run_method(method, models, config)
-        sweep = [dict(w=w, **_score(xs, labels, models, references, config.bins)) for w, xs in zip(grid, x)]
+        weights, x, labels = run_method(method, models, config)
+        sweep = [dict(w=w, **_score(xs, labels, models, references, config.bins)) for w, xs in zip(weights, x)]
         best = min(sweep, key=lambda r: (round(r[CRITERION], 12), r["w"]))
         out["methods"][method] = dict(label=LABELS.get(method, method.replace("_", " ")), best=best, sweep=sweep,
-                                      from_none=method not in GRIDS, seconds=time.perf_counter() - t0)
+                                      from_none=grid(method, config) == config.grid, seconds=time.perf_counter() - t0)
     return out
 
 

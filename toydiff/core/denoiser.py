@@ -8,14 +8,15 @@ let samplers and guidance use more of a denoiser that offers it (see docs/DESIGN
     denoise_pair(x, sigma, cond) -> (D(x|c), D(x|null))   both CFG branches from one pass (twin-head nets)
     denoise_with_renoise(x, sigma, cond) -> (D, D_renoise) x0 from D, the sampler's noise eps = (x - D_renoise)/sigma
                                                            (CFG++); an attribute that is None means "not offered"
-    reset(sigmas=None)                                      clear per-sampling-run state (APG momentum) and take the
-                                                            run's levels (CFG-Zero*'s zero-init, LinearCFG's time)
+    start_run(sigmas) -> Denoiser                           a NEW callable for one sampling run along the levels
+                                                            `sigmas`, holding that run's state (APG's momentum,
+                                                            CFG-Zero*'s zero-init, LinearCFG's time); the object
+                                                            itself keeps no state between runs
 
-`pair_of`, `renoise_of` and `reset` read them, so no other module looks attributes up by name.
+`pair_of`, `renoise_of` and `start_run` read them, so no other module looks attributes up by name.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Union
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from ..infra.validation import as_cond, as_sigma, check_batch
 
 __all__ = [
-    "Denoiser", "SIGMA_TINY", "pair_of", "renoise_of", "reset", "SeparateNull", "edm_preconditioning",
+    "Denoiser", "SIGMA_TINY", "pair_of", "renoise_of", "start_run", "SeparateNull", "edm_preconditioning",
     "count_parameters",
     "EpsDenoiser", "ScoreDenoiser", "VDenoiser", "VPEpsDenoiser",
     "denoiser_to_eps", "denoiser_to_score", "denoiser_to_v", "denoiser_to_vp_eps",
@@ -49,21 +50,13 @@ def renoise_of(denoiser: Any) -> Callable[[Tensor, Any, Any], tuple[Tensor, Tens
     return fn if callable(fn) else None
 
 
-def reset(denoiser: Any, sigmas: Tensor | None = None) -> None:
-    """Start a sampling run: call the denoiser's `reset(sigmas)` where it has one (samplers do, before the first step,
-    with their levels sigma_0 > ... > sigma_N = 0, float64). Methods whose formula depends on the sampler's schedule
-    take it from here; a `reset()` that takes no argument is called without it."""
-    fn = getattr(denoiser, "reset", None)
-    if not callable(fn):
-        return
-    try:
-        takes_sigmas = bool(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):                   # a builtin without a signature: assume the contract's form
-        takes_sigmas = True
-    if takes_sigmas:
-        fn(sigmas)
-    else:
-        fn()
+def start_run(denoiser: Any, sigmas: Tensor | None) -> Denoiser:
+    """The denoiser for one sampling run along the levels `sigmas` (sigma_0 > ... > sigma_N = 0, float64; None where
+    the caller has no schedule): `denoiser.start_run(sigmas)` where it has that method, else the denoiser itself.
+    Samplers call it before their first step and use what it returns for the whole run, so per-run state (APG's
+    momentum, the schedule of CFG-Zero* and LinearCFG) lives in the returned object and ends with the run."""
+    fn = getattr(denoiser, "start_run", None)
+    return fn(sigmas) if callable(fn) else denoiser
 
 
 class SeparateNull:
@@ -81,6 +74,10 @@ class SeparateNull:
     def denoise_pair(self, x: Tensor, sigma: Any, cond: Tensor) -> tuple[Tensor, Tensor]:
         """(D(x|c), D(x|null)) [N, ...] each: the conditional model on cond, the unconditional one on None."""
         return self.conditional(x, sigma, cond), self.unconditional(x, sigma, None)
+
+    def start_run(self, sigmas: Tensor | None) -> SeparateNull:
+        """Both models started for one run (`start_run`)."""
+        return SeparateNull(start_run(self.conditional, sigmas), start_run(self.unconditional, sigmas))
 
     def __call__(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
         x = check_batch(x, "x")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .denoiser import renoise_of, reset
+from .denoiser import renoise_of, start_run
 from .schedules import SCHEDULES, edm_sigmas, flow_sigmas, linear_beta_sigmas, vp_sigmas
 from .solvers import METHODS, RENOISE_METHODS
 from ..infra.validation import as_cond, check_batch
@@ -78,8 +78,8 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
             level the denoiser was evaluated at: sigma, or the churned one), "denoised" (the x0-hat it returned)}.
         return_trajectory: also return x at every level, [steps + 1, *shape] (x at sigma_i, the last at 0).
         progress: show a tqdm bar over the steps.
-    The denoiser's optional `reset(sigmas)` is called before the first step with the run's levels (float64, ending
-    in 0): it clears APG's momentum and gives CFG-Zero* and LinearCFG the schedule they depend on; one that offers
+    The run uses `start_run(denoiser, levels)` (toydiff.denoiser; levels float64, ending in 0): a guided denoiser
+    returns a per-run copy with its own state (APG's momentum, the schedule of CFG-Zero* and LinearCFG); one that offers
     `denoise_with_renoise` (CFG++) runs only with the methods in RENOISE_METHODS.
     Returns:
         samples [*shape], and the trajectory when asked.
@@ -114,8 +114,8 @@ def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=No
     def noise() -> Tensor:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
+    denoiser = start_run(denoiser, torch.tensor(levels, dtype=torch.float64))     # this run's state, if any
     run = METHODS[method](denoiser, x, levels, cond, noise, **options)       # checks its options' values
-    reset(denoiser, torch.tensor(levels, dtype=torch.float64))
     trajectory = [x] if return_trajectory else None
     bar = tqdm(run, total=len(levels) - 1, desc=f"sampling ({method})", disable=not progress, leave=False)
     for i, (x, denoised, s_hat) in enumerate(bar):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.denoiser import Denoiser
+from ..core.denoiser import Denoiser, start_run
 from .distributions import GaussianMixture
 from ..core.samplers import edm_sigmas
 from ..infra.validation import as_cond, as_sigma, check_nonnegative, check_points, check_positive_int
@@ -178,7 +178,8 @@ def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: f
     on the augmented state (x, log p) over the EDM schedule (Karras et al. 2022, Eq. 5) run upwards from
     `sigma` to `sigma_max`: x is stepped in sigma, where the drift is nearly constant at large sigma, and the
     log-density term in log sigma, where it is bounded. Works for any denoiser D(x, sigma, cond) differentiable
-    in x, guided ones included (then it is the density the guided ODE sampler produces). On the exact mixture
+    in x, guided ones included (then it is the density the guided ODE sampler produces; the guidance's run is
+    started along these levels, so LinearCFG's time and CFG-Zero*'s zero-init follow them). On the exact mixture
     denoiser it reproduces `log_prob` (see the tests). `dtype`: what the denoiser is called with (default:
     float64 for a GaussianMixture, float32 otherwise, as networks are); the integration itself runs in float64.
     """
@@ -190,7 +191,9 @@ def ode_log_density(denoiser: Denoiser, x: Tensor, cond: Any = None, *, sigma: f
         raise ValueError(f"need 0 < sigma < sigma_max, got sigma={sigma}, sigma_max={sigma_max}")
     cond = as_cond(cond, x.shape[0], None)
     dtype = dtype or (torch.float64 if isinstance(denoiser, GaussianMixture) else torch.float32)
-    sigmas = edm_sigmas(steps + 1, sigma, sigma_max, rho)[:-1].flip(0).tolist()     # EDM's levels, upwards
+    levels = edm_sigmas(steps + 1, sigma, sigma_max, rho)                          # sigma_max > ... > sigma, 0
+    denoiser = start_run(denoiser, levels.double())                 # one run: a guided denoiser's state is its own
+    sigmas = levels[:-1].flip(0).tolist()                                          # EDM's levels, upwards
     delta = torch.zeros(x.shape[0], dtype=torch.float64)                         # integral of (2 - tr J) du
     f, g = _drift_and_divergence(denoiser, x, sigmas[0], cond, dtype)
     for i in tqdm(range(steps), desc="pf-ode density", disable=not progress, leave=False):

@@ -192,12 +192,10 @@ def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modi
     w defaults to the recipe's; "none" or w = 1: the main model itself."""
     if name != "cfg_dropout" and name not in guidance.names():
         raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
-    if name == "none" and w is not None and w != 1:
-        raise ValueError(f"w={w:g} would be unused: guidance 'none' has no weight (leave w out or pick a recipe)")
     if name == "cfg_dropout":
         return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
-    w = guidance.default_weight(name) if w is None else w
-    if name == "none" or w == 1:
+    w = guidance.weight(name, w)                                   # the recipe's default; "none": 1 or refused
+    if not callable(w) and w == 1:
         return models.main
     return guidance.guided(SeparateNull(models.main, models.uncond), guidance.make(name, w, guide=models.guide,
                                                                                     **modifiers))
@@ -218,8 +216,10 @@ class Degraded:
     `kind="dropout"`: a fixed random share `amount` of the hidden units is switched off (the rest scaled by
     1 / (1 - amount)); the units are ranked by one draw from `seed`, so with the same seed a stronger dropout
     removes a superset of the units of a weaker one, "the same kind of error, only more".
-    `kind="input_noise"`: D(x + amount * sigma * n; sigma) with fresh noise n on every call: a model that sees
-    noisier inputs than it is told.
+    `kind="input_noise"`: D(x + amount * sigma * n; sigma) with fresh noise n on every call of a sampling run: a
+    model that sees noisier inputs than it is told. The noise is the run's own, drawn from `seed` anew in each
+    run's copy (`start_run`, which samplers call), so a run's samples do not depend on what ran before; with the
+    same seed, two such models (main and guide) see the same n at the same call, scaled by their own amounts.
     """
 
     def __init__(self, model: MLPDenoiser, kind: str, amount: float, seed: int = 0):
@@ -227,17 +227,32 @@ class Degraded:
             raise ValueError(f"kind must be 'dropout' or 'input_noise', got {kind!r}")
         if not 0 <= amount < 1:
             raise ValueError(f"amount must lie in [0, 1), got {amount}")
-        self.kind, self.amount, self.gen = kind, float(amount), torch.Generator().manual_seed(seed)
+        self.kind, self.amount, self.seed = kind, float(amount), seed
         self.model = copy.deepcopy(model)
+        self._noise: torch.Generator | None = None          # input_noise's generator of one run: start_run's copy
         if kind == "dropout":
+            gen = torch.Generator().manual_seed(seed)
             for layer in self.model.hidden:
-                keep = torch.rand(layer.out_features, generator=self.gen) >= self.amount
+                keep = torch.rand(layer.out_features, generator=gen) >= self.amount
                 layer.register_forward_hook(lambda mod, inp, out, keep=keep: out * keep / (1 - self.amount))
+
+    def start_run(self, sigmas: Tensor | None) -> Degraded:
+        """This model for one sampling run: input noise from a generator seeded with `seed` (the dropout kind has
+        no per-run state and returns itself)."""
+        if self.kind != "input_noise":
+            return self
+        run = copy.copy(self)
+        run._noise = torch.Generator().manual_seed(self.seed)
+        return run
 
     def __call__(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
         if self.kind == "input_noise":
+            if self._noise is None:
+                raise ValueError("Degraded(input_noise) draws its noise per sampling run: sample with "
+                                 "toydiff.samplers.sample, or call toydiff.denoiser.start_run(model, sigmas) and use "
+                                 "what it returns")
             s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
-            x = x + self.amount * s * torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+            x = x + self.amount * s * torch.randn(x.shape, generator=self._noise, dtype=x.dtype)   # x + a sigma n
         return self.model(x, sigma, cond)
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ machinery adds a per-sigma weight schedule (`w` may be a callable of sigma), a g
 (Kynkaanniemi et al. 2024) and CFG rescale (Lin et al. 2023). `APG` (Sadat et al. 2024) and `CFGpp`
 (Chung et al. 2024) reshape the update of any of them (`on=`). `guided(denoiser, guidance)` returns an
 object that obeys the denoiser contract, so samplers never know about guidance; it keeps the contract's
-extensions (toydiff.denoiser: `reset()`, `denoise_with_renoise`). `make(name, w, ...)` builds a guidance from
+extensions (toydiff.denoiser: `start_run(sigmas)`, `denoise_with_renoise`). `make(name, w, ...)` builds a guidance from
 the registry of named recipes (`register`), which the CLIs, benchmarks and apps list.
 
 Modules: base (this machinery, `guided`), methods (CFG, autoguidance, score scaling, classifier guidance),
@@ -24,8 +24,10 @@ from .base import Guidance, GuidedDenoiser, Weight, from_ho_salimans, guided, to
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
 from .recent import CFGZeroStar, LinearCFG
-from .registry import CFG_INTERVAL, RECIPES, Recipe, default_weight, make, names, register
+from .registry import (CFG_INTERVAL, RECIPES, Recipe, SeparateCFG, default_weight, make, names, register,
+                       takes_weight, weight)
 
-__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG", "CFGpp",
-           "CFGZeroStar", "LinearCFG", "GuidedDenoiser", "guided", "to_ho_salimans", "from_ho_salimans", "Recipe", "RECIPES", "register", "make",
-           "names", "default_weight", "CFG_INTERVAL"]
+__all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG",
+           "CFGpp", "CFGZeroStar", "LinearCFG", "SeparateCFG", "GuidedDenoiser", "guided", "to_ho_salimans",
+           "from_ho_salimans", "Recipe", "RECIPES", "register", "make", "names", "default_weight", "takes_weight",
+           "weight", "CFG_INTERVAL"]

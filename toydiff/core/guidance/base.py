@@ -4,12 +4,13 @@ Weight convention: D_w = D_0 + w (D_1 - D_0) = D_1 + (w - 1)(D_1 - D_0), w = 1 i
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+import copy
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, renoise_of, reset
+from ..denoiser import Denoiser, renoise_of, start_run
 from ...infra.validation import as_cond, as_sigma, check_batch, check_nonnegative, sigma_like
 
 __all__ = ["Weight", "Guidance", "GuidedDenoiser", "guided", "to_ho_salimans", "from_ho_salimans"]
@@ -70,20 +71,35 @@ class Guidance:
         if self.rescale > 1:
             raise ValueError(f"rescale must lie in [0, 1], got {rescale}")
 
+    @classmethod
+    def from_weight(cls, w: Weight, **kwargs: Any) -> Guidance:
+        """The method at weight w (1 = none, the convention above) with its other arguments: how the registry
+        builds a recipe (toydiff.guidance.make). A method whose own parameter is not w converts it."""
+        return cls(w=w, **kwargs)
+
     # -- to implement ----------------------------------------------------------------------------------
     def branches(self, denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """(D_1, D_1 - D_0): the unguided prediction and the guidance direction, both shaped like x."""
         raise NotImplementedError
 
     # -- shared machinery ------------------------------------------------------------------------------
-    # (denoiser, x, sigma, cond) -> (D_guided, D_renoise) where a sampler must re-noise with a second prediction
-    # (CFG++ defines it); None: the guided D re-noises itself (the denoiser extension of toydiff.denoiser)
-    denoise_with_renoise: Callable[..., tuple[Tensor, Tensor]] | None = None
+    # True where a sampler must re-noise with a second prediction (CFG++): the guidance then offers
+    # `with_renoise(denoiser, x, sigma, cond) -> (D_guided, D_renoise)` and `guided()` turns it into the denoiser
+    # extension `denoise_with_renoise(x, sigma, cond)` (toydiff.denoiser)
+    renoises: bool = False
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        """Start a sampling run along the levels `sigmas` (the sampler's, decreasing, ending in 0; None where unknown):
-        clear per-run state (none here; APG's momentum, a guide's) and keep what the method needs of the schedule
-        (CFGZeroStar, LinearCFG). Samplers call it before the first step."""
+    def start_run(self, sigmas: Tensor | None) -> Guidance:
+        """This guidance for one sampling run along `sigmas` (the sampler's levels, decreasing, ending in 0; None where
+        unknown): a copy that holds the run's state (APG's momentum, the schedule of CFGZeroStar and LinearCFG), with
+        the models and base methods it calls started too (a guide's `start_run`); `self` keeps no state. A method
+        without state and without models returns itself."""
+        return self
+
+    def _replace(self, **fields: Any) -> Guidance:
+        """A shallow copy with `fields` replaced (the per-run copies of `start_run`)."""
+        run = copy.copy(self)
+        run.__dict__.update(fields)
+        return run
 
     def active(self, sigma: Tensor) -> Tensor:
         """Where guidance is on [N] (bool): sigma_lo < sigma <= sigma_hi (Kynkaanniemi et al. 2024, Eq. 2), or everywhere."""
@@ -122,16 +138,25 @@ class Guidance:
         return x, as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype), as_cond(cond, x.shape[0], None,
                                                                                          device=x.device)
 
+    def finish(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """The guided D as returned, from D_w (or D_1 where the weight is 1); CFGZeroStar's zero-init overrides it."""
+        return out
+
     def __call__(self, denoiser: Denoiser, x: Tensor, sigma, cond=None) -> Tensor:
+        """D_guided [N, ...]. Where `denoiser` returns K predictions from one evaluation stacked as [K, N, ...] (the
+        two outputs of a re-noising denoiser, `GuidedDenoiser`), each is guided alike and the result is
+        [K, N, ...]: the models are evaluated once and `combine` runs once over the K N rows."""
         x, s, cond = self._args(x, sigma, cond)
         w = self.weight(s)
         if bool((w == 1).all()):
-            return self.unguided(denoiser, x, s, cond)
-        d1, delta = self.branches(denoiser, x, s, cond)
-        out = self.combine(d1, delta, w, x, s)
+            return self.finish(self.unguided(denoiser, x, s, cond), x, s)
+        d1, delta = torch.broadcast_tensors(*self.branches(denoiser, x, s, cond))
+        k = d1.numel() // x.numel()                                          # predictions per row: 1, or K stacked
+        rows = lambda t: t.reshape(k * x.shape[0], *x.shape[1:])              # [K, N, ...] -> [K N, ...]
+        out = self.combine(rows(d1), rows(delta), w.repeat(k), rows(x.expand_as(d1)), s.repeat(k))
         if not torch.isfinite(out).all():
             raise ValueError(f"the guided output overflowed to inf/NaN in {out.dtype}: w = {self.w!r} is too large")
-        return out
+        return self.finish(out.reshape(d1.shape), x, s)
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("interval", "rescale") if getattr(self, k))
@@ -142,10 +167,11 @@ class Guidance:
 class GuidedDenoiser:
     """A denoiser D(x, sigma, cond) that applies `guidance` to `denoiser` on every call.
 
-    It carries the contract's extensions through (toydiff.denoiser): `reset(sigmas)` starts a run for the guidance
-    and the wrapped denoiser; `denoise_with_renoise` is offered where a sampler must re-noise: the guidance's own
-    (CFG++), or, around a denoiser that re-noises (a CFG++ denoiser guided again), the guidance applied to both
-    of its outputs alike (two guidance passes a call). Two nested re-noising guidances are refused.
+    It carries the contract's extensions through (toydiff.denoiser): `start_run(sigmas)` returns the guided denoiser
+    of one run (guidance and wrapped denoiser started, this object unchanged); `denoise_with_renoise` is offered where
+    a sampler must re-noise: the guidance's own (CFG++), or, around a denoiser that re-noises (a CFG++ denoiser guided
+    again), the guidance applied to both of its outputs alike, from ONE evaluation of the wrapped denoiser and one
+    `combine` over both (APG's momentum advances once per evaluation). Two nested re-noising guidances are refused.
     """
 
     def __init__(self, denoiser: Denoiser, guidance: Guidance):
@@ -154,31 +180,29 @@ class GuidedDenoiser:
         if not isinstance(guidance, Guidance):
             raise TypeError(f"guidance must be a toydiff.guidance.Guidance, got {type(guidance).__name__}")
         inner = renoise_of(denoiser)
-        if inner is not None and guidance.denoise_with_renoise is not None:
+        if inner is not None and guidance.renoises:
             raise ValueError(f"cannot apply {guidance!r} to {denoiser!r}: both re-noise with their own branch (CFG++)")
         self.denoiser, self.guidance = denoiser, guidance
         self.denoise_with_renoise: Callable[..., tuple[Tensor, Tensor]] | None = (
-            self._own_renoise if guidance.denoise_with_renoise is not None
-            else self._inner_renoise if inner is not None else None)
+            self._own_renoise if guidance.renoises else self._inner_renoise if inner is not None else None)
 
     def __call__(self, x: Tensor, sigma, cond=None) -> Tensor:
         return self.guidance(self.denoiser, x, sigma, cond)
 
     def _own_renoise(self, x: Tensor, sigma, cond=None) -> tuple[Tensor, Tensor]:
         """(D_guided, D_renoise) of the guidance (CFG++: D_lambda and the unguided D_0)."""
-        return self.guidance.denoise_with_renoise(self.denoiser, x, sigma, cond)
+        return self.guidance.with_renoise(self.denoiser, x, sigma, cond)
 
     def _inner_renoise(self, x: Tensor, sigma, cond=None) -> tuple[Tensor, Tensor]:
-        """The guidance applied to each output of the wrapped denoiser's (D_guided, D_renoise)."""
+        """The guidance applied to each output of the wrapped denoiser's (D_guided, D_renoise): the wrapped
+        denoiser's two outputs of one evaluation stacked [2, M, ...], guided in one pass."""
         inner = renoise_of(self.denoiser)
-        return (self.guidance(lambda *a: inner(*a)[0], x, sigma, cond),
-                self.guidance(lambda *a: inner(*a)[1], x, sigma, cond))
+        d, d_renoise = self.guidance(lambda *a: torch.stack(inner(*a)), x, sigma, cond)
+        return d, d_renoise
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        """Start a run along `sigmas` for the guidance (APG's momentum cleared, the schedule of CFG-Zero* and
-        LinearCFG set) and the wrapped denoiser; samplers call this first."""
-        self.guidance.reset(sigmas)
-        reset(self.denoiser, sigmas)
+    def start_run(self, sigmas: Tensor | None) -> GuidedDenoiser:
+        """The guided denoiser of one run along `sigmas`: the guidance's and the wrapped denoiser's `start_run`."""
+        return GuidedDenoiser(start_run(self.denoiser, sigmas), self.guidance.start_run(sigmas))
 
     def __repr__(self) -> str:
         return f"guided({self.denoiser!r}, {self.guidance!r})"

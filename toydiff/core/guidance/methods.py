@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, pair_of, reset
+from ..denoiser import Denoiser, pair_of, start_run
 from ...infra.validation import check_nonnegative, sigma_like
 from .base import Guidance, Weight
 
@@ -14,10 +14,15 @@ __all__ = ["NoGuidance", "CFG", "AutoGuidance", "ScoreScaling", "ClassifierGuida
 
 
 class NoGuidance(Guidance):
-    """The model as it is: D(x; sigma, c)."""
+    """The model as it is: D(x; sigma, c). Its weight is 1, so an interval or rescale changes nothing."""
 
-    def __init__(self):
-        super().__init__(1.0)
+    def __init__(self, **kwargs):
+        super().__init__(1.0, **kwargs)
+
+    @classmethod
+    def from_weight(cls, w: Weight, **kwargs) -> NoGuidance:
+        """NoGuidance, whose w is 1 (the registry, toydiff.guidance.weight, refuses any other for "none")."""
+        return cls(**kwargs)
 
     def branches(self, denoiser, x, sigma, cond):
         d = denoiser(x, sigma, cond)
@@ -41,7 +46,7 @@ class CFG(Guidance):
         else:
             # [x; x] with labels [c; null]: one forward for both branches
             both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, torch.full_like(cond, -1)]))
-            d1, d0 = both.chunk(2)
+            d1, d0 = both.chunk(2, dim=both.ndim - x.ndim)                    # the batch dim ([K, 2N, ...] stacked)
         return d1, d1 - d0
 
 
@@ -57,8 +62,8 @@ class AutoGuidance(Guidance):
         super().__init__(w, **kwargs)
         self.guide = guide
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        reset(self.guide, sigmas)
+    def start_run(self, sigmas: Tensor | None) -> AutoGuidance:
+        return self._replace(guide=start_run(self.guide, sigmas))
 
     def branches(self, denoiser, x, sigma, cond):
         d1 = denoiser(x, sigma, cond)
@@ -66,7 +71,7 @@ class AutoGuidance(Guidance):
             d0 = self.guide(x, sigma, cond)
         except (ValueError, TypeError) as e:           # e.g. a guide with fewer classes than the main model
             raise type(e)(f"the guide {type(self.guide).__name__} refused the main model's input: {e}") from e
-        if d0.shape != d1.shape:
+        if d0.shape != d1.shape[d1.ndim - x.ndim:]:
             raise ValueError(f"guide returned shape {tuple(d0.shape)}, the main model {tuple(d1.shape)}: "
                              "the guide must be a model of the same data")
         return d1, d1 - d0
@@ -101,6 +106,12 @@ class ClassifierGuidance(Guidance):
             raise TypeError(f"classifier must be a callable (x, sigma) -> log p(c|x) [N, C], got {type(classifier).__name__}")
         super().__init__(_plus_one(scale) if callable(scale) else check_nonnegative(scale, "scale") + 1.0, **kwargs)
         self.classifier, self.unconditional = classifier, unconditional
+
+    @classmethod
+    def from_weight(cls, w: Weight, classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
+                    **kwargs) -> ClassifierGuidance:
+        """Classifier guidance at weight w: scale = w - 1 (for a schedule, w(sigma) - 1)."""
+        return cls(classifier, (lambda sigma: w(sigma) - 1) if callable(w) else w - 1, **kwargs)
 
     def unguided(self, denoiser, x, sigma, cond):
         return denoiser(x, sigma, self._base_cond(cond))

@@ -25,12 +25,12 @@ def _check_base(on: Guidance | None, owner: str, allowed: tuple[type, ...] = (Gu
 
 class _OnBase(Guidance):
     """A method applied to the branches of another (`self.on`): D_1 and D_1 - D_0 come from it, and a run's start
-    (`reset(sigmas)`) reaches it. APG, CFG-Zero* and LinearCFG build on it."""
+    (`start_run(sigmas)`) reaches it. APG, CFG-Zero* and LinearCFG build on it."""
 
     on: Guidance
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        self.on.reset(sigmas)
+    def start_run(self, sigmas: Tensor | None) -> _OnBase:
+        return self._replace(on=self.on.start_run(sigmas))
 
     def unguided(self, denoiser, x, sigma, cond):
         return self.on.unguided(denoiser, x, sigma, cond)
@@ -53,11 +53,13 @@ class APG(_OnBase):
         D    = D_1 + (w - 1) (m_orth + eta m_par)
 
     eta = 1, r = inf, beta = 0 is CFG exactly; the paper's default drops the parallel part (eta = 0), which it finds
-    causes oversaturation. The momentum is state across sampler steps (one update per denoiser evaluation, so Heun
-    updates it twice a step). It is cleared by `reset()` only, which toydiff's samplers call before their first
-    step: driving a guided denoiser with your own loop (k-diffusion, diffusers), call `reset()` before each run.
-    (A rule "sigma rose, so a new run" would fire inside one run of a churning sampler: with EDM's stochastic Heun,
-    gamma = 0.2, it cleared the momentum at 14 of 15 steps, measured.) A change of batch shape also clears it.
+    causes oversaturation. The momentum is the state of one sampling run (one update per denoiser evaluation, so
+    Heun updates it twice a step): it lives in the copy `start_run(sigmas)` returns (toydiff's samplers call it
+    before their first step), never in this object, so no run sees another's. With momentum != 0, a call outside a
+    run is refused: driving a guided denoiser with your own loop (k-diffusion, diffusers), use
+    `toydiff.denoiser.start_run(guided_denoiser, sigmas)` once per run. (A rule "sigma rose, so a new run" would
+    fire inside one run of a churning sampler: with EDM's stochastic Heun, gamma = 0.2, it cleared the momentum at
+    14 of 15 steps, measured.)
 
     Differences from diffusers' `AdaptiveProjectedGuidance` (docs/CONVENTIONS.md): it defaults to eta = 1 and r = 15,
     works on the model output (eps / v), and guides from D_0: D_0 + w (m_orth + eta m_par), equal to this only at
@@ -71,25 +73,31 @@ class APG(_OnBase):
         momentum: beta in (-1, 1) (0 = off).
     """
 
-    def __init__(self, w: Weight = 1.0, *, on: Guidance | None = None, eta: float = 0.0, norm_threshold: float = 0.0,
-                 momentum: float = 0.0, **kwargs):
+    def __init__(self,
+                 w: Weight = 1.0,
+                 *,
+                 on: Guidance | None = None,
+                 eta: float = 0.0,
+                 norm_threshold: float = 0.0,
+                 momentum: float = 0.0,
+                 **kwargs):
         super().__init__(w, **kwargs)
         self.on = _check_base(on, "APG")
         self.eta, self.norm_threshold = check_nonnegative(eta, "eta"), check_nonnegative(norm_threshold, "norm_threshold")
         if isinstance(momentum, bool) or not isinstance(momentum, Real) or not -1 < momentum < 1:
             raise ValueError(f"momentum must be a number in (-1, 1) (0 = off), got {momentum!r}")
         self.momentum = float(momentum)
-        self.reset()
+        self._run: _Momentum | None = None                             # set on start_run's copy only
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        self._running: Tensor | None = None
-        super().reset(sigmas)
+    def start_run(self, sigmas: Tensor | None) -> APG:
+        return self._replace(on=self.on.start_run(sigmas), _run=_Momentum())
 
     def combine(self, d1, delta, w, x, sigma):
-        if self._running is None or self._running.shape != delta.shape:
-            self._running = torch.zeros_like(delta)                     # after reset(): a new sampling run
-        m = delta + self.momentum * self._running if self.momentum else delta
-        self._running = m
+        if self.momentum and self._run is None:
+            raise ValueError(f"APG with momentum = {self.momentum:g} keeps a running update per sampling run: sample "
+                             "with toydiff.samplers.sample, or call toydiff.denoiser.start_run(denoiser, sigmas) "
+                             "once per run of your own loop and call what it returns")
+        m = self._run.step(delta, self.momentum) if self.momentum else delta    # m = dD + beta m_prev
         dims = tuple(range(1, m.ndim))
         if self.norm_threshold > 0:
             norm = torch.linalg.vector_norm(m, dim=dims, keepdim=True)
@@ -103,6 +111,21 @@ class APG(_OnBase):
     def __repr__(self) -> str:
         return (f"APG(w={self.w!r}, on={self.on!r}, eta={self.eta}, norm_threshold={self.norm_threshold}, "
                 f"momentum={self.momentum}, interval={self.interval!r}, rescale={self.rescale})")
+
+
+class _Momentum:
+    """APG's running update m of one sampling run (m_prev = 0 at its start)."""
+
+    def __init__(self) -> None:
+        self.m: Tensor | None = None
+
+    def step(self, delta: Tensor, beta: float) -> Tensor:
+        """m = dD + beta m_prev, stored as the next m_prev."""
+        if self.m is not None and self.m.shape != delta.shape:
+            raise ValueError(f"APG's run started with a batch of shape {tuple(self.m.shape)}, got {tuple(delta.shape)}: "
+                             "start a new run (toydiff.denoiser.start_run) for another batch")
+        self.m = delta if self.m is None else delta + beta * self.m
+        return self.m
 
 
 class CFGpp(Guidance):
@@ -120,8 +143,8 @@ class CFGpp(Guidance):
     CFG scales, growing as the steps shrink); Ho & Salimans' weight of that step is w_t - 1. lambda = 0 samples
     unconditionally.
 
-    `__call__` returns D_lambda; `denoise_with_renoise` returns (D_lambda, D_0), which the `euler`, `ddim` and
-    `ddpm` samplers use; the others refuse a CFG++ denoiser. Outside `interval`, (D_1, D_1) (plain conditional
+    `__call__` returns D_lambda; `with_renoise` returns (D_lambda, D_0), which the guided denoiser offers as
+    `denoise_with_renoise` and the `euler`, `ddim` and `ddpm` samplers use; the others refuse a CFG++ denoiser. Outside `interval`, (D_1, D_1) (plain conditional
     sampling).
     """
 
@@ -131,10 +154,13 @@ class CFGpp(Guidance):
             raise ValueError(f"w (CFG++'s lambda) must lie in [0, 1], got {self.w}")
         self.on = _check_base(on, "CFGpp", (CFG, AutoGuidance))
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        self.on.reset(sigmas)
+    renoises = True
 
-    def denoise_with_renoise(self, denoiser, x, sigma, cond=None):
+    def start_run(self, sigmas: Tensor | None) -> CFGpp:
+        return self._replace(on=self.on.start_run(sigmas))
+
+    def with_renoise(self, denoiser, x, sigma, cond=None):
+        """(D_lambda, D_0) [N, ...] each: the guided prediction and the one whose noise re-noises."""
         x, s, cond = self._args(x, sigma, cond)
         on = self.active(s)
         if not bool(on.any()):
@@ -148,7 +174,7 @@ class CFGpp(Guidance):
         return guided, torch.where(on.reshape(-1, *([1] * (x.ndim - 1))), d1 - delta, d1)
 
     def __call__(self, denoiser, x, sigma, cond=None):
-        return self.denoise_with_renoise(denoiser, x, sigma, cond)[0]
+        return self.with_renoise(denoiser, x, sigma, cond)[0]
 
     def __repr__(self) -> str:
         return f"CFGpp(w={self.w!r}, on={self.on!r}, interval={self.interval!r}, rescale={self.rescale})"

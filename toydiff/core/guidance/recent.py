@@ -29,14 +29,15 @@ def _positive_levels(sigmas: Tensor | None, owner: str) -> Tensor | None:
     s = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
     s = s[s > 0]
     if s.numel() == 0 or not (s.diff() < 0).all() or not s.isfinite().all():
-        raise ValueError(f"{owner}.reset(sigmas): sigmas must be the sampler's decreasing finite levels, "
+        raise ValueError(f"{owner}.start_run(sigmas): sigmas must be the sampler's decreasing finite levels, "
                          f"got {sigmas!r}")
     return s
 
 
 def _unknown(owner: str, what: str) -> ValueError:
     return ValueError(f"{owner} needs the sampler's levels for {what}: sample with toydiff.samplers.sample (it calls "
-                      f"reset(sigmas) first), or call reset(sigmas) with your own loop's levels before the run")
+                      f"start_run(sigmas) first), or call toydiff.denoiser.start_run(denoiser, sigmas) with your own "
+                      f"loop's levels and use what it returns for the run")
 
 
 class CFGZeroStar(_OnBase):
@@ -52,7 +53,7 @@ class CFGZeroStar(_OnBase):
 
     s* = 1 is CFG exactly. Zero-init: the velocity is 0 at the first `zero_init` = K noise levels of the run
     (the paper zeroes its first K solver steps, K = 1 in its code): D = x / (1 + sigma), which leaves z unchanged,
-    wherever sigma > sigma_K of the sampler's levels, which `reset(sigmas)` gives (toydiff's samplers call it).
+    wherever sigma > sigma_K of the sampler's levels, which `start_run(sigmas)` gives (toydiff's samplers call it).
     With Euler the first K steps keep z; with Heun the K-th step's corrector, at sigma_K, is already guided.
     `zero_init=0` turns it off (and then no schedule is needed).
     """
@@ -63,14 +64,14 @@ class CFGZeroStar(_OnBase):
             raise ValueError("CFGZeroStar does not take rescale: its optimized scale replaces it")
         self.on = _check_base(on, "CFGZeroStar")
         self.zero_init = check_positive_int(zero_init, "zero_init", minimum=0)
-        self._threshold: float | None = None
+        self._threshold: float | None = None                           # sigma_K of a run: set on start_run's copy
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        super().reset(sigmas)
+    def start_run(self, sigmas: Tensor | None) -> CFGZeroStar:
         levels = _positive_levels(sigmas, "CFGZeroStar")
         if levels is not None and self.zero_init >= levels.numel():
             raise ValueError(f"zero_init = {self.zero_init} steps would zero the whole run of {levels.numel()} levels")
-        self._threshold = None if levels is None or not self.zero_init else float(levels[self.zero_init])
+        threshold = None if levels is None or not self.zero_init else float(levels[self.zero_init])
+        return self._replace(on=self.on.start_run(sigmas), _threshold=threshold)
 
     def combine(self, d1: Tensor, delta: Tensor, w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         s, dims = sigma_like(sigma, x), tuple(range(1, x.ndim))
@@ -88,12 +89,9 @@ class CFGZeroStar(_OnBase):
             raise _unknown("CFGZeroStar", f"zero-init (zero_init={self.zero_init}; 0 turns it off)")
         return sigma > torch.tensor(self._threshold, dtype=sigma.dtype, device=sigma.device)
 
-    def __call__(self, denoiser, x, sigma, cond=None):
-        x, s, cond = self._args(x, sigma, cond)
-        zero = self.zeroed(s)
-        out = super().__call__(denoiser, x, s, cond)
-        zero = zero.reshape(-1, *([1] * (x.ndim - 1)))
-        return torch.where(zero, x / (1 + sigma_like(s, x)), out)                  # v = 0 on the first steps
+    def finish(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        zero = self.zeroed(sigma).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.where(zero, x / (1 + sigma_like(sigma, x)), out)              # v = 0 on the first steps
 
     def __repr__(self) -> str:
         return f"CFGZeroStar(w={self.w!r}, on={self.on!r}, zero_init={self.zero_init!r}, interval={self.interval!r})"
@@ -111,17 +109,16 @@ class LinearCFG(_OnBase):
     t is the fraction of steps left, as the paper's t over uniform time steps; between two levels (Heun evaluates
     only at levels) it is linear in sigma, outside them clamped to [0, 1]. On EDM's schedule (Karras et al. 2022,
     Eq. 5) t = (sigma^(1/rho) - sigma_min^(1/rho)) / (sigma_max^(1/rho) - sigma_min^(1/rho)) at every level. The
-    levels come from `reset(sigmas)` (toydiff's samplers call it). `w` may itself be a callable of sigma.
+    levels come from `start_run(sigmas)` (toydiff's samplers call it). `w` may itself be a callable of sigma.
     """
 
     def __init__(self, w: Weight = 1.0, *, on: Guidance | None = None, **kwargs):
         super().__init__(w, **kwargs)
         self.on = _check_base(on, "LinearCFG")
-        self._levels: Tensor | None = None
+        self._levels: Tensor | None = None                             # the run's levels: set on start_run's copy
 
-    def reset(self, sigmas: Tensor | None = None) -> None:
-        super().reset(sigmas)
-        self._levels = _positive_levels(sigmas, "LinearCFG")
+    def start_run(self, sigmas: Tensor | None) -> LinearCFG:
+        return self._replace(on=self.on.start_run(sigmas), _levels=_positive_levels(sigmas, "LinearCFG"))
 
     def time(self, sigma: Tensor) -> Tensor:
         """The sampling time t [N] in [0, 1] of each sigma (1 = the run's first level, 0 = its last nonzero one)."""
@@ -130,7 +127,7 @@ class LinearCFG(_OnBase):
         up, n = self._levels.flip(0).to(sigma.device), self._levels.numel()       # increasing: step N-1 ... 0
         if n == 1:
             return torch.ones_like(sigma)
-        s = sigma.to(torch.float64)
+        s = sigma.to(torch.float64).contiguous()
         j = torch.searchsorted(up, s).clamp(1, n - 1)                            # up[j-1] <= s <= up[j] inside
         frac = ((s - up[j - 1]) / (up[j] - up[j - 1])).clamp(0, 1)
         return ((j - 1 + frac) / (n - 1)).to(sigma.dtype)

@@ -1,24 +1,27 @@
-"""Named guidance recipes: one name -> builder table that every front end lists (both CLIs, benchmarks, apps).
+"""Named guidance recipes: the one table of names every front end lists (both CLIs, the benchmark, the explorer).
 
-A builder takes the weight w, the models the recipe `needs` (keyword roles: "guide" = a weaker denoiser for
-autoguidance, "classifier" = a noise-aware log p(c | x; sigma)) and the shared modifiers (`interval`, `rescale`),
-and returns a `Guidance`. `register` a new one and it appears wherever `names()` is offered, with no other edits.
-The builder never sees the sampler: a method whose formula depends on the sampling schedule (sigma_max, the step
-count) takes the run's levels in `reset(sigmas)`, which every toydiff sampler calls before its first step
-(CFGZeroStar's zero-init, LinearCFG's time t); driving a guided denoiser with your own loop, call it yourself.
+A recipe is data: a name, the `Guidance` class it builds, fixed parameters of that class (e.g. cfg_interval's
+interval), the models it `needs` (keyword roles: "guide" = a weaker denoiser for autoguidance, "classifier" = a
+noise-aware log p(c | x; sigma), "uncond" = a separate unconditional model), its default weight, or None for a recipe
+that takes no weight ("none"), and a line of help. `make(name, w, models..., modifiers...)` builds it through the
+class's `from_weight(w, ...)`; `recipe.to_dict()` prints or saves it. `register` a new one and it appears wherever
+`names()` is offered, with no other edits. A recipe never sees the sampler: a method whose formula depends on the
+sampling schedule (sigma_max, the step count) takes the run's levels in `start_run(sigmas)`, which every toydiff
+sampler calls before its first step (CFGZeroStar's zero-init, LinearCFG's time t).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..denoiser import SeparateNull, reset
+from ..denoiser import SeparateNull, start_run
 from .base import Guidance, Weight
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
 from .recent import CFGZeroStar, LinearCFG
 
-__all__ = ["Recipe", "RECIPES", "CFG_INTERVAL", "register", "make", "names", "default_weight"]
+__all__ = ["Recipe", "RECIPES", "CFG_INTERVAL", "register", "make", "names", "default_weight", "takes_weight",
+           "weight", "SeparateCFG"]
 
 ROLES = ("guide", "classifier", "uncond")
 # CFG only where sigma <= 0.3 (Kynkaanniemi et al. 2024), tuned on the thin tree (figures.sweep): full-range CFG
@@ -30,28 +33,48 @@ CFG_INTERVAL = (0.0, 0.3)
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named guidance: `build(w, **models, **modifiers) -> Guidance`, the model roles it needs, its default w."""
+    """A named guidance: `method.from_weight(w, **params, **models, **modifiers)`, the model roles it needs, its
+    default w (None: the recipe takes no weight, w is 1)."""
     name: str
-    build: Callable[..., Guidance]
+    method: type[Guidance]
+    params: dict[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
-    default_w: float = 1.0
+    default_w: float | None = 1.0
     help: str = ""
+
+    def build(self, w: Weight | None = None, **kwargs: Any) -> Guidance:
+        """The guidance at weight `w` (None: the default), `kwargs` = the models it needs and the modifiers."""
+        return self.method.from_weight(weight(self, w), **{**self.params, **kwargs})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (json-able but for non-plain params): name, method, params, needs, default_w,
+        help."""
+        return {"name": self.name, "method": self.method.__name__, "params": dict(self.params),
+                "needs": list(self.needs), "default_w": self.default_w, "help": self.help}
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
-def register(name: str, build: Callable[..., Guidance], *, needs: tuple[str, ...] = (), default_w: float = 1.0,
+def register(name: str,
+             method: type[Guidance],
+             *,
+             params: dict[str, Any] | None = None,
+             needs: tuple[str, ...] = (),
+             default_w: float | None = 1.0,
              help: str = "") -> Recipe:
     """Add a recipe under `name` (an existing name is refused: one meaning per name)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name must be an identifier string, got {name!r}")
     if name in RECIPES:
         raise ValueError(f"guidance recipe {name!r} is already registered")
+    if not (isinstance(method, type) and issubclass(method, Guidance)):
+        raise TypeError(f"method must be a toydiff.guidance.Guidance subclass, got {method!r}")
     bad = [r for r in needs if r not in ROLES]
     if bad:
         raise ValueError(f"needs must name roles among {ROLES}, got {bad}")
-    RECIPES[name] = Recipe(name, build, tuple(needs), float(default_w), help)
+    RECIPES[name] = Recipe(name, method, dict(params or {}), tuple(needs),
+                           None if default_w is None else float(default_w), help)
     return RECIPES[name]
 
 
@@ -61,8 +84,26 @@ def names(available: tuple[str, ...] = ROLES) -> list[str]:
 
 
 def default_weight(name: str) -> float:
-    """The recipe's default w (the toy paper's values for cfg / autoguidance / score_scaling)."""
-    return _recipe(name).default_w
+    """The recipe's default w (the toy paper's values for cfg / autoguidance / score_scaling; 1 for "none")."""
+    return weight(name, None)
+
+
+def takes_weight(name: str) -> bool:
+    """Whether recipe `name` has a weight ("none" has not: its w is 1)."""
+    return _recipe(name).default_w is not None
+
+
+def weight(recipe: str | Recipe, w: Weight | None) -> Weight:
+    """The weight recipe `recipe` runs at for a requested `w` (None: its default). The one place that says a recipe
+    without a weight ("none") takes no w but 1: any other is refused, naming w."""
+    r = recipe if isinstance(recipe, Recipe) else _recipe(recipe)
+    if r.default_w is None:
+        if w is not None and (callable(w) or w != 1):
+            shown = "a schedule" if callable(w) else f"w={w:g}"
+            raise ValueError(f"guidance {r.name!r} takes no weight other than 1: {shown} would be unused "
+                             "(leave w out or pick a recipe)")
+        return 1.0
+    return r.default_w if w is None else w
 
 
 def make(name: str, w: Weight | None = None, *, guide: Any = None, classifier: Any = None, uncond: Any = None,
@@ -75,7 +116,7 @@ def make(name: str, w: Weight | None = None, *, guide: Any = None, classifier: A
     missing = [r for r in recipe.needs if models[r] is None]
     if missing:
         raise ValueError(f"guidance {name!r} needs {' and '.join(missing)} (a model), got None")
-    return recipe.build(recipe.default_w if w is None else w, **{r: models[r] for r in recipe.needs}, **modifiers)
+    return recipe.build(w, **{r: models[r] for r in recipe.needs}, **modifiers)
 
 
 def _recipe(name: str) -> Recipe:
@@ -84,12 +125,7 @@ def _recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def _minus_one(w: Weight) -> Weight:
-    """w - 1, for a number or a schedule sigma -> w (the classifier scale of weight w)."""
-    return (lambda sigma: w(sigma) - 1) if callable(w) else w - 1
-
-
-class _SeparateCFG(CFG):
+class SeparateCFG(CFG):
     """CFG with D_0 a separate unconditional model: CFG on `SeparateNull(denoiser, uncond)` (the D_1 and D_0 of
     Karras et al. 2024's toy CFG), so the two-network idea has one implementation (toydiff.denoiser)."""
 
@@ -99,41 +135,33 @@ class _SeparateCFG(CFG):
         super().__init__(w, **kwargs)
         self.uncond = uncond
 
-    def reset(self, sigmas: Any = None) -> None:
-        reset(self.uncond, sigmas)
+    def start_run(self, sigmas: Any) -> SeparateCFG:
+        return self._replace(uncond=start_run(self.uncond, sigmas))
 
     def branches(self, denoiser, x, sigma, cond):
         return super().branches(SeparateNull(denoiser, self.uncond), x, sigma, cond)
 
 
-def _none(w: float, **modifiers: Any) -> Guidance:
-    if w != 1:
-        raise ValueError(f"guidance 'none' takes no weight other than 1, got w={w}")
-    return NoGuidance()
-
-
-register("none", _none, help="the model as it is")
-register("cfg", lambda w, **m: CFG(w, **m), default_w=4.0, help="classifier-free guidance (Ho & Salimans 2022)")
-register("cfg_interval", lambda w, **m: CFG(w, **{"interval": CFG_INTERVAL, **m}), default_w=4.0,
+register("none", NoGuidance, default_w=None, help="the model as it is")
+register("cfg", CFG, default_w=4.0, help="classifier-free guidance (Ho & Salimans 2022)")
+register("cfg_interval", CFG, params={"interval": CFG_INTERVAL}, default_w=4.0,
          help=f"CFG on sigma in {CFG_INTERVAL} only (Kynkaanniemi et al. 2024)")
-register("score_scaling", lambda w, **m: ScoreScaling(w, **m), default_w=1.5, help="naive score scaling")
-register("autoguidance", lambda w, guide, **m: AutoGuidance(guide, w, **m), needs=("guide",), default_w=3.0,
+register("score_scaling", ScoreScaling, default_w=1.5, help="naive score scaling")
+register("autoguidance", AutoGuidance, needs=("guide",), default_w=3.0,
          help="guided by a weaker model (Karras et al. 2024)")
-register("classifier", lambda w, classifier, **m: ClassifierGuidance(classifier, _minus_one(w), **m),
-         needs=("classifier",), default_w=2.0, help="classifier guidance at scale w - 1 (Dhariwal & Nichol 2021)")
-register("apg", lambda w, **m: APG(w, eta=0.0, norm_threshold=0.0, momentum=-0.5, **m), default_w=4.0,
+register("classifier", ClassifierGuidance, needs=("classifier",), default_w=2.0,
+         help="classifier guidance at scale w - 1 (Dhariwal & Nichol 2021)")
+register("apg", APG, params={"eta": 0.0, "norm_threshold": 0.0, "momentum": -0.5}, default_w=4.0,
          help="adaptive projected guidance on CFG (Sadat et al. 2024)")
-register("cfgpp", lambda w, **m: CFGpp(w, **m), default_w=0.5,
+register("cfgpp", CFGpp, default_w=0.5,
          help="CFG++, w = lambda in [0, 1] (Chung et al. 2024); euler/ddim/ddpm samplers only")
-register("cfg_separate", lambda w, uncond, **m: _SeparateCFG(uncond, w, **m), needs=("uncond",),
-         default_w=4.0, help="CFG with D_0 a separate unconditional model (the autoguidance paper's toy CFG)")
-register("cfg_rescale", lambda w, **m: CFG(w, **{"rescale": 0.7, **m}), default_w=4.0,
-         help="CFG with rescale phi = 0.7 (Lin et al. 2023)")
-register("autoguidance_interval", lambda w, guide, **m: AutoGuidance(guide, w, **{"interval": CFG_INTERVAL, **m}),
-         needs=("guide",), default_w=3.0, help=f"autoguidance on sigma in {CFG_INTERVAL} only")
-# both take the sampler's schedule at reset(sigmas) (every toydiff sampler calls it before the first step): zero-init
-# on the run's first level, the linear schedule's t = 1 there, whatever sigma_max, steps or sampler
-register("cfg_zero_star", lambda w, **m: CFGZeroStar(w, **m), default_w=4.0,
+register("cfg_separate", SeparateCFG, needs=("uncond",), default_w=4.0,
+         help="CFG with D_0 a separate unconditional model (the autoguidance paper's toy CFG)")
+register("cfg_rescale", CFG, params={"rescale": 0.7}, default_w=4.0, help="CFG with rescale phi = 0.7 (Lin et al. 2023)")
+register("autoguidance_interval", AutoGuidance, params={"interval": CFG_INTERVAL}, needs=("guide",), default_w=3.0,
+         help=f"autoguidance on sigma in {CFG_INTERVAL} only")
+# both take the sampler's schedule at start_run(sigmas) (every toydiff sampler calls it before the first step):
+# zero-init on the run's first level, the linear schedule's t = 1 there, whatever sigma_max, steps or sampler
+register("cfg_zero_star", CFGZeroStar, default_w=4.0,
          help="CFG-Zero*: optimized scale + zero-init of the first step (Fan et al. 2025)")
-register("linear_cfg", lambda w, **m: LinearCFG(w, **m), default_w=4.0,
-         help="CFG with a linearly increasing weight, mean w (Wang et al. 2024)")
+register("linear_cfg", LinearCFG, default_w=4.0, help="CFG with a linearly increasing weight, mean w (Wang et al. 2024)")
