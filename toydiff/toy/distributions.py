@@ -26,6 +26,19 @@ SIGMA_LIMIT = 1e15
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
+_EXP_FLOOR = -708.0        # exp(-708) = 3.3e-308, the smallest normal float64 is 2.2e-308 (see _shifted_exp_)
+
+
+def _scratch(cache: dict, name: str, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """{"out": a reusable [n, k] buffer} for the product a [n, m] @ b [m, k], kept in `cache` for one call (a fresh
+    1 MB array per block costs the kernel's page faults every time); {} where autograd records a or b."""
+    if a.requires_grad or b.requires_grad:
+        return {}
+    n, k = a.shape[0], b.shape[1]
+    flat = cache.get(name)
+    if flat is None or flat.numel() < n * k:
+        flat = cache[name] = torch.empty(max(n * k, _CHUNK_ELEMENTS), dtype=a.dtype, device=a.device)
+    return {"out": flat[:n * k].view(n, k)}
 
 
 class GaussianMixture:
@@ -85,22 +98,34 @@ class GaussianMixture:
             raise ValueError("every class in [0, num_classes) needs at least one component of positive weight")
         logw = self.weights.log()
         cond_logw = torch.where(onehot, logw - class_mass.log(), torch.full_like(logw, -math.inf))
-        self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K]
+        self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K] (for sample)
         self._log_class_mass = class_mass[:, 0].log()                              # [C] = log W_c
-        self._class_mask = torch.where(onehot, 0.0, -math.inf).double()            # [C, K]
-        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _logits and _score).
+        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _block_logits and _score), over the
+        # components sorted by class (the columns of class c are the contiguous slice self._cols[c]).
         # C = [[A, B], [B, D]], adj C = [[D, -B], [-B, A]], S = C + s^2 I:
         #   det S = det C + s^2 tr C + s^4                     -> [1, s^2, s^4] @ [det C; tr C; 1]
         #   adj S = adj C + s^2 I,   S^-1 = adj S / det S
         #   r^T adj S r = Q(x - mu) + s^2 |x - mu|^2, expanded in the features of x:
         #   [x0^2, x0 x1, x1^2, x0, x1, 1, s^2|x|^2, s^2 x0, s^2 x1, s^2] @ W
+        order = lab.argsort(stable=True)
+        counts = torch.bincount(lab, minlength=c).tolist()
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        self._cols = [slice(e - k, e) for e, k in zip(ends, counts)]                   # class c's sorted columns
+        mu, cov = mu[order], cov[order]
+        self._logw = logw[order]                                                        # [K] sorted
+        self._cond_logw = torch.cat([self._logw[sl] - class_mass[i].log() for i, sl in enumerate(self._cols)])
+        self._sorted_table = torch.cat([cond_logw[:, order], self._logw[None]], 0)     # [C+1, K] sorted columns
         A, B, D = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
         adj_mu = torch.stack([D * mu[:, 0] - B * mu[:, 1], A * mu[:, 1] - B * mu[:, 0]], 1)   # (adj C) mu
+        ones = torch.ones_like(A)
         self._quad_w = torch.stack([D, -2 * B, A, -2 * adj_mu[:, 0], -2 * adj_mu[:, 1], (mu * adj_mu).sum(1),
-                                    torch.ones_like(A), -2 * mu[:, 0], -2 * mu[:, 1], (mu * mu).sum(1)])  # [10, K]
-        self._det_w = torch.stack([A * D - B * B, A + D, torch.ones_like(A)])                          # [3, K]
+                                    ones, -2 * mu[:, 0], -2 * mu[:, 1], (mu * mu).sum(1)])          # [10, K]
+        # one sigma for a whole block: Q(x - mu) + s^2 |x - mu|^2 = [x0^2, x0 x1, x1^2, x0, x1, 1] @ (W0 + s^2 W1)
+        w = self._quad_w
+        self._quad_w1 = torch.stack([w[6], torch.zeros_like(A), w[6], w[7], w[8], w[9]])           # [6, K]
+        self._det_w = torch.stack([A * D - B * B, A + D, ones])                                    # [3, K]
         # sum_k rho_k adj(S_k)(x - mu_k) = M x - v1 + s^2 (sum(rho) x - v2),  [M | v1 | v2 | sum] = rho @ Z
-        self._score_z = torch.cat([torch.stack([D, -B, -B, A], 1), adj_mu, mu, torch.ones_like(A)[:, None]], 1)  # [K, 9]
+        self._score_z = torch.cat([torch.stack([D, -B, -B, A], 1), adj_mu, mu, ones[:, None]], 1)  # [K, 9]
 
     # ------------------------------------------------------------------ core
     def __len__(self) -> int:
@@ -119,41 +144,89 @@ class GaussianMixture:
                              f"got {s.max().item():g}")
         return x, s, c
 
-    def _logw_rows(self, cond: Tensor | None, n: int, device) -> Tensor:
-        """Prior log-weights per point [N, K]: row `cond` of the table (the marginal row for -1/None)."""
-        table = self._logw_table.to(device)
-        if cond is None:
-            return table[-1].expand(n, -1)
-        return table[torch.where(cond < 0, torch.full_like(cond, self.num_classes), cond)]
+    def _prior(self, cond) -> Tensor:
+        """The prior weights [K] (the user's component order) of p(x) (cond None / -1) or p(x | cond)."""
+        c = as_cond(cond, 1, self.num_classes)
+        return self._logw_table[-1 if c is None or int(c[0]) < 0 else int(c[0])].exp()
 
-    def _logits(self, x: Tensor, s2: Tensor, logw: Tensor) -> tuple[Tensor, Tensor]:
-        """log(w_k N(x; mu_k, C_k + s^2 I)) [N, K] (with the prior row logw) and det S [N, K].
+    def _blocks(self, n: int, s2: Tensor, cond: Tensor | None):
+        """Row blocks of a batch of n points, each (rows, component columns, prior log-weights, sigma^2 or None).
+
+        Points x components per block stay below _CHUNK_ELEMENTS (the block's arrays stay in cache). A block whose
+        points share one label c >= 0 needs only the columns of class c (the others have weight 0 in p(x | c));
+        a block of mixed labels takes every component with a prior row per point [n, K]. sigma^2 is a float where
+        the block shares one sigma (the sampler's case: then S_k = C_k + s^2 I is one matrix per component)."""
+        step = max(1, _CHUNK_ELEMENTS // len(self))
+        for i in range(0, n, step):
+            rows = slice(i, min(i + step, n))
+            cols, logw = slice(0, len(self)), self._logw
+            if cond is not None:
+                c = cond[rows]
+                first = int(c[0])
+                if not bool((c == first).all()):
+                    logw = self._sorted_table[torch.where(c < 0, torch.full_like(c, self.num_classes), c).cpu()]
+                elif first >= 0:
+                    cols = self._cols[first]
+                    logw = self._cond_logw[cols]
+            s = s2[rows]
+            yield rows, cols, logw, (float(s[0]) if bool((s == s[0]).all()) else None)
+
+    def _block_logits(self, x: Tensor, s2: Tensor, cols: slice, logw: Tensor, uniform: float | None,
+                      cache: dict) -> tuple[Tensor, Tensor]:
+        """log(w_k N(x; mu_k, C_k + s^2 I)) [n, k] over the columns `cols` (prior log-weights logw [k] or [n, k])
+        and det S: [k] where the block shares sigma^2 = `uniform`, else [n, k].
 
         log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2,  r = x - mu  (float64 throughout)
+        One sigma: S_k is fixed, so 1/det S_k goes into the quadratic form's weights and log det S_k into the
+        bias: one matmul [n, 6] @ [6, k] gives the logits (tables kept in `cache` for the call).
         """
+        dev = x.device
         x0, x1 = x[:, 0], x[:, 1]
-        feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [N, 6]
+        feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [n, 6]
+        if uniform is not None:
+            key = (uniform, cols.start, cols.stop)
+            if key not in cache:
+                det = self._det_w[0, cols] + uniform * self._det_w[1, cols] + uniform * uniform        # [k]
+                weight = (self._quad_w[:6, cols] + uniform * self._quad_w1[:, cols]) / det * -0.5    # [6, k]
+                cache[key] = det.to(dev), weight.to(dev), det.log().mul_(-0.5).sub_(_LOG_2PI).to(dev)
+            det, weight, log_norm = cache[key]
+            return torch.addmm(logw.to(dev) + log_norm, feats, weight, **_scratch(cache, "logits", feats, weight)), det
+        s2_powers = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1)
+        det_w = self._det_w[:, cols].to(dev)
+        det = torch.matmul(s2_powers, det_w, **_scratch(cache, "det", s2_powers, det_w))                  # [n, k]
         feats = torch.cat([feats, s2[:, None] * torch.stack([x0 * x0 + x1 * x1, x0, x1, torch.ones_like(x0)], 1)], 1)
-        det = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1) @ self._det_w.to(x.device)        # [N, K]
-        quad = (feats @ self._quad_w.to(x.device)) / det
-        logits = logw.sub(quad, alpha=0.5).sub_(det.log(), alpha=0.5).sub_(_LOG_2PI)
-        return logits, det
+        quad_w = self._quad_w[:, cols].to(dev)
+        if feats.requires_grad:                                                  # autograd: no in-place updates
+            return -0.5 * (feats @ quad_w / det + det.log()) + (logw.to(dev) - _LOG_2PI), det
+        quad = torch.matmul(feats, quad_w, **_scratch(cache, "logits", feats, quad_w)).div_(det)
+        return quad.add_(det.log()).mul_(-0.5).add_(logw.to(dev) - _LOG_2PI), det
 
-    def _chunks(self, n: int, per_point: int = 1) -> list[slice]:
-        """Row slices of a batch of n points so that points x components x per_point stays bounded."""
-        step = max(1, _CHUNK_ELEMENTS // (len(self) * per_point))
-        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    @staticmethod
+    def _logsumexp_(logits: Tensor) -> Tensor:
+        """log sum_k exp(logits) [n] over dim 1, overwriting `logits` (each row has a finite entry)."""
+        top = logits.max(1, keepdim=True).values
+        if logits.requires_grad:
+            return torch.logsumexp(logits, 1)
+        return GaussianMixture._shifted_exp_(logits, top).sum(1).log_().add_(top[:, 0])
+
+    @staticmethod
+    def _shifted_exp_(logits: Tensor, top: Tensor) -> Tensor:
+        """exp(logits - top) in place, with logits - top clamped at _EXP_FLOOR: each row's largest term is 1, so the
+        terms below exp(_EXP_FLOOR) ~ 3e-308 change no sum or product, and exp of a far smaller number (the thin
+        components of tree() give logits of -1e5) takes float64 exp off its vectorized path, 5x slower (measured)."""
+        if logits.requires_grad:                                                 # autograd: no in-place updates
+            return (logits - top.detach()).clamp(min=_EXP_FLOOR).exp()
+        return logits.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
 
     # ------------------------------------------------------------------ public API
     def log_prob(self, x: Tensor, sigma=0.0, cond=None) -> Tensor:
         """Normalized log p(x | c; sigma) [N] of the mixture convolved with N(0, sigma^2 I) (c = -1/None: p(x; sigma))."""
         x, s, c = self._prepare(x, sigma, cond)
         xd, s2 = x.double(), s.double() ** 2
-        out = []
-        for sl in self._chunks(x.shape[0]):
-            logw = self._logw_rows(None if c is None else c[sl], xd[sl].shape[0], x.device)
-            out.append(torch.logsumexp(self._logits(xd[sl], s2[sl], logw)[0], dim=1))
-        return torch.cat(out).to(x.dtype)
+        out, cache = torch.empty(x.shape[0], dtype=torch.float64, device=x.device), {}
+        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
+            out[rows] = self._logsumexp_(self._block_logits(xd[rows], s2[rows], cols, logw, uniform, cache)[0])
+        return out.to(x.dtype)
 
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact score grad_x log p(x | c; sigma) [N, 2] = sum_k r_k (-S_k^-1 (x - mu_k)), r = responsibilities."""
@@ -162,16 +235,25 @@ class GaussianMixture:
 
     def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         xd, s2 = x.double(), s.double() ** 2
-        out = []
-        for sl in self._chunks(x.shape[0]):
-            xs, s2s = xd[sl], s2[sl]
-            logits, det = self._logits(xs, s2s, self._logw_rows(None if c is None else c[sl], xs.shape[0], x.device))
-            rho = torch.softmax(logits, dim=1) / det                              # r_k / det S_k   [n, K]
-            p = rho @ self._score_z.to(x.device)                                  # [n, 9]
+        out, cache = torch.empty_like(xd), {}
+        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
+            xs, s2s = xd[rows], s2[rows]
+            logits, det = self._block_logits(xs, s2s, cols, logw, uniform, cache)
+            e = self._shifted_exp_(logits, logits.max(1, keepdim=True).values)  # r_k up to a factor per point
+            z = self._score_z[cols].to(x.device)
+            if uniform is not None:                                               # [Z / det S | 1]: sum_k r_k too
+                key = ("z", uniform, cols.start, cols.stop)
+                if key not in cache:
+                    cache[key] = torch.cat([z / det[:, None], torch.ones_like(det)[:, None]], 1)
+                p = e @ cache[key]
+                p = p[:, :9] / p[:, 9:]                                            # sum_k r_k / det S_k Z_k
+            else:
+                total = e.sum(1, keepdim=True)
+                p = ((e / det if e.requires_grad else e.div_(det)) @ z) / total
             m = p[:, :4].reshape(-1, 2, 2)
             adj_r = (m @ xs[:, :, None])[:, :, 0] - p[:, 4:6] + s2s[:, None] * (p[:, 8:9] * xs - p[:, 6:8])
-            out.append(-adj_r)                                                    # -sum_k r_k S_k^-1 (x - mu_k)
-        return torch.cat(out)                                                     # float64
+            out[rows] = -adj_r                                                    # -sum_k r_k S_k^-1 (x - mu_k)
+        return out                                                                # float64
 
     def denoise(self, x: Tensor, sigma, cond=None) -> Tensor:
         """Exact posterior mean E[x0 | x; sigma, c] [N, 2] = x + sigma^2 s(x | c; sigma) (Tweedie's formula)."""
@@ -209,14 +291,15 @@ class GaussianMixture:
         return (self._class_joint(x, s) - self._log_class_mass.to(x.device)).to(x.dtype)
 
     def _class_joint(self, x: Tensor, s: Tensor) -> Tensor:
-        """log W_c p(x | c; sigma) = log sum_{k in c} w_k N_k  [N, C], float64."""
+        """log W_c p(x | c; sigma) = log sum_{k in c} w_k N_k  [N, C], float64: one log-sum-exp per class over
+        its (contiguous) columns of the marginal logits."""
         xd, s2 = x.double(), s.double() ** 2
-        in_class = self._class_mask.to(x.device)                                  # [C, K]: 0 or -inf
-        out = []
-        for sl in self._chunks(x.shape[0], per_point=self.num_classes):
-            joint = self._logits(xd[sl], s2[sl], self._logw_rows(None, xd[sl].shape[0], x.device))[0]  # [n, K]
-            out.append(torch.logsumexp(joint[:, None, :] + in_class[None], dim=2))
-        return torch.cat(out)
+        out, cache = torch.empty(x.shape[0], self.num_classes, dtype=torch.float64, device=x.device), {}
+        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, None):
+            logits = self._block_logits(xd[rows], s2[rows], cols, logw, uniform, cache)[0]
+            for c, class_cols in enumerate(self._cols):
+                out[rows, c] = self._logsumexp_(logits[:, class_cols])
+        return out
 
     def sample(self, n: int, cond=None, sigma=0.0, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32, components: bool = False) -> tuple[Tensor, ...]:
@@ -248,12 +331,11 @@ class GaussianMixture:
     # ------------------------------------------------------------------ summaries
     def mean(self, cond: int | None = None) -> Tensor:
         """Mean [2] of p(x) or p(x | cond)."""
-        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
-        return w @ self.means
+        return self._prior(cond) @ self.means
 
     def covariance(self, cond: int | None = None) -> Tensor:
         """Covariance [2, 2] of p(x) or p(x | cond): sum w_k (C_k + mu_k mu_k^T) - m m^T."""
-        w = self._logw_rows(as_cond(cond, 1, self.num_classes), 1, "cpu")[0].exp()
+        w = self._prior(cond)
         m = w @ self.means
         second = (w[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - m[:, None] * m[None, :]

@@ -106,15 +106,24 @@ class MLPDenoiser(_NoiseConditionedMLP):
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise. Inputs of
-        another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype."""
-        feats = [x_in, self._fourier(c_noise)]
+        another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype.
+        The features are written into one array of the weights' dtype; where every row has the same sigma (a
+        sampler's step), the features of sigma alone are computed once and broadcast (the same numbers)."""
+        n, dim = x_in.shape
+        feats = torch.empty(n, self.inp.in_features, dtype=self.inp.weight.dtype, device=x_in.device)
+        feats[:, :dim] = x_in
+        one = bool((c_noise == c_noise[:1]).all())
+        noise = c_noise[:1] if one else c_noise                                # [1 or N, 1]
+        feats[:, dim:dim + self.freqs.numel()] = self._fourier(noise)
         if hasattr(self, "position_b"):                     # see the class docstring; s = exp(4 c_noise)
-            s = (4 * c_noise).exp()
+            s = (4 * noise).exp()
             z = 2 * math.pi * (x_in.to(self.position_b.dtype) @ self.position_b)                     # [N, P]
             damp = torch.exp(-2 * math.pi ** 2 * s.square() / (s.square() + self.sigma_data ** 2)
                              * self.position_b.square().sum(0))
-            feats += [(torch.cos(z) * damp).to(x_in.dtype), (torch.sin(z) * damp).to(x_in.dtype)]
-        return self.inp(torch.cat(feats, dim=1).to(self.inp.weight.dtype))
+            p, start = z.shape[1], dim + self.freqs.numel()
+            feats[:, start:start + p] = (torch.cos(z) * damp).to(x_in.dtype)
+            feats[:, start + p:] = (torch.sin(z) * damp).to(x_in.dtype)
+        return self.inp(feats)
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
