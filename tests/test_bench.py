@@ -25,7 +25,8 @@ def test_every_method_runs_and_is_scored(tiny):
         assert entry["best"]["tv"] == min(r["tv"] for r in entry["sweep"])
         for r in entry["sweep"]:
             assert set(r) == {"w", *bench.METRICS}
-            assert 0 <= r["outliers"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["tv"] <= 1 and r["energy"] >= 0
+            assert 0 <= r["outlier_fraction"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["tv"] <= 1 \
+                and r["energy_distance"] >= 0
     # all weight-1 rows of the plain network share the start noise, so they are the same samples
     plain = data["methods"]["none"]["sweep"][0]
     for name in ("cfg", "cfg_separate", "cfg_interval", "autoguidance", "score_scaling", "linear_cfg"):

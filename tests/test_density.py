@@ -1,6 +1,7 @@
 """Exact guided densities, ratios, and model densities by the probability-flow ODE."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,32 @@ def test_sample_tv_exact_on_a_small_grid():
     assert density.sample_tv(torch.tensor([[9.0, 9.0]]), grid, uniform) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="log_density"):
         density.sample_tv(x, grid, uniform[:3])
+
+
+def test_sample_tv_lays_cells_out_as_the_grid_image():
+    """A density that differs per cell: the samples' cell (x = 1, y = 0) is matched with the mass of that cell."""
+    grid = density.make_grid((0.0, 2.0, 0.0, 2.0), 2)                  # cell area 1; image rows are y
+    masses = torch.tensor([0.1, 0.2, 0.3, 0.4])                        # (x0,y0) (x1,y0) (x0,y1) (x1,y1)
+    x = torch.tensor([[1.5, 0.5]] * 3)
+    assert density.sample_tv(x, grid, masses.log()) == pytest.approx(0.5 * (0.8 + 0.1 + 0.3 + 0.4))
+
+
+def test_cfg_figure_tv_counts_samples_off_the_grid():
+    """The CFG figure's TV is density.sample_tv: at w = 8 some samples leave [-3, 3]^2 and count as outside the
+    grid (they used to be clamped into the edge cells). Checked against numpy's histogram2d."""
+    from toydiff import figures
+    from toydiff.guidance import CFG, guided
+    from toydiff.zoo import draw
+    dist, n, w = datasets.three_gaussians(), 4000, 8.0
+    _, numbers = figures.cfg_figure(n=n, ws=(w,), grid_res=20)
+    hist_grid = density.make_grid((-3.0, 3.0, -3.0, 3.0), 40)
+    tvs, outside = [], 0
+    for c in range(3):
+        x = draw(guided(dist, CFG(w)), n, c, c).double().numpy()
+        counts, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=40, range=[[-3, 3], [-3, 3]])   # [x, y]
+        mass = (density.guided_log_density(dist, c, w, hist_grid).exp() * hist_grid.cell_area).reshape(40, 40).T
+        off = 1 - counts.sum() / n
+        outside += off > 0
+        tvs.append(0.5 * (np.abs(counts / n - mass.numpy()).sum() + off))
+    assert outside >= 1                                                # the case the clamp got wrong
+    assert numbers["tv_sampler_vs_exact"][str(w)] == pytest.approx(sum(tvs) / 3, abs=1e-12)

@@ -168,6 +168,20 @@ def test_class_log_prob_matches_per_class_log_prob(tree_mix, gen):
             torch.testing.assert_close(all_classes[:, c], tree_mix.log_prob(x, sigma, c))
 
 
+def test_mixed_batches_equal_their_rows(tree_mix, gen):
+    """A batch of mixed sigmas and labels (per-point S_k, all components) gives what each row gives alone (one
+    sigma and label: 1/det S_k folded into the weights, only the label's components), for every method."""
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64) * 0.6
+    sigma = torch.tensor([0.0, 0.01, 0.3, 2.0] * 10, dtype=torch.float64)
+    cond = torch.tensor([-1, 0, 1, 0, 1] * 8)
+    rows = [(x[i:i + 1], float(sigma[i]), int(cond[i])) for i in range(40)]
+    for method in (tree_mix.log_prob, tree_mix.score, tree_mix.denoise):
+        alone = torch.cat([method(xi, si, ci) for xi, si, ci in rows])
+        torch.testing.assert_close(method(x, sigma, cond), alone, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(tree_mix.class_log_prob(x, sigma),
+                               torch.cat([tree_mix.class_log_prob(xi, si) for xi, si, _ in rows]), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("sigma", [0.003, 0.3, 2.0])
 def test_component_denoise_averages_to_the_exact_denoiser(three, sigma, gen):
     # E[x0 | x] = sum_k p(k | x) E[x0 | x, k], with p(k | x) from scipy's densities of each component

@@ -81,3 +81,11 @@ def test_bad_input_names_argument(tree):
     with pytest.raises(ValueError, match="quantile"):
         metrics.outlier_fraction(x, tree, 0, quantile=1.5)
 
+
+
+def test_one_metric_vocabulary(tree):
+    """evaluate computes every metric of DEFINITIONS, each has a table head, and the bench reports the same keys."""
+    from toydiff import bench
+    m = metrics.evaluate(_draw(tree, 200, 0, seed=1), tree, 0, bins=8)
+    assert list(m) == list(metrics.DEFINITIONS) == list(metrics.LABELS)
+    assert bench.METRICS == tuple(metrics.DEFINITIONS)

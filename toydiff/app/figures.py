@@ -169,10 +169,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
             img = img * (1 - p[..., None] * (1 - colors[c]))                   # multiply-blend one colour per class
             x = draw(guided(dist, CFG(w)), n, c, seed + c)
             axes[1, j + 1].scatter(x[:, 0], x[:, 1], s=0.5, color=colors[c].numpy(), linewidths=0, alpha=0.6)
-            hist = torch.histogramdd(x.double().clamp(-2.999, 2.999), bins=[40, 40],
-                                     range=list(grid.extent)).hist.T.reshape(-1) / n
-            exact = density.guided_log_density(dist, c, w, hist_grid).exp() * hist_grid.cell_area
-            tvs.append(0.5 * float((hist - exact).abs().sum()))
+            tvs.append(density.sample_tv(x, hist_grid, density.guided_log_density(dist, c, w, hist_grid)))
         tv[str(w)] = sum(tvs) / len(tvs)
         axes[0, j + 1].imshow(img.numpy(), origin="lower", extent=grid.extent)
         axes[0, j + 1].set_title(f"exact $p_w(x|c)$, $w={w:g}$\n(Ho & Salimans' $w={to_ho_salimans(w):g}$)")

@@ -10,10 +10,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .metrics import LABELS
+
 __all__ = ["leaderboard", "pareto_figure", "write_outputs"]
 
-_COLUMNS = (("tv", "TV"), ("kl", "KL"), ("outliers", "outliers"), ("precision", "precision"), ("recall", "recall"),
-            ("accuracy", "class acc."), ("energy", "energy dist."))
+_COLUMNS = tuple((k, LABELS[k]) for k in ("tv", "kl", "outlier_fraction", "precision", "recall", "class_accuracy",
+                                          "energy_distance"))
 _MARKERS = "osD^v<>pXh*P8d"
 _CFG_LIKE = ("cfg", "cfg_separate", "cfg_interval", "cfg_rescale", "apg", "cfgpp", "cfg_zero_star", "linear_cfg")
 
@@ -63,14 +65,14 @@ def pareto_figure(name: str, data: dict, criterion: str = "tv") -> Figure:
             i = list(methods).index(method)
             entry, color, marker = methods[method], cmap(i % 20), _MARKERS[i % len(_MARKERS)]
             sweep = entry["sweep"]
-            xs, ys = [r["outliers"] for r in sweep], [r["recall"] for r in sweep]
+            xs, ys = [r["outlier_fraction"] for r in sweep], [r["recall"] for r in sweep]
             start = [none] if none is not None and entry["from_none"] else []      # w = 1 is the "none" point
-            ax.plot([r["outliers"] for r in start] + xs, [r["recall"] for r in start] + ys, "-", color=color,
+            ax.plot([r["outlier_fraction"] for r in start] + xs, [r["recall"] for r in start] + ys, "-", color=color,
                     lw=1.2, alpha=0.8)
             grid = f"$w$ {sweep[0]['w']:g}$\\to${sweep[-1]['w']:g}" if len(sweep) > 1 else f"$w$ {sweep[0]['w']:g}"
             ax.scatter(xs, ys, s=[16 + 14 * j for j in range(len(xs))], color=color, marker=marker, alpha=0.85,
                        label=f"{entry['label']} ({grid})")
-            ax.scatter([entry["best"]["outliers"]], [entry["best"]["recall"]], s=180, marker="*", facecolor="none",
+            ax.scatter([entry["best"]["outlier_fraction"]], [entry["best"]["recall"]], s=180, marker="*", facecolor="none",
                        edgecolor=color, linewidths=1.3)
         right = ax.get_xlim()[1]
         ax.set_xlim(-0.02 * right, right)                                           # room for the markers at 0

@@ -14,11 +14,12 @@ flow is a bijection, so even the exact denoiser's samples keep the start's TV of
 One sampler call covers the whole sweep of a method: each row carries its own weight (a per-row schedule
 w(sigma)); a recipe that only takes a number gets one call per weight.
 
-Per class c, then averaged over the classes, against true samples of p(x | c):
-  outliers   share below the 1% quantile of the true log p(x | c) (toydiff.metrics)
+Per class c, then averaged over the classes, against true samples of p(x | c): every metric of
+toydiff.metrics.DEFINITIONS (metrics.evaluate), among them
+  outlier_fraction   share below the 1% quantile of the true log p(x | c)
   precision, recall   k-NN manifolds, k = 3 (Kynkaanniemi et al. 2019)
-  accuracy   share whose exact MAP class is c
-  energy     energy distance to true samples (Szekely & Rizzo 2013)
+  class_accuracy     share whose exact MAP class is c
+  energy_distance    energy distance to true samples (Szekely & Rizzo 2013)
   tv, kl     the sample histogram against the EXACT mass of p(x | c) in each bin (toydiff.histogram); its noise
              floor, the TV of n true samples (mean and std over FLOOR_SEEDS seeds), is reported beside it
 CRITERION: the best weight of a method is the one with the smallest tv (ties: the smaller weight), and the
@@ -38,7 +39,7 @@ from ..core import guidance, samplers
 from ..toy import metrics
 from .models import BENCH_DATASETS, BenchModels, bench_models
 from ..core.denoiser import renoise_of
-from ..toy.histogram import histogram_divergence, noise_floor
+from ..toy.histogram import noise_floor
 from ..infra.validation import check_positive_int
 from ..toy.zoo import STEPS
 
@@ -48,7 +49,7 @@ __all__ = ["BenchConfig", "FULL", "FAST", "CRITERION", "METRICS", "GRIDS", "grid
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 10.0, 7.0      # sigma_max 10, not zoo.SIGMA_MAX = 5: the class means (docstring)
 CRITERION = "tv"
 FLOOR_SEEDS = 4
-METRICS = ("outliers", "precision", "recall", "accuracy", "energy", "tv", "kl")
+METRICS = tuple(metrics.DEFINITIONS)             # the one vocabulary: toydiff.metrics
 # CFG++'s lambda acts like CFG's w_t = lambda sigma / (sigma - sigma') per Euler step (toydiff.guidance.CFGpp):
 # with these 63 steps sigma / (sigma - sigma') is about 7, so lambda ~ 0.14 is no guidance and 0.4 about w = 3
 CFGPP_GRID = (0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
@@ -126,16 +127,10 @@ def run_method(name: str, models: BenchModels, config: BenchConfig) -> tuple[tup
 
 
 def _score(x: Tensor, labels: Tensor, models: BenchModels, references: list[Tensor], bins: int) -> dict[str, float]:
-    """The METRICS of samples x [n, 2] meant to follow p(x | labels), averaged over the classes."""
-    data, per_class = models.data, []
-    for c, ref in enumerate(references):
-        xc = x[labels == c]
-        lp = metrics.class_log_prob(xc, data)
-        precision, recall = metrics.precision_recall(ref, xc)
-        div = histogram_divergence(xc, data, c, bins=bins)
-        per_class.append(dict(outliers=metrics.outlier_fraction(xc, data, c, log_probs=lp), precision=precision,
-                              recall=recall, accuracy=metrics.class_accuracy(xc, data, c, log_probs=lp),
-                              energy=metrics.energy_distance(ref, xc), tv=div["tv"], kl=div["kl"]))
+    """The METRICS of samples x [n, 2] meant to follow p(x | labels) (toydiff.metrics.evaluate per class, against
+    its true samples), averaged over the classes."""
+    per_class = [metrics.evaluate(x[labels == c], models.data, c, reference=ref, bins=bins)
+                 for c, ref in enumerate(references)]
     return {k: sum(m[k] for m in per_class) / len(per_class) for k in METRICS}
 
 

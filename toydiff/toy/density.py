@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import histogram
 from ..core.denoiser import Denoiser, start_run
 from .distributions import GaussianMixture
 from ..core.samplers import edm_sigmas
@@ -51,6 +52,13 @@ class Grid:
     def points(self) -> Tensor:
         gy, gx = torch.meshgrid(self.ys, self.xs, indexing="ij")
         return torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+
+    @property
+    def edges(self) -> tuple[Tensor, Tensor]:
+        """Cell edges (x [W + 1], y [H + 1]) float64: cell i spans edges[i] <= . < edges[i + 1]."""
+        x0, x1, y0, y1 = self.extent
+        steps = torch.arange(self.resolution + 1, dtype=torch.float64) / self.resolution
+        return x0 + steps * (x1 - x0), y0 + steps * (y1 - y0)
 
     @property
     def cell_area(self) -> float:
@@ -95,18 +103,14 @@ def sample_tv(x: Tensor, grid: Grid, log_density: Tensor) -> float:
     """Total variation distance between the histogram of samples x [N, 2] on the grid's cells and a density
     normalized on the grid (`log_density` [H * W], e.g. `guided_log_density`):
         TV = 1/2 (sum_cells |n_cell / N - p_cell * area| + share of x outside the grid)    in [0, 1]
-    (the density has no mass outside the grid). 0 = the samples fall exactly as the density says, per cell."""
+    (the density has no mass outside the grid; samples off the grid count there, none is moved into an edge
+    cell). 0 = the samples fall exactly as the density says, per cell. `toydiff.histogram.total_variation`."""
     x = check_points(x, 2, "x")
     if log_density.numel() != grid.resolution ** 2:
         raise ValueError(f"log_density must have {grid.resolution ** 2} entries (the grid), got {log_density.numel()}")
-    x0, x1, y0, y1 = grid.extent
-    r = grid.resolution
-    ix = torch.floor((x[:, 0].double() - x0) / (x1 - x0) * r).long()
-    iy = torch.floor((x[:, 1].double() - y0) / (y1 - y0) * r).long()
-    inside = (ix >= 0) & (ix < r) & (iy >= 0) & (iy < r)
-    hist = torch.bincount(iy[inside] * r + ix[inside], minlength=r * r).double() / x.shape[0]
-    mass = log_density.reshape(-1).double().exp() * grid.cell_area
-    return float(0.5 * ((hist - mass).abs().sum() + (~inside).double().mean()))
+    q = histogram.sample_histogram(x.double(), *grid.edges)                           # x-major, outside last
+    mass = grid.image(log_density.reshape(-1).double().exp() * grid.cell_area).T.reshape(-1)   # [y, x] -> x-major
+    return histogram.total_variation(q, torch.cat([mass, mass.new_zeros(1)]))
 
 
 def gaussian_power_product(mean1: Tensor, cov1: Tensor, mean0: Tensor, cov0: Tensor, w: float) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ over components is a log-sum-exp, so results (float64 or float32) stay finite ov
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from ..infra.validation import as_cond, as_sigma, check_points, check_positive_int
 
-__all__ = ["GaussianMixture", "X_LIMIT", "SIGMA_LIMIT"]
+__all__ = ["GaussianMixture", "fingerprint", "X_LIMIT", "SIGMA_LIMIT"]
 
 X_LIMIT = 1e15      # |x| and sigma where every method is still finite in float32 too (see the module docstring)
 SIGMA_LIMIT = 1e15
@@ -270,10 +271,11 @@ class GaussianMixture:
         if not isinstance(k, Tensor) or k.dtype != torch.long or k.shape != x.shape[:1] \
                 or (k < 0).any() or (k >= len(self)).any():
             raise ValueError(f"k must be an int64 tensor [{x.shape[0]}] of component indices in [0, {len(self)})")
-        cov, r, s2 = self.covs[k], x.double() - self.means[k], s.double() ** 2
+        cov, mu, s2 = self.covs.index_select(0, k), self.means.index_select(0, k), s.double() ** 2
+        r = x.double() - mu
         a, b, d = cov[:, 0, 0] + s2, cov[:, 0, 1], cov[:, 1, 1] + s2                  # S = C + s^2 I
         u = torch.stack([d * r[:, 0] - b * r[:, 1], a * r[:, 1] - b * r[:, 0]], 1) / (a * d - b * b)[:, None]
-        return (self.means[k] + (cov @ u[:, :, None])[:, :, 0]).to(x.dtype)          # S^-1 r by the 2x2 adjugate
+        return (mu + (cov @ u[:, :, None])[:, :, 0]).to(x.dtype)                      # S^-1 r by the 2x2 adjugate
 
     def class_posterior(self, x: Tensor, sigma) -> Tensor:
         """Exact p(c | x; sigma) [N, C]: the components' responsibilities summed per class (differentiable in x)."""
@@ -342,3 +344,12 @@ class GaussianMixture:
 
     def __repr__(self) -> str:
         return f"GaussianMixture(components={len(self)}, num_classes={self.num_classes})"
+
+
+def fingerprint(dist: GaussianMixture) -> str:
+    """A digest of the mixture's parameters (weights, means, covariances, labels): two equal mixtures (every figure
+    builds its own datasets.tree()) share what is cached about them (outlier thresholds, exact bin masses)."""
+    h = hashlib.sha1()
+    for t in (dist.weights, dist.means, dist.covs, dist.labels):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

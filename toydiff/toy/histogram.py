@@ -16,17 +16,16 @@ KL(q || p) = sum q_b log(q_b / p_b) of the sample histogram q; with n samples ev
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 from scipy.special import ndtr, owens_t
 from torch import Tensor
 
-from .distributions import GaussianMixture
+from .distributions import GaussianMixture, fingerprint
 from ..infra.validation import check_points, check_positive_int
 
-__all__ = ["bvn_cdf", "class_box", "class_grid", "bin_masses", "histogram_divergence", "noise_floor"]
+__all__ = ["bvn_cdf", "class_box", "class_grid", "bin_masses", "sample_histogram", "total_variation",
+           "histogram_divergence", "noise_floor"]
 
 
 def bvn_cdf(h: np.ndarray, k: np.ndarray, rho: np.ndarray) -> np.ndarray:
@@ -76,8 +75,9 @@ def class_grid(dist: GaussianMixture, cls: int, bins: int) -> tuple[Tensor, Tens
             torch.linspace(y_lo, y_hi, bins + 1, dtype=torch.float64))
 
 
-def _histogram(x: Tensor, edges_x: Tensor, edges_y: Tensor) -> Tensor:
-    """Share of the points in each bin [Bx * By] and outside the box (last), as bin_masses lays them out."""
+def sample_histogram(x: Tensor, edges_x: Tensor, edges_y: Tensor) -> Tensor:
+    """Share of the points x [N, 2] in each bin [Bx * By] (x-major: bin (i, j) at i * By + j, bin i holding
+    edges_x[i] <= x < edges_x[i + 1]) and outside the box (last), as bin_masses lays them out; sums to 1."""
     bx, by = edges_x.numel() - 1, edges_y.numel() - 1
     i = torch.searchsorted(edges_x, x[:, 0].contiguous(), right=True) - 1
     j = torch.searchsorted(edges_y, x[:, 1].contiguous(), right=True) - 1
@@ -86,7 +86,16 @@ def _histogram(x: Tensor, edges_x: Tensor, edges_y: Tensor) -> Tensor:
     return torch.bincount(flat, minlength=bx * by + 1).double() / x.shape[0]
 
 
-_MASSES: "weakref.WeakKeyDictionary[GaussianMixture, dict]" = weakref.WeakKeyDictionary()
+def total_variation(q: Tensor, p: Tensor) -> float:
+    """TV = 1/2 sum_b |q_b - p_b| between two distributions over the same bins (the outside bin included), in
+    [0, 1]: the one total variation of toydiff (the bench's histograms, `density.sample_tv`, the CFG figure)."""
+    if q.shape != p.shape:
+        raise ValueError(f"q and p must be distributions over the same bins, got shapes {tuple(q.shape)} and "
+                         f"{tuple(p.shape)}")
+    return float(0.5 * (q.double() - p.double()).abs().sum())
+
+
+_MASSES: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}     # (mixture fingerprint, class, bins) -> edges, masses
 
 
 def histogram_divergence(x: Tensor, dist: GaussianMixture, cls: int, *, bins: int = 32) -> dict[str, float]:
@@ -95,14 +104,14 @@ def histogram_divergence(x: Tensor, dist: GaussianMixture, cls: int, *, bins: in
     """
     x = check_points(x, 2, "x").double()
     bins = check_positive_int(bins, "bins")
-    cache = _MASSES.setdefault(dist, {})
-    if (cls, bins) not in cache:
+    key = (fingerprint(dist), cls, bins)
+    if key not in _MASSES:
         edges = class_grid(dist, cls, bins)
-        cache[cls, bins] = (*edges, bin_masses(dist, cls, *edges))
-    ex, ey, p = cache[cls, bins]
-    q = _histogram(x, ex, ey)
+        _MASSES[key] = (*edges, bin_masses(dist, cls, *edges))
+    ex, ey, p = _MASSES[key]
+    q = sample_histogram(x, ex, ey)
     kl = torch.where(q > 0, q * (q / p.clamp_min(1e-300)).log(), torch.zeros_like(q)).sum()
-    return dict(tv=float(0.5 * (q - p).abs().sum()), kl=float(kl))
+    return dict(tv=total_variation(q, p), kl=float(kl))
 
 
 def noise_floor(dist: GaussianMixture, cls: int, n: int, *, bins: int = 32, seed: int = 0) -> dict[str, float]:

@@ -7,13 +7,15 @@
 - `energy_distance`: 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo 2013), zero iff the laws match.
 - `class_accuracy`: argmax_c of the exact posterior p(c | x) equals the requested class.
 - `mean_log_likelihood`: E log p(x | c) under the true density.
+- `tv`, `kl`: the sample histogram against the exact bin masses (toydiff.histogram).
+`DEFINITIONS` names every metric once (with `LABELS`, the short table heads) and `evaluate` computes them all: the
+demo, the explorer and the bench read these keys, so a new metric is a change here only.
 
 Precision/recall find the points within reach with k-d trees (scipy); the energy distance is exact per direction
 from one sort of 1D projections: 20k vs 20k points take seconds on a 2-core CPU.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from numbers import Integral
@@ -24,10 +26,11 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .distributions import GaussianMixture
+from .distributions import GaussianMixture, fingerprint
+from .histogram import histogram_divergence
 from ..infra.validation import as_cond, check_points, check_positive_int, check_seed
 
-__all__ = ["DEFINITIONS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
+__all__ = ["DEFINITIONS", "LABELS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
            "mean_log_likelihood", "evaluate"]
 
 # what each number means and which way is better: printed under the demo's tables and in the notebooks
@@ -44,7 +47,15 @@ DEFINITIONS: dict[str, str] = {
                       "diversity, e.g. score scaling)",
     "energy_distance": "2E|X-Y| - E|X-X'| - E|Y-Y'| between samples and true samples (Szekely & Rizzo 2013), "
                        "0 iff the laws match; lower is better (two finite sets of true samples score a little above 0)",
+    "tv": "total variation between the sample histogram and the exact mass of p(x|c) per bin (a grid over the "
+          "class's box, plus the outside; toydiff.histogram), in [0, 1]; lower is better, true samples score a "
+          "little above 0 (histogram.noise_floor)",
+    "kl": "KL(q || p) of the sample histogram q against the exact bin masses p of p(x|c), in nats; lower is better",
 }
+# the short column heads of tables (toydiff.bench_report); every key of DEFINITIONS has one
+LABELS: dict[str, str] = {"outlier_fraction": "outliers", "precision": "precision", "recall": "recall",
+                          "class_accuracy": "class acc.", "log_likelihood": "log-lik.", "energy_distance": "energy dist.",
+                          "tv": "TV", "kl": "KL"}
 
 
 def describe(keys: Any = tuple(DEFINITIONS)) -> str:
@@ -53,15 +64,6 @@ def describe(keys: Any = tuple(DEFINITIONS)) -> str:
 
 
 _THRESHOLDS: dict[tuple, float] = {}     # outlier thresholds by (mixture fingerprint, class, quantile, n_ref, seed)
-
-
-def fingerprint(dist: GaussianMixture) -> str:
-    """A digest of the mixture's parameters (weights, means, covariances, labels): equal mixtures built twice (every
-    figure calls datasets.tree()) share what is cached about them."""
-    h = hashlib.sha1()
-    for t in (dist.weights, dist.means, dist.covs, dist.labels):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def class_log_prob(x: Tensor, dist: GaussianMixture) -> Tensor:
@@ -195,9 +197,11 @@ def mean_log_likelihood(x: Tensor, dist: GaussianMixture, cond: Any, *, log_prob
 
 
 def evaluate(x: Tensor, dist: GaussianMixture, cond: int, *, reference: Tensor | None = None, k: int = 3,
-             seed: int = 0) -> dict[str, float]:
-    """All metrics of samples x [N, 2] meant to come from p(x | cond), against `reference` true samples of
-    that class (default: N fresh ones drawn with `seed`). Returns a dict of floats."""
+             seed: int = 0, bins: int = 32) -> dict[str, float]:
+    """Every metric of DEFINITIONS (the one vocabulary of the demo, the explorer and the bench) of samples x [N, 2]
+    meant to come from p(x | cond), against `reference` true samples of that class (default: N fresh ones drawn
+    with `seed`; the outlier threshold's reference is drawn with `seed` too), k-NN with `k`, histograms of
+    `bins` x `bins` bins. Returns a dict of floats, in the order of DEFINITIONS."""
     x, seed = check_points(x, 2, "x"), check_seed(seed)
     if isinstance(cond, bool) or not isinstance(cond, Integral) or not 0 <= cond < dist.num_classes:
         raise ValueError(f"cond must be a class label in [0, {dist.num_classes}), got {cond!r}")
@@ -206,7 +210,8 @@ def evaluate(x: Tensor, dist: GaussianMixture, cond: int, *, reference: Tensor |
         reference, _ = dist.sample(x.shape[0], cond=cond, generator=torch.Generator().manual_seed(seed + 1))
     precision, recall = precision_recall(reference, x, k)
     lp = class_log_prob(x, dist)
+    divergence = histogram_divergence(x, dist, cond, bins=bins)
     return dict(outlier_fraction=outlier_fraction(x, dist, cond, seed=seed, log_probs=lp), precision=precision,
                 recall=recall, class_accuracy=class_accuracy(x, dist, cond, log_probs=lp),
                 log_likelihood=mean_log_likelihood(x, dist, cond, log_probs=lp),
-                energy_distance=energy_distance(reference, x))
+                energy_distance=energy_distance(reference, x), tv=divergence["tv"], kl=divergence["kl"])
