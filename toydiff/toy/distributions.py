@@ -158,32 +158,39 @@ class GaussianMixture:
         a block of mixed labels takes every component with a prior row per point [n, K]. sigma^2 is a float where
         the block shares one sigma (the sampler's case: then S_k = C_k + s^2 I is one matrix per component)."""
         step = max(1, _CHUNK_ELEMENTS // len(self))
+        one_sigma = float(s2[0]) if bool((s2 == s2[0]).all()) else None          # checked once for the batch
+        one_label = cond is None or bool((cond == cond[0]).all())
         for i in range(0, n, step):
             rows = slice(i, min(i + step, n))
             cols, logw = slice(0, len(self)), self._logw
             if cond is not None:
                 c = cond[rows]
                 first = int(c[0])
-                if not bool((c == first).all()):
+                if not (one_label or bool((c == first).all())):
                     logw = self._sorted_table[torch.where(c < 0, torch.full_like(c, self.num_classes), c).cpu()]
                 elif first >= 0:
                     cols = self._cols[first]
                     logw = self._cond_logw[cols]
             s = s2[rows]
-            yield rows, cols, logw, (float(s[0]) if bool((s == s[0]).all()) else None)
+            yield rows, cols, logw, (one_sigma if one_sigma is not None or not bool((s == s[0]).all())
+                                     else float(s[0]))
 
-    def _block_logits(self, x: Tensor, s2: Tensor, cols: slice, logw: Tensor, uniform: float | None,
+    @staticmethod
+    def _features(x: Tensor) -> Tensor:
+        """[x0^2, x0 x1, x1^2, x0, x1, 1] [N, 6] of points x [N, 2]."""
+        x0, x1 = x[:, 0], x[:, 1]
+        return torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)
+
+    def _block_logits(self, feats: Tensor, s2: Tensor, cols: slice, logw: Tensor, uniform: float | None,
                       cache: dict) -> tuple[Tensor, Tensor]:
         """log(w_k N(x; mu_k, C_k + s^2 I)) [n, k] over the columns `cols` (prior log-weights logw [k] or [n, k])
-        and det S: [k] where the block shares sigma^2 = `uniform`, else [n, k].
+        from the `_features` of x, and det S: [k] where the block shares sigma^2 = `uniform`, else [n, k].
 
         log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2,  r = x - mu  (float64 throughout)
         One sigma: S_k is fixed, so 1/det S_k goes into the quadratic form's weights and log det S_k into the
         bias: one matmul [n, 6] @ [6, k] gives the logits (tables kept in `cache` for the call).
         """
-        dev = x.device
-        x0, x1 = x[:, 0], x[:, 1]
-        feats = torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)           # [n, 6]
+        dev = feats.device
         if uniform is not None:
             key = (uniform, cols.start, cols.stop)
             if key not in cache:
@@ -191,11 +198,18 @@ class GaussianMixture:
                 weight = (self._quad_w[:6, cols] + uniform * self._quad_w1[:, cols]) / det * -0.5    # [6, k]
                 cache[key] = det.to(dev), weight.to(dev), det.log().mul_(-0.5).sub_(_LOG_2PI).to(dev)
             det, weight, log_norm = cache[key]
-            return torch.addmm(logw.to(dev) + log_norm, feats, weight, **_scratch(cache, "logits", feats, weight)), det
+            if logw.ndim == 1:                    # one prior row for the block: the bias is cached with the weights
+                if key + ("bias",) not in cache:
+                    cache[key + ("bias",)] = logw.to(dev) + log_norm
+                bias = cache[key + ("bias",)]
+            else:
+                bias = logw.to(dev) + log_norm
+            return torch.addmm(bias, feats, weight, **_scratch(cache, "logits", feats, weight)), det
         s2_powers = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1)
         det_w = self._det_w[:, cols].to(dev)
         det = torch.matmul(s2_powers, det_w, **_scratch(cache, "det", s2_powers, det_w))                  # [n, k]
-        feats = torch.cat([feats, s2[:, None] * torch.stack([x0 * x0 + x1 * x1, x0, x1, torch.ones_like(x0)], 1)], 1)
+        feats = torch.cat([feats, s2[:, None] * torch.stack([feats[:, 0] + feats[:, 2], feats[:, 3], feats[:, 4],
+                                                             feats[:, 5]], 1)], 1)
         quad_w = self._quad_w[:, cols].to(dev)
         if feats.requires_grad:                                                  # autograd: no in-place updates
             return -0.5 * (feats @ quad_w / det + det.log()) + (logw.to(dev) - _LOG_2PI), det
@@ -224,9 +238,9 @@ class GaussianMixture:
         """Normalized log p(x | c; sigma) [N] of the mixture convolved with N(0, sigma^2 I) (c = -1/None: p(x; sigma))."""
         x, s, c = self._prepare(x, sigma, cond)
         xd, s2 = x.double(), s.double() ** 2
-        out, cache = torch.empty(x.shape[0], dtype=torch.float64, device=x.device), {}
+        out, cache, feats = torch.empty(x.shape[0], dtype=torch.float64, device=x.device), {}, self._features(xd)
         for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
-            out[rows] = self._logsumexp_(self._block_logits(xd[rows], s2[rows], cols, logw, uniform, cache)[0])
+            out[rows] = self._logsumexp_(self._block_logits(feats[rows], s2[rows], cols, logw, uniform, cache)[0])
         return out.to(x.dtype)
 
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
@@ -236,10 +250,10 @@ class GaussianMixture:
 
     def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         xd, s2 = x.double(), s.double() ** 2
-        out, cache = torch.empty_like(xd), {}
+        out, cache, feats = torch.empty_like(xd), {}, self._features(xd)
         for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
             xs, s2s = xd[rows], s2[rows]
-            logits, det = self._block_logits(xs, s2s, cols, logw, uniform, cache)
+            logits, det = self._block_logits(feats[rows], s2s, cols, logw, uniform, cache)
             e = self._shifted_exp_(logits, logits.max(1, keepdim=True).values)  # r_k up to a factor per point
             z = self._score_z[cols].to(x.device)
             if uniform is not None:                                               # [Z / det S | 1]: sum_k r_k too
@@ -296,9 +310,10 @@ class GaussianMixture:
         """log W_c p(x | c; sigma) = log sum_{k in c} w_k N_k  [N, C], float64: one log-sum-exp per class over
         its (contiguous) columns of the marginal logits."""
         xd, s2 = x.double(), s.double() ** 2
-        out, cache = torch.empty(x.shape[0], self.num_classes, dtype=torch.float64, device=x.device), {}
+        out, cache, feats = torch.empty(x.shape[0], self.num_classes, dtype=torch.float64, device=x.device), {}, \
+            self._features(xd)
         for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, None):
-            logits = self._block_logits(xd[rows], s2[rows], cols, logw, uniform, cache)[0]
+            logits = self._block_logits(feats[rows], s2[rows], cols, logw, uniform, cache)[0]
             for c, class_cols in enumerate(self._cols):
                 out[rows, c] = self._logsumexp_(logits[:, class_cols])
         return out
