@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .metrics import LABELS
+from ..toy.metrics import LABELS
 
 __all__ = ["leaderboard", "pareto_figure", "write_outputs"]
 
