@@ -86,6 +86,8 @@ class SeparateNull:
         s = as_sigma(sigma, x.shape[0], device=x.device, dtype=x.dtype)
         cond = as_cond(cond, x.shape[0], None, device=x.device)          # an int or 0-d label: one per sample
         null = cond < 0
+        if not bool(null.any()):                                         # every row labelled: no routing
+            return self.conditional(x, s, cond).to(x.dtype)
         out = torch.empty_like(x)
         if (~null).any():
             out[~null] = self.conditional(x[~null], s[~null], cond[~null]).to(x.dtype)
