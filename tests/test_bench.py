@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from toydiff import bench, bench_models, bench_report, guidance
+from toydiff.bench import sampler_table
 
 TINY = bench.BenchConfig(n=60, grid=(1.0, 3.0), bins=6, seed=5)
 
@@ -35,6 +36,19 @@ def test_every_method_runs_and_is_scored(tiny):
     assert data["methods"]["cfg"]["sweep"][1]["tv"] != plain["tv"]
 
 
+def test_sampler_table_starts_from_the_sweeps_noise(tiny):
+    """The samplers at equal cost (toydiff.bench.sampler_table) start from the sweep's noise: Heun at 63 evaluations
+    (the bench's 32 steps) on the exact denoiser IS the sweep's exact row; every denoiser, budget and row is there."""
+    data = tiny["datasets"]["three_gaussians"]
+    table = data["samplers"]["results"]
+    assert table["exact"]["63"]["heun"] == {k: v for k, v in data["methods"]["exact"]["best"].items() if k != "w"}
+    assert list(table) == ["exact", "cfg"] and all(list(d) == ["15", "63"] for d in table.values())
+    for per_budget in table.values():
+        for rows in per_budget.values():
+            assert list(rows) == list(sampler_table.SAMPLER_ROWS)
+    assert sampler_table.steps_for("heun", 63) == 32 and sampler_table.steps_for("dpmpp_2m", 63) == 63
+
+
 def test_same_seed_same_table(tiny):
     again = bench.run(TINY, methods=["none", "cfg", "autoguidance", "cfgpp"], datasets=["three_gaussians"])
     for name, entry in again["datasets"]["three_gaussians"]["methods"].items():
@@ -51,6 +65,7 @@ def test_outputs(tiny, tmp_path):
     assert json.loads(paths[1].read_text()) == json.loads(json.dumps(tiny))
     md = paths[0].read_text()
     assert "## three_gaussians" in md and "smallest **TV**" in md and "noise floor" in md
+    assert "Samplers at equal cost" in md and "| dpmpp_2m | " in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == len(bench.method_names())
     tvs = [float(r.split("|")[4]) for r in rows]

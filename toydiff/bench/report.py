@@ -46,7 +46,23 @@ def leaderboard(result: dict) -> str:
             lines.append(f"| {rank} | {method} | {best['w']:g} | "
                          + " | ".join(f"{best[k]:.3f}" for k, _ in _COLUMNS) + " |")
         lines.append("")
+        if "samplers" in data:
+            lines += _sampler_lines(data["samplers"])
     return "\n".join(lines)
+
+
+def _sampler_lines(table: dict) -> list[str]:
+    """Markdown: the samplers at equal cost (`toydiff.bench.sampler_table`), TV and outliers per denoiser and budget."""
+    results = table["results"]
+    columns = [(d, e, k) for d in results for e in results[d] for k in ("tv", "outliers")]
+    name = {"exact": "exact", "cfg": f"CFG w={table['w']:g}"}
+    rows = list(next(iter(next(iter(results.values())).values())))
+    lines = ["Samplers at equal cost (denoiser evaluations; same start noise; `toydiff.bench.sampler_table`):", "",
+             "| sampler | " + " | ".join(f"{name[d]} {k.upper() if k == 'tv' else k}, {e} ev." for d, e, k in columns)
+             + " |", "|---|" + "---:|" * len(columns)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(f"{results[d][e][row][k]:.3f}" for d, e, k in columns) + " |")
+    return lines + [""]
 
 
 def pareto_figure(name: str, data: dict, criterion: str = "tv") -> Figure:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..core import guidance, samplers
 from ..toy import metrics
 from .models import BENCH_DATASETS, BenchModels, bench_models
+from .sampler_table import sampler_table
 from ..core.denoiser import renoise_of
 from ..toy.histogram import noise_floor
 from ..infra.validation import check_positive_int
@@ -88,11 +89,13 @@ def _denoiser(name: str, models: BenchModels, w: guidance.Weight) -> Callable:
 @dataclass(frozen=True)
 class BenchConfig:
     """n: samples per weight (all classes together); grid: the weights > 1 swept (w = 1 is the "none" row, where
-    every curve starts); bins: histogram bins per axis."""
+    every curve starts); bins: histogram bins per axis; samplers: also the samplers at equal cost
+    (`sampler_table`)."""
     n: int = 4096
     grid: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
     bins: int = 32
     seed: int = 0
+    samplers: bool = True
 
 
 FULL = BenchConfig()
@@ -154,6 +157,9 @@ def bench_dataset(name: str, models: BenchModels, config: BenchConfig, methods: 
         best = min(sweep, key=lambda r: (round(r[CRITERION], 12), r["w"]))
         out["methods"][method] = dict(label=LABELS.get(method, method.replace("_", " ")), best=best, sweep=sweep,
                                       from_none=grid(method, config) == config.grid, seconds=time.perf_counter() - t0)
+    if config.samplers:
+        out["samplers"] = sampler_table(models, n, config.seed, (SIGMA_MIN, SIGMA_MAX, RHO),
+                                        lambda x, y: _score(x, y, models, references, config.bins), progress)
     return out
 
 
