@@ -18,9 +18,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..core.denoiser import SIGMA_TINY, edm_preconditioning
+from ..core.flow import as_time
 from ..infra.validation import as_sigma, check_points, check_positive_int, check_real, check_seed, label_index
 
-__all__ = ["MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "MODELS", "build_model", "NoiseAwareClassifier"]
+__all__ = ["MLPDenoiser", "EnergyMLPDenoiser", "TwinHeadMLPDenoiser", "VelocityMLP", "MODELS", "build_model", "NoiseAwareClassifier"]
 
 class _NoiseConditionedMLP(nn.Module):
     """What the denoisers and the classifier share: validated hyperparameters stored in ``config`` (to rebuild the
@@ -222,7 +223,24 @@ class TwinHeadMLPDenoiser(MLPDenoiser):
         return self.denoise_pair(x, sigma, cond)[0]
 
 
-MODELS: dict[str, type[MLPDenoiser]] = {c.__name__: c for c in (MLPDenoiser, EnergyMLPDenoiser, TwinHeadMLPDenoiser)}
+class VelocityMLP(MLPDenoiser):
+    """A flow-matching velocity model v(x_t, t, c) (rectified flow; toydiff.core.flow) on MLPDenoiser's network: the
+    same inputs at the same noise level, x = x_t / (1 - t) and sigma = t / (1 - t), so c_in x = x_t /
+    sqrt(t^2 + sd^2 (1 - t)^2) and c_noise = ln(sigma) / 4 (and the position features damped alike), but F itself is
+    the velocity (unit-scale target n - y, no output preconditioning; F = 0 at init). Not a denoiser:
+    `toydiff.core.flow.VelocityDenoiser(model)` is one. t must lie in [0, 1) (a ValueError naming t)."""
+
+    def forward(self, x_t: Tensor, t: Any, cond: Any = None) -> Tensor:
+        x_t = check_points(x_t, self.dim, "x_t")
+        tt = as_time(t, x_t.shape[0], device=x_t.device, dtype=x_t.dtype).unsqueeze(1)
+        idx = label_index(cond, x_t.shape[0], self.num_classes, device=x_t.device)
+        _, _, _, c_noise = self._precond(tt / (1 - tt))
+        x_in = x_t * (tt.square() + (self.sigma_data * (1 - tt)).square()).rsqrt()
+        return self.out(self._trunk(x_in, c_noise, idx)).to(x_t.dtype)
+
+
+MODELS: dict[str, type[MLPDenoiser]] = {c.__name__: c for c in (MLPDenoiser, EnergyMLPDenoiser, TwinHeadMLPDenoiser,
+                                                                 VelocityMLP)}
 
 
 def build_model(class_name: str, config: dict) -> MLPDenoiser:

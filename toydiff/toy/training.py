@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core.flow import flow_matching_loss, sigma_to_t, t_to_sigma
 from ..core.training import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, edm_loss, edm_weight, ema_beta_halflife,
                              ema_beta_power, ema_update, load_checkpoint, save_checkpoint, torch_threads)
 from ..infra.runs import RunLock, StopSignals, check_resume, fingerprint
 from ..infra.validation import check_positive_int, check_real, check_seed
-from .nets import MLPDenoiser, build_model
+from .nets import MLPDenoiser, VelocityMLP, build_model
 
 __all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "TrainResult", "train",
@@ -34,7 +35,8 @@ DEFAULT_STEPS = 4096
 DEFAULT_BATCH_SIZE = 1024
 # settings that change the trajectory: a resume must match them exactly
 _TRAJECTORY_KEYS = ("data", "batch_size", "lr", "lr_decay_steps", "loss", "p_uncond", "p_mean", "p_std", "ema_std",
-                    "seed", "pool_size")
+                    "seed", "pool_size", "objective")
+_OBJECTIVES = ("edm", "flow", "flow_uniform")
 
 
 @dataclass
@@ -77,7 +79,7 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
           p_mean: float = -2.3, p_std: float = 1.5, ema_std: float = 0.010, seed: int = 0,
           pool_size: int = 1 << 16, progress: bool = True, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 1024, resume: bool = False, force_resume: bool = False,
-          threads: int | None = 1) -> TrainResult:
+          threads: int | None = 1, objective: str = "edm") -> TrainResult:
     """Train ``model`` in place (Adam, betas 0.9/0.99) and return it with its EMA copy and the loss history.
 
     EDM loss with log-normal sigma (Karras et al. 2022, eq. 2, Table 1); the defaults P_mean = -2.3,
@@ -97,6 +99,11 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     ``force_resume=True``, and one beyond ``steps``. A non-finite loss stops training with FloatingPointError
     (the last checkpoint stays as it was). ``threads``: torch intra-op threads while training (restored
     afterwards; None keeps the current setting).
+
+    ``objective``: "edm" (the loss above; a denoiser) or conditional flow matching for a `toydiff.nets.VelocityMLP`
+    (toydiff.core.flow.flow_matching_loss, x_t = (1 - t) y + t n): "flow" draws logit-normal t (SD3, Esser et al. 2024,
+    arXiv 2403.03206) with logit t ~ N(p_mean, p_std^2), the very draw of EDM's ln sigma (logit t = ln sigma), so
+    both objectives see the same noise levels; "flow_uniform" draws t ~ U[0, 1) (Lipman et al. 2023; Liu et al. 2022).
     """
     if not isinstance(model, MLPDenoiser):
         raise TypeError(f"model must be a toydiff.nets MLPDenoiser (or subclass), got {type(model).__name__}")
@@ -104,13 +111,18 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     pool_size, checkpoint_every = check_positive_int(pool_size, "pool_size"), check_positive_int(checkpoint_every,
                                                                                                "checkpoint_every")
     lr_decay_steps = check_positive_int(lr_decay_steps, "lr_decay_steps")
+    if objective not in _OBJECTIVES:
+        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+    if (objective != "edm") != isinstance(model, VelocityMLP):
+        raise ValueError(f"objective={objective!r} does not fit a {type(model).__name__}: the flow objectives train a "
+                         f"VelocityMLP, 'edm' a denoiser")
     if loss not in ("dsm", "exact", "component"):
         raise ValueError(f"loss must be 'dsm', 'exact' or 'component', got {loss!r}")
     config = dict(steps=steps, batch_size=batch_size, lr=check_real(lr, "lr", 0, lo_open=True),
                   lr_decay_steps=lr_decay_steps, loss=loss, p_uncond=check_real(p_uncond, "p_uncond", 0, 1),
                   p_mean=check_real(p_mean, "p_mean"), p_std=check_real(p_std, "p_std", 0),
                   ema_std=check_real(ema_std, "ema_std", 0, 0.28, lo_open=True), seed=check_seed(seed),
-                  pool_size=pool_size, checkpoint_every=checkpoint_every)
+                  pool_size=pool_size, checkpoint_every=checkpoint_every, objective=objective)
     pool_x, pool_y, mixture, pool_k = _data_pool(data, model, pool_size, seed)
     if loss != "dsm" and mixture is None:
         raise ValueError(f"loss={loss!r} needs a GaussianMixture as data (it regresses onto its exact denoisers)")
@@ -143,7 +155,7 @@ def _resume(path: Any, model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Op
     check_resume({"model_class": ck["model_class"], **ck["model_config"]},
                  {"model_class": type(model).__name__, **model.config}, path, None)
     if not force:
-        check_resume({k: ck["config"].get(k) for k in _TRAJECTORY_KEYS}, {k: config[k] for k in _TRAJECTORY_KEYS},
+        check_resume({k: ck["config"].get(k, "edm" if k == "objective" else None) for k in _TRAJECTORY_KEYS}, {k: config[k] for k in _TRAJECTORY_KEYS},
                      path, "force_resume=True")
     if ck.get("rng") is None or ck.get("losses") is None:
         raise ValueError(f"checkpoint {path} has no RNG state / loss history (not written by train())")
@@ -171,13 +183,23 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
         idx = torch.randint(n_pool, (batch_size,), generator=gen)
         y, c = pool_x[idx], pool_y[idx]                                             # [B, dim], [B]
         c = c.masked_fill(torch.rand(batch_size, generator=gen) < p_uncond, -1)     # condition dropout
-        sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()    # ln s ~ N(P_mean, P_std^2)
-        x = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
+        if config["objective"] == "flow_uniform":
+            t = torch.rand(batch_size, generator=gen)                               # t ~ U[0, 1)
+            sigma = t_to_sigma(t)
+        else:
+            sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()    # ln s ~ N(P_mean, P_std^2)
+            t = sigma_to_t(sigma)                                                   # (flow: logit-normal t)
+        noise = torch.randn(y.shape, generator=gen)
+        x, target = y + sigma[:, None] * noise, y
         if loss == "exact":
-            y = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
+            target = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
         elif loss == "component":
-            y = mixture.component_denoise(x, sigma, pool_k[idx]).to(x.dtype)
-        batch_loss = edm_loss(model(x, sigma, c), y, sigma, model.sigma_data).mean()
+            target = mixture.component_denoise(x, sigma, pool_k[idx]).to(x.dtype)
+        if config["objective"] == "edm":
+            batch_loss = edm_loss(model(x, sigma, c), target, sigma, model.sigma_data).mean()
+        else:
+            x_t = (1 - t[:, None]) * y + t[:, None] * noise
+            batch_loss = flow_matching_loss(model(x_t, t, c), y, noise, t, None if loss == "dsm" else target).mean()
         if not torch.isfinite(batch_loss):                       # before the update: no NaN weights, none saved
             _diverged(f"loss {batch_loss.item()}", step + 1, lr, checkpoint)
         for group in opt.param_groups:

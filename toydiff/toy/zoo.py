@@ -35,7 +35,8 @@ from torch import Tensor
 
 from . import datasets
 from ..core import guidance, samplers
-from ..core.denoiser import SeparateNull
+from ..core.denoiser import Denoiser, SeparateNull
+from ..core.flow import VelocityDenoiser
 from .distributions import GaussianMixture
 from .nets import MLPDenoiser, build_model
 from .training import load_model, save_checkpoint, train
@@ -43,6 +44,7 @@ from ..infra.validation import check_positive_int
 
 __all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "TREE_MODELS", "ToyModels",
            "training_data", "train_model", "train_models", "save_model", "save_models", "load_models", "thin_models",
+           "FLOW_MODELS", "flow_models",
            "pretrained", "WEIGHTS",
            "guided_denoiser", "draw", "Degraded"]
 
@@ -59,7 +61,8 @@ class ModelSpec:
     all); conditional: False trains an unconditional model (num_classes = 0); architecture: a toydiff.nets.MODELS
     class name with width x depth and `position_freqs` Fourier features of the position (0: none); loss: "dsm",
     "exact" or "component" (toydiff.training); p_uncond: condition dropout (Ho & Salimans 2022); p_mean: the
-    mean of ln sigma in training; pool_size: training samples drawn once from the dataset.
+    mean of ln sigma in training; pool_size: training samples drawn once from the dataset; objective: "edm" or
+    "flow" (flow matching of a VelocityMLP, logit t ~ N(p_mean, 1.5^2); toydiff.training.train).
     """
     dataset: str = "tree"
     classes: tuple[int, ...] | None = None
@@ -77,10 +80,12 @@ class ModelSpec:
     p_uncond: float = 0.1
     pool_size: int = 1 << 16
     seed: int = 0
+    objective: str = "edm"
 
 
 # see the module docstring; class A alone is classes=(0,) (label 0 = A, no null label: p_uncond = 0)
 _TREE = dict(position_freqs=32, loss="component", batch_size=4096)
+_FLOW = dict(_TREE, architecture="VelocityMLP", objective="flow")
 MODEL_SPECS: dict[str, ModelSpec] = {
     "tree_main": ModelSpec(classes=(0,), width=64, steps=4096, p_uncond=0.0, **_TREE),
     "tree_guide": ModelSpec(classes=(0,), width=32, steps=512, p_uncond=0.0, **_TREE),
@@ -89,8 +94,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     # the hard case (notebook 04): thin_tree() with the earlier recipe, both classes, condition dropout 0.1
     "thin_main": ModelSpec(dataset="thin_tree", width=64, steps=4096),
     "thin_guide": ModelSpec(dataset="thin_tree", width=32, steps=512),
+    # the tree's three roles as flow-matching velocity models (rectified flow, toydiff.core.flow), same recipe otherwise
+    "tree_flow": ModelSpec(classes=(0,), width=64, steps=4096, p_uncond=0.0, **_FLOW),
+    "tree_flow_guide": ModelSpec(classes=(0,), width=32, steps=512, p_uncond=0.0, **_FLOW),
+    "tree_flow_uncond": ModelSpec(conditional=False, width=32, steps=512, p_uncond=0.0, **_FLOW),
 }
 TREE_MODELS = ("tree_main", "tree_guide", "tree_uncond", "tree_dropout")    # the fields of ToyModels, in order
+FLOW_MODELS = ("tree_flow", "tree_flow_guide", "tree_flow_uncond")          # main, guide, uncond (no dropout net)
 
 
 @dataclass
@@ -98,10 +108,10 @@ class ToyModels:
     """The tree toy's denoisers (EMA weights, eval mode): `main` and its autoguidance `guide` (class A only, label
     0), `uncond` (both classes, no label: CFG's D_0 in the paper's setup) and `dropout` (both classes, condition
     dropout: CFG's D_1 and D_0 in one network)."""
-    main: MLPDenoiser
-    guide: MLPDenoiser
-    uncond: MLPDenoiser
-    dropout: MLPDenoiser
+    main: Denoiser
+    guide: Denoiser
+    uncond: Denoiser
+    dropout: Denoiser | None
 
 
 def training_data(spec: ModelSpec) -> GaussianMixture:
@@ -127,7 +137,7 @@ def train_model(name: str | ModelSpec, seed: int | None = None, progress: bool =
     model = build_model(spec.architecture, config)
     return train(model, data, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, p_mean=spec.p_mean,
                  loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std, pool_size=spec.pool_size, seed=seed,
-                 progress=progress).ema
+                 progress=progress, objective=spec.objective).ema
 
 
 def train_models(seed: int | None = None, progress: bool = True, workers: int | None = None) -> ToyModels:
@@ -163,6 +173,13 @@ def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
     return ToyModels(*(load_model(Path(directory) / f"{name}.pt") for name in TREE_MODELS))
 
 
+def flow_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
+    """The tree's flow-matching models (FLOW_MODELS) as denoisers (`toydiff.core.flow.VelocityDenoiser` around each
+    VelocityMLP): main and guide of class A, the unconditional D_0 of CFG; no condition-dropout network (None).
+    `.main.velocity` is the velocity model itself."""
+    return ToyModels(*(VelocityDenoiser(load_model(Path(directory) / f"{name}.pt")) for name in FLOW_MODELS), None)
+
+
 def thin_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> tuple[MLPDenoiser, MLPDenoiser]:
     """The shipped (main, guide) of the thin tree: class-conditional with condition dropout, so CFG uses the main
     model's own null label."""
@@ -192,6 +209,9 @@ def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modi
     w defaults to the recipe's; "none" or w = 1: the main model itself."""
     if name != "cfg_dropout" and name not in guidance.names():
         raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
+    if name == "cfg_dropout" and models.dropout is None:
+        raise ValueError("guidance 'cfg_dropout' needs a condition-dropout network; these models have none "
+                         "(zoo.flow_models): use 'cfg' (the separate unconditional model as D_0)")
     if name == "cfg_dropout":
         return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
     w = guidance.weight(name, w)                                   # the recipe's default; "none": 1 or refused

@@ -15,10 +15,19 @@ import torch
 from torch import Tensor
 
 from ...infra.validation import check_positive_int, sigma_like
+from ..flow import denoised_from_velocity, velocity_from_denoised
 from .base import Guidance, Weight
 from .modifiers import _check_base, _OnBase
 
-__all__ = ["CFGZeroStar", "LinearCFG"]
+__all__ = ["CFGZeroStar", "LinearCFG", "optimized_scale"]
+
+
+def optimized_scale(p1: Tensor, p0: Tensor) -> Tensor:
+    """CFG-Zero*'s s* = <p_1, p_0> / |p_0|^2 per sample [N, 1, ...] (over all non-batch dims; Fan et al. 2025, Sec.
+    4.1): the scale that brings s* p_0 closest to p_1. The paper takes it on velocities; on another parametrization
+    (denoised points, noise) the same formula gives another scale."""
+    dims = tuple(range(1, p1.ndim))
+    return (p1 * p0).sum(dims, keepdim=True) / p0.square().sum(dims, keepdim=True).clamp_min(1e-30)
 
 
 def _positive_levels(sigmas: Tensor | None, owner: str) -> Tensor | None:
@@ -45,7 +54,8 @@ class CFGZeroStar(_OnBase):
 
     The paper guides a flow-matching velocity. In the EDM view x = x0 + sigma n, the rectified-flow state is
     z = x / (1 + sigma) at time t = sigma / (1 + sigma) and its velocity is v = n - x0, so a denoiser D gives the
-    exact velocity prediction v = (x - D) / sigma - D, and back D = (x - sigma v) / (1 + sigma). Then
+    exact velocity prediction v = (x - D) / sigma - D, and back D = (x - sigma v) / (1 + sigma) (toydiff.core.flow's
+    maps; a velocity model is guided through `toydiff.core.flow.VelocityDenoiser`). Then
 
         s*  = <v_1, v_0> / |v_0|^2                       (per sample, over all non-batch dims; paper Eq. for s*)
         v_w = s* v_0 + w (v_1 - s* v_0)                  (the paper's (1 - w) s* v_u + w v_c)
@@ -74,11 +84,9 @@ class CFGZeroStar(_OnBase):
         return self._replace(on=self.on.start_run(sigmas), _threshold=threshold)
 
     def combine(self, d1: Tensor, delta: Tensor, w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        s, dims = sigma_like(sigma, x), tuple(range(1, x.ndim))
-        v1, v0 = (x - d1) / s - d1, (x - (d1 - delta)) / s - (d1 - delta)          # velocities of D_1, D_0
-        scale = (v1 * v0).sum(dims, keepdim=True) / v0.square().sum(dims, keepdim=True).clamp_min(1e-30)
-        v = scale * v0 + sigma_like(w, x) * (v1 - scale * v0)
-        return (x - s * v) / (1 + s)
+        v1, v0 = velocity_from_denoised(x, sigma, d1), velocity_from_denoised(x, sigma, d1 - delta)
+        scale = optimized_scale(v1, v0)
+        return denoised_from_velocity(x, sigma, scale * v0 + sigma_like(w, x) * (v1 - scale * v0))
 
     def zeroed(self, sigma: Tensor) -> Tensor:
         """Where zero-init sets the velocity to 0 [N] (bool): sigma above the run's K-th level, compared in sigma's
@@ -91,7 +99,7 @@ class CFGZeroStar(_OnBase):
 
     def finish(self, out: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         zero = self.zeroed(sigma).reshape(-1, *([1] * (x.ndim - 1)))
-        return torch.where(zero, x / (1 + sigma_like(sigma, x)), out)              # v = 0 on the first steps
+        return torch.where(zero, denoised_from_velocity(x, sigma, torch.zeros_like(x)), out)   # v = 0 on the first steps
 
     def __repr__(self) -> str:
         return f"CFGZeroStar(w={self.w!r}, on={self.on!r}, zero_init={self.zero_init!r}, interval={self.interval!r})"
