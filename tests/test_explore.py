@@ -74,6 +74,15 @@ def test_tree_problem_uses_the_shipped_networks():
     assert p.main is not p.guide and p.cls == 0 and p.data.num_classes == 2
 
 
+def test_tree_flow_problem_uses_the_flow_models():
+    from toydiff import zoo
+    p, flow, edm = explore.problem("tree_flow"), zoo.flow_models(), explore.problem("tree")
+    x, c = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(8, dtype=torch.long)
+    assert torch.equal(p.main(x, 0.3, c), flow.main(x, 0.3, c)) and torch.equal(p.guide(x, 0.3, c), flow.guide(x, 0.3, c))
+    assert torch.equal(p.main(x, 0.3, -1), flow.uncond(x, 0.3, None))         # CFG's D_0: the flow uncond model
+    assert not torch.allclose(p.main(x, 0.3, c), edm.main(x, 0.3, c))
+
+
 def test_page_ships_in_the_package_and_is_thin():
     nb = json.loads(explore.NOTEBOOK.read_text())
     code = "".join(src for c in nb["cells"] if c["cell_type"] == "code" for src in c["source"])

@@ -36,7 +36,7 @@ __all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", 
            "voila_command", "serve"]
 
 NOTEBOOK = Path(__file__).with_name("explore.ipynb")
-PROBLEMS = ("tree", "three_gaussians")
+PROBLEMS = ("tree", "tree_flow", "three_gaussians")
 SAMPLERS = tuple(samplers.METHODS)
 SIGMA_MAX = zoo.SIGMA_MAX
 METRICS = ("outlier_fraction", "precision", "recall", "class_accuracy")
@@ -63,9 +63,9 @@ def problem(name: str) -> Problem:
     """`tree`: the shipped main (4 x 64, class A) and guide (4 x 32, 1/8 the training) MLPs, class A; CFG's D_0 is the
     separate unconditional model (the paper's setup, `zoo.guided_denoiser`). `three_gaussians`: the
     exact mixture is the main denoiser and the same mixture with every covariance doubled (a blurrier model, the
-    "bad version") the guide, class 0."""
-    if name == "tree":
-        data, models = datasets.tree(), zoo.pretrained(progress=False)
+    "bad version") the guide, class 0. `tree_flow`: the tree's roles as flow-matching models (`zoo.flow_models`)."""
+    if name in ("tree", "tree_flow"):
+        data, models = datasets.tree(), zoo.pretrained(progress=False) if name == "tree" else zoo.flow_models()
         main = SeparateNull(models.main, models.uncond)          # CFG's D_0: the separate unconditional model
         return Problem(name, data, main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
     if name == "three_gaussians":

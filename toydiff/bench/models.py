@@ -9,7 +9,9 @@ Per dataset (the roles of the autoguidance paper's toy, Karras et al. 2024, Sec.
 - `classifier`: a noise-aware classifier p(c | x; sigma), 3 x 64, 2048 steps on the samples' own labels, for
   classifier guidance (Dhariwal & Nichol 2021).
 All train with denoising score matching on a pool of true samples, batch 512, single-threaded, in about 15 s
-per dataset on a 2-core CPU.
+per dataset on a 2-core CPU. `tree_flow` is the tree again with main, uncond and guide trained by flow matching
+(rectified flow, logit-normal t; toydiff.core.flow) as velocity models, guided and sampled through
+`toydiff.core.flow.VelocityDenoiser`: the same methods on the parametrization CFG-Zero* was designed for.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from typing import Callable
 
 import torch
 
+from ..core.flow import VelocityDenoiser
 from ..infra.atomic import save_atomic
 from ..toy import datasets
 from ..toy.distributions import GaussianMixture
-from ..toy.nets import MLPDenoiser, NoiseAwareClassifier
+from ..toy.nets import MLPDenoiser, NoiseAwareClassifier, VelocityMLP
 from ..toy.classifier import train_classifier
 from ..toy.training import train
 
-__all__ = ["BENCH_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "save_bench_models",
+__all__ = ["BENCH_DATASETS", "FLOW_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "save_bench_models",
            "load_bench_models", "bench_models", "CHECKPOINT_DIR"]
 
 FORMAT = "toydiff-bench-models"
@@ -37,7 +40,9 @@ BENCH_DATASETS: dict[str, Callable[[], GaussianMixture]] = {
     "thin_tree": datasets.thin_tree,               # the thinner tree, on which full-range CFG overshoots
     "three_gaussians": datasets.three_gaussians,   # overlapping, as in the CFG paper's Fig. 2
     "spirals": datasets.spirals,
+    "tree_flow": datasets.tree,                    # the tree, learned by flow-matching velocity models
 }
+FLOW_DATASETS = ("tree_flow",)
 # role -> (constructor kwargs, training steps); the number of classes comes from the dataset
 RECIPES: dict[str, tuple[dict, int]] = {
     "main": (dict(width=64, depth=4), 4096),
@@ -46,7 +51,7 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "classifier": (dict(width=64, depth=3), 2048),
 }
 BATCH = 512
-_CLASSES = {"MLPDenoiser": MLPDenoiser, "NoiseAwareClassifier": NoiseAwareClassifier}
+_CLASSES = {"MLPDenoiser": MLPDenoiser, "NoiseAwareClassifier": NoiseAwareClassifier, "VelocityMLP": VelocityMLP}
 
 
 @dataclass
@@ -76,9 +81,11 @@ def train_bench_models(name: str, seed: int = 0, progress: bool = False) -> Benc
             models[role] = train_classifier(net, data, steps=steps, batch_size=BATCH, seed=seed,
                                             progress=progress).model
         else:
-            net = MLPDenoiser(**kwargs)
-            models[role] = train(net, data, steps=steps, batch_size=BATCH, p_uncond=0.1, seed=seed,
-                                 progress=progress).ema.eval().requires_grad_(False)
+            flow = name in FLOW_DATASETS
+            net = (VelocityMLP if flow else MLPDenoiser)(**kwargs)
+            ema = train(net, data, steps=steps, batch_size=BATCH, p_uncond=0.1, seed=seed, progress=progress,
+                        objective="flow" if flow else "edm").ema.eval().requires_grad_(False)
+            models[role] = VelocityDenoiser(ema) if flow else ema
     return BenchModels(data, **models)
 
 
@@ -86,7 +93,7 @@ def save_bench_models(name: str, models: BenchModels, directory: str | os.PathLi
     """Write the weights of the four models as `<directory>/<name>.pt` (atomically; deterministic bytes)."""
     payload = dict(format=FORMAT, version=1, dataset=name, models={
         role: dict(cls=type(net).__name__, config=dict(net.config), state=net.state_dict())
-        for role in RECIPES for net in [getattr(models, role)]})
+        for role in RECIPES for net in [getattr(getattr(models, role), "velocity", getattr(models, role))]})
     return save_atomic(payload, Path(directory) / f"{name}.pt")
 
 
@@ -104,7 +111,8 @@ def load_bench_models(name: str, directory: str | os.PathLike = CHECKPOINT_DIR) 
         for role, entry in ck["models"].items():
             net = _CLASSES[entry["cls"]](**entry["config"])
             net.load_state_dict(entry["state"])
-            models[role] = net.eval().requires_grad_(False)
+            net = net.eval().requires_grad_(False)
+            models[role] = VelocityDenoiser(net) if isinstance(net, VelocityMLP) else net
     except Exception as e:  # truncated zip, wrong keys, shapes that do not fit: one clear error
         raise ValueError(f"bench checkpoint {path} is corrupt or incompatible: {e}") from e
     return BenchModels(data, **models)
