@@ -10,12 +10,13 @@ from dataclasses import MISSING, dataclass, fields
 from toydiff.infra.clitools import Parser, check_output
 from toydiff.infra.validation import check_device, check_positive_int, check_real, check_seed
 
-__all__ = ["TrainConfig", "parse_args", "RESUME_KEYS"]
+__all__ = ["TrainConfig", "parse_args", "RESUME_KEYS", "OBJECTIVES"]
 
 # settings a resumed run must share with its checkpoint (with the data's fingerprint and the model config);
 # accum, device, threads, logging and checkpointing may change between the pieces of one run
 RESUME_KEYS = ("resolution", "config", "channels", "dropout", "batch", "lr", "warmup", "p_uncond", "p_mean", "p_std",
-               "ema_kimg", "ema_rampup", "seed", "precision")
+               "ema_kimg", "ema_rampup", "seed", "precision", "objective")
+OBJECTIVES = ("edm", "flow")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class TrainConfig:
     force_resume: bool = False
     log_every: int = 10
     precision: str = "bf16"
+    objective: str = "edm"
     compile: bool = False
     device: str | None = None
     no_progress: bool = False
@@ -64,6 +66,8 @@ class TrainConfig:
         if self.dropout is not None:
             check_real(self.dropout, "dropout", 0, 1)
         check_seed(self.seed)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.device is not None:
@@ -97,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--force-resume", action="store_true", help="resume although the checkpoint's data or settings "
                    "differ from this run's")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="autocast dtype on GPU (CPU: fp32)")
+    p.add_argument("--objective", help="edm: EDM's loss; flow: conditional flow matching on the network's velocity "
+                   "view (rectified flow, logit-normal t with logit t ~ N(p_mean, p_std^2))")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true"), p.add_argument("--threads", type=int, help="torch threads")

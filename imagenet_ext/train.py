@@ -5,7 +5,10 @@ over pixels, averaged over the batch):
     ln sigma ~ N(P_mean, P_std^2),  n ~ N(0, I),  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2
     L = E[ lambda(sigma) || D(y + sigma n; sigma, c') - y ||^2 ],
 with condition dropout (Ho & Salimans 2022): c' = -1 (the null label) with probability p_uncond, so one
-network learns both D(x; sigma, c) and D(x; sigma) for classifier-free guidance.
+network learns both D(x; sigma, c) and D(x; sigma) for classifier-free guidance. `objective="flow"` (`--objective
+flow`) trains the same network by conditional flow matching on its velocity view (rectified flow, toydiff.core.flow:
+t = sigma / (1 + sigma), v = (x - D) / sigma - D): L = E |v - (n - y)|^2 = E |D - y|^2 / t^2 with logit-normal t
+(SD3, Esser et al. 2024), logit t = ln sigma ~ N(P_mean, P_std^2), the same draw; the checkpoint is a denoiser as before.
 
 Parallelism: one process per device under `torchrun` (torch.distributed, NCCL on GPU, gloo on CPU); the same
 command runs without torchrun as one process. Data order is independent of the process count: every step,
@@ -40,6 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from toydiff.core.denoiser import count_parameters
+from toydiff.core.flow import flow_matching_loss, sigma_to_t, velocity_from_denoised
 from toydiff.core.training import edm_loss, ema_beta_halflife, ema_update, load_checkpoint, save_checkpoint, torch_threads
 from toydiff.infra.clitools import user_errors
 from toydiff.infra.runs import (RunLock, StopSignals, append_jsonl, check_resume, fingerprint, prune_checkpoints,
@@ -146,7 +150,7 @@ def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: 
         ck = load_checkpoint(resume_path, map_location=device)
         check_resume(ck["model_config"], {"name": args.config, "overrides": overrides}, resume_path, None)
         if not args.force_resume:
-            saved = {**{k: ck["config"].get(k) for k in RESUME_KEYS}, "data": ck.get("data", {}).get("fingerprint")}
+            saved = {**{k: ck["config"].get(k, "edm" if k == "objective" else None) for k in RESUME_KEYS}, "data": ck.get("data", {}).get("fingerprint")}
             check_resume(saved, {**{k: getattr(args, k) for k in RESUME_KEYS}, "data": data_key}, resume_path,
                          "--force-resume")
         if ck["step"] > args.steps:
@@ -191,8 +195,10 @@ def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: 
                 sync = contextlib.nullcontext() if (world == 1 or m == args.accum - 1) else ddp.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     s = sigma[sl].to(device)
-                    d = net(y + s.reshape(-1, 1, 1, 1) * noise[sl], s, labels)
-                    per = edm_loss(d, y, s, sd)                                              # [micro]
+                    x = y + s.reshape(-1, 1, 1, 1) * noise[sl]
+                    d = net(x, s, labels)
+                    per = edm_loss(d, y, s, sd) if args.objective == "edm" else flow_matching_loss(
+                        velocity_from_denoised(x, s, d.float()), y, noise[sl], sigma_to_t(s))      # [micro]
                     (per.mean() / args.accum).backward()
                 step_loss += per.detach().sum()
             # one collective: the global loss and whether any rank was asked to stop (SIGTERM / SIGINT)
