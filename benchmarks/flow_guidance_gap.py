@@ -9,7 +9,7 @@ or on denoised points). All at w = 4, class A against the marginal (CFG's null b
 Two measurements, each "in D" vs "in v" for the same guidance object:
 - one evaluation: RMS |D_v - D_D| over x ~ p(x | A; sigma) (4096 points) at several sigma, beside the size of the
   guidance update RMS |D_D - D_1|, float64;
-- whole runs (not CFG's): class A, 4096 samples, EDM Heun 32 steps from sigma_max 5, start seeds 0 / 11 / 22 / 33; mean
+- whole runs (not CFG's): class A, 2048 samples, EDM Heun 32 steps from sigma_max 5, start seeds 0 / 11 / 22 / 33; mean
   distance between paired samples (same start noise) and outliers / TV (32 x 32 bins) of each.
 
     python benchmarks/flow_guidance_gap.py [--json out.json]
@@ -25,7 +25,7 @@ from toydiff import datasets, guidance as G, metrics, zoo
 from toydiff.core.flow import VelocityDenoiser, denoiser_to_velocity
 from toydiff.histogram import histogram_divergence
 
-W, N, SEEDS, SIGMAS = 4.0, 4096, (0, 11, 22, 33), (0.02, 0.1, 0.5, 2.0, 5.0)
+W, N, N_RUN, SEEDS, SIGMAS = 4.0, 4096, 2048, (0, 11, 22, 33), (0.02, 0.1, 0.5, 2.0, 5.0)
 
 
 class ScaleOnD(G.CFG):
@@ -74,8 +74,8 @@ def whole_runs(tree, methods: dict) -> dict:
                 continue
             rows = []
             for seed in SEEDS:
-                xd = zoo.draw(on_d, N, 0, seed).float()
-                xv = zoo.draw(on_v, N, 0, seed).float()
+                xd = zoo.draw(on_d, N_RUN, 0, seed).float()
+                xv = zoo.draw(on_v, N_RUN, 0, seed).float()
                 row = dict(paired=float((xd - xv).norm(dim=1).mean()))
                 for tag, x in (("d", xd), ("v", xv)):
                     row[f"outliers_{tag}"] = metrics.outlier_fraction(x, tree, 0)

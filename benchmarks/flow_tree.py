@@ -9,6 +9,7 @@ Methods: no guidance; CFG w = 4 with the separate unconditional flow model as D_
 only (zero_init = 0); autoguidance w = 3 with the flow guide.
 
     python benchmarks/flow_tree.py                              # the shipped flow models
+    python benchmarks/flow_tree.py --edm                        # the same table for the shipped EDM tree models
     python benchmarks/flow_tree.py --train DIR [--spec objective=flow_uniform]   # train the recipe (edited) into DIR
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", metavar="DIR", help="train the flow recipe into DIR and measure it")
     ap.add_argument("--spec", nargs="*", default=[], metavar="KEY=VALUE", help="edit every flow spec (with --train)")
+    ap.add_argument("--edm", action="store_true", help="measure the EDM tree models (zoo.load_models) instead")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -80,7 +82,7 @@ def main() -> None:
         train(args.train, edits)
         directory = args.train
     c0, t0 = cpu_seconds(), time.perf_counter()
-    result = measure(zoo.flow_models(directory))
+    result = measure(zoo.load_models() if args.edm else zoo.flow_models(directory))
     print(f"measured in {cpu_seconds() - c0:.0f} s CPU, {time.perf_counter() - t0:.0f} s wall")
     if args.json:
         with open(args.json, "w") as f:
