@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .denoiser import Denoiser, start_run
-from ..infra.validation import as_sigma, check_batch, check_on_device, sigma_like
+from ..infra.validation import as_sigma, check_batch, sigma_like
 
 __all__ = ["VelocityModel", "as_time", "t_to_sigma", "sigma_to_t", "velocity_from_denoised", "denoised_from_velocity",
            "VelocityDenoiser", "denoiser_to_velocity", "flow_matching_loss"]
@@ -34,21 +34,12 @@ VelocityModel = Callable[[Tensor, Any, Any], Tensor]      # v(x_t [N, ...], t [N
 
 def as_time(t: Any, n: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float64,
             name: str = "t") -> Tensor:
-    """Flow times as a tensor [n] in [0, 1): a float, a 0-d tensor or a tensor [n] (or [n, 1, ..., 1])."""
-    if isinstance(t, bool) or not isinstance(t, (int, float, Tensor)):
-        raise TypeError(f"{name} must be a float or a tensor broadcastable to [N], got {type(t).__name__}")
-    if isinstance(t, Tensor):
-        check_on_device(t, name)
-    s = torch.as_tensor(t, dtype=dtype, device=device)
-    if s.numel() == 1:
-        s = s.reshape(1)
-    elif s.numel() != n or s.ndim == 0 or s.shape[0] != n:
-        raise ValueError(f"{name} must be a scalar or have shape [{n}], got {tuple(s.shape)}")
-    s = s.reshape(-1)
-    bad = ~((s >= 0) & (s < 1))                                     # NaN fails both comparisons
-    if bad.any():
-        raise ValueError(f"{name} must lie in [0, 1) (t = 1 is pure noise, sigma = inf), got {s[bad][0].item()!r}")
-    return s.expand(n)
+    """Flow times as a tensor [n] in [0, 1): a float, a 0-d tensor or a tensor [n] (or [n, 1, ..., 1]); the checks of
+    `as_sigma` (finite, >= 0, the shapes) and t < 1 (t = 1 is pure noise, sigma = inf)."""
+    s = as_sigma(t, n, device=device, dtype=dtype, name=name)
+    if (s >= 1).any():
+        raise ValueError(f"{name} must lie in [0, 1) (t = 1 is pure noise, sigma = inf), got {s.max().item()!r}")
+    return s
 
 
 def t_to_sigma(t: Tensor) -> Tensor:
