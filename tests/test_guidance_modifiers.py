@@ -178,11 +178,16 @@ def test_cfgpp_step_formula(three, batch, method):
     torch.testing.assert_close(traj[1], cfg[1])
 
 
-def test_cfgpp_ddpm_runs_and_other_samplers_refuse(three):
+def test_cfgpp_ddpm_renoises_and_other_samplers_refuse(three):
+    """DDPM takes CFG++'s re-noising branch: its samples differ from CFG's at the same weight (same noise), and
+    with the guidance interval empty for every level they are the conditional model's (to rounding: CFG batches
+    [c; null])."""
     den = G.guided(three, G.CFGpp(0.5))
     cond = torch.zeros(50, dtype=torch.long)
-    x = samplers.sample(den, (50, 2), cond, method="ddpm", steps=16, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(x).all()
+    ddpm = lambda d: samplers.sample(d, (50, 2), cond, method="ddpm", steps=16,                  # noqa: E731
+                                     generator=torch.Generator().manual_seed(0))
+    assert (ddpm(den) - ddpm(G.guided(three, G.CFG(0.5)))).abs().max() > 1e-2
+    torch.testing.assert_close(ddpm(G.guided(three, G.CFGpp(0.5, interval=(100.0, 200.0)))), ddpm(three))
     for method in ("heun", "euler_maruyama"):
         with pytest.raises(ValueError, match="method"):
             samplers.sample(den, (4, 2), cond[:4], method=method, steps=4)

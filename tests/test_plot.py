@@ -1,28 +1,38 @@
-"""Every panel draws and returns its Axes; figures save to PNG."""
+"""Every panel draws what it is given (the plotted arrays are the inputs); figures save to PNG."""
 import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
 
 from toydiff import datasets, density, plot  # noqa: E402
 
 
-def test_panels_return_axes_and_render(tmp_path):
+def test_panels_draw_their_data_and_render(tmp_path):
     dist = datasets.three_gaussians()
     grid = density.make_grid((-2, 2, -2, 2), 40)
     logp = dist.log_prob(grid.points, 0.0, 0)
     x = dist.sample(200, cond=0, generator=torch.Generator().manual_seed(0))[0]
     fig, axes = plot.figure(1, 5)
-    assert isinstance(plot.density_panel(grid, logp, axes[0, 0], title="p"), Axes)
-    assert isinstance(plot.samples_panel(x, axes[0, 1], grid=grid, log_density=logp), Axes)
-    assert isinstance(plot.score_field(lambda p: dist.score(p, 0.3, None), grid, axes[0, 2], every=8), Axes)
+    ax = plot.density_panel(grid, logp, axes[0, 0], title="p")
+    expected = grid.image(logp.double())
+    np.testing.assert_allclose(ax.images[0].get_array(), (expected - expected.max()).exp().numpy())  # p / max p
+    assert ax is axes[0, 0] and ax.get_title() == "p"
+    ax = plot.samples_panel(x, axes[0, 1], grid=grid, log_density=logp)
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), x.numpy())
+    ax = plot.score_field(lambda p: dist.score(p, 0.3, None), grid, axes[0, 2], every=8)
+    (arrows,) = ax.collections
+    assert arrows.N == (40 // 8) ** 2                                  # every 8th grid point in each direction
     traj = torch.linspace(1, 0, 5)[:, None, None] * torch.randn(1, 20, 2) + x[:20]
-    assert isinstance(plot.trajectories_panel(traj, axes[0, 3]), Axes)
+    ax = plot.trajectories_panel(traj, axes[0, 3])
+    assert len(ax.lines) == 20
+    np.testing.assert_allclose(ax.lines[3].get_xydata(), traj[:, 3].numpy())
+    np.testing.assert_allclose(ax.collections[-1].get_offsets(), traj[-1].numpy())      # the end points
     lr = dist.log_prob(grid.points, 0.3, 0) - dist.log_prob(grid.points, 0.3, None)
-    assert isinstance(plot.ratio_panel(grid, lr, axes[0, 4], field=lambda p: dist.score(p, 0.3, 0)), Axes)
+    ax = plot.ratio_panel(grid, lr, axes[0, 4], field=lambda p: dist.score(p, 0.3, 0))
+    np.testing.assert_allclose(ax.images[0].get_array(), grid.image(lr.double()).clamp(-4, 4).numpy())
     labels = [a.get_ylabel() for a in fig.axes[5:]]                     # the colorbars, with units
     assert labels == [r"$p\,/\,\max\,p$", r"$\log(p_1 / p_0)$ (nats)"], labels
     plot.save(fig, tmp_path / "panels.png")

@@ -1,6 +1,6 @@
 """The open-ended task of the course: design a guidance method that beats CFG on the tree's outlier/recall trade-off.
 
-The student registers a recipe in toydiff.guidance's registry (`guidance.register(name, build, ...)`); the grader
+The student registers a recipe in toydiff.guidance's registry (`guidance.register(name, MyGuidance, ...)`); the grader
 runs it through the benchmark (`toydiff.bench.bench_dataset` on the "tree" dataset with the bench's shipped models,
 the same start noise for every method) over its weight grid, next to CFG and a few built-in methods, and scores
 the best of its points on the (outlier fraction, recall) plane against CFG's points (w = 1, the unguided model,
@@ -36,7 +36,7 @@ def beats(point: tuple[float, float], front: list[tuple[float, float]], margin: 
 def design_sweep(name: str, config: bench.BenchConfig = DESIGN_CONFIG) -> dict[str, list[dict]]:
     """The bench's sweep (rows with w, outliers, recall, ...) of recipe `name` and of BUILT_INS on the tree."""
     if name not in guidance.names():
-        raise AssertionError(f"no guidance recipe {name!r} is registered: call guidance.register({name!r}, build, "
+        raise AssertionError(f"no guidance recipe {name!r} is registered: call guidance.register({name!r}, MyGuidance, "
                              f"needs=..., default_w=...) in the cell above (registered now: {guidance.names()})")
     models = bench_models("tree", seed=config.seed)
     methods = [m for m in BUILT_INS if m != name] + [name]
