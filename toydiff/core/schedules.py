@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..infra.validation import check_nonnegative, check_positive_int
+from .flow import sigma_to_t, t_to_sigma
 
 __all__ = ["edm_sigmas", "vp_sigmas", "linear_beta_sigmas", "flow_sigmas", "SCHEDULES"]
 
@@ -132,9 +133,9 @@ def flow_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, s
     shift = check_nonnegative(shift, "shift")
     if shift == 0:
         raise ValueError("shift must be > 0 (SD3 uses 3; 1 = no shift), got 0")
-    t = torch.linspace(sigma_max / (1 + sigma_max), sigma_min / (1 + sigma_min), steps, dtype=torch.float64)
+    t = torch.linspace(sigma_to_t(sigma_max), sigma_to_t(sigma_min), steps, dtype=torch.float64)
     t_shifted = shift * t / (1 + (shift - 1) * t)
-    return _finish(t_shifted / (1 - t_shifted), "flow_sigmas")
+    return _finish(t_to_sigma(t_shifted), "flow_sigmas")
 
 
 SCHEDULES: dict[str, Callable[..., Tensor]] = {"edm": edm_sigmas, "vp": vp_sigmas, "linear_beta": linear_beta_sigmas,
