@@ -10,6 +10,7 @@ only (zero_init = 0); autoguidance w = 3 with the flow guide.
 
     python benchmarks/flow_tree.py                              # the shipped flow models
     python benchmarks/flow_tree.py --edm                        # the same table for the shipped EDM tree models
+    python benchmarks/flow_tree.py --sampler flow_euler         # SD3's sampler: Euler in t, 32 steps, shift 3
     python benchmarks/flow_tree.py --train DIR [--spec objective=flow_uniform]   # train the recipe (edited) into DIR
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from toydiff import datasets, metrics, zoo
+from toydiff import datasets, metrics, samplers, zoo
 from toydiff.histogram import histogram_divergence
 
 SEEDS, N = (0, 11, 22, 33), 4096
@@ -46,7 +47,17 @@ def train(directory: str, edits: dict) -> None:
         print(f"{name}: {cpu_seconds() - c0:.0f} s CPU, {time.perf_counter() - t0:.0f} s wall", flush=True)
 
 
-def measure(models: zoo.ToyModels, methods: dict = METHODS) -> dict:
+def draw(denoiser, seed: int, sampler: str) -> torch.Tensor:
+    """N samples of class A: the zoo's EDM Heun, or "flow_euler", Euler on the flow schedule (uniform in t, SD3's
+    shift 3, from sigma 5 before the shift; toydiff.samplers), the same 32 steps."""
+    if sampler == "heun":
+        return zoo.draw(denoiser, N, 0, seed=seed)
+    return samplers.sample(denoiser, (N, 2), torch.zeros(N, dtype=torch.long), method="euler", schedule="flow",
+                           steps=zoo.STEPS, sigma_max=zoo.SIGMA_MAX, shift=3.0,
+                           generator=torch.Generator().manual_seed(seed))
+
+
+def measure(models: zoo.ToyModels, methods: dict = METHODS, sampler: str = "heun") -> dict:
     """{method: {metric: [per seed]}} on class A (see the module docstring)."""
     tree = datasets.tree()
     ref = tree.sample(N, cond=0, generator=torch.Generator().manual_seed(1))[0]
@@ -55,7 +66,7 @@ def measure(models: zoo.ToyModels, methods: dict = METHODS) -> dict:
         for key, (name, mods) in methods.items():
             rows = []
             for seed in SEEDS:
-                x = zoo.draw(zoo.guided_denoiser(models, name, **mods), N, 0, seed=seed)
+                x = draw(zoo.guided_denoiser(models, name, **mods), seed, sampler)
                 m = metrics.evaluate(x, tree, 0, reference=ref)
                 rows.append(dict(outliers=m["outlier_fraction"], precision=m["precision"], recall=m["recall"],
                                  tv=histogram_divergence(x, tree, 0)["tv"]))
@@ -70,6 +81,7 @@ def main() -> None:
     ap.add_argument("--train", metavar="DIR", help="train the flow recipe into DIR and measure it")
     ap.add_argument("--spec", nargs="*", default=[], metavar="KEY=VALUE", help="edit every flow spec (with --train)")
     ap.add_argument("--edm", action="store_true", help="measure the EDM tree models (zoo.load_models) instead")
+    ap.add_argument("--sampler", choices=("heun", "flow_euler"), default="heun", help="see draw()")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -82,7 +94,7 @@ def main() -> None:
         train(args.train, edits)
         directory = args.train
     c0, t0 = cpu_seconds(), time.perf_counter()
-    result = measure(zoo.load_models() if args.edm else zoo.flow_models(directory))
+    result = measure(zoo.load_models() if args.edm else zoo.flow_models(directory), sampler=args.sampler)
     print(f"measured in {cpu_seconds() - c0:.0f} s CPU, {time.perf_counter() - t0:.0f} s wall")
     if args.json:
         with open(args.json, "w") as f:
