@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
+from .loop import optimize
 from .nets import NoiseAwareClassifier
 from .training import torch_threads
 from ..infra.validation import check_positive_int, check_real
@@ -61,21 +61,18 @@ def train_classifier(model: NoiseAwareClassifier, mixture: Any, *, steps: int = 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     losses, t0 = torch.zeros(steps), time.perf_counter()
+
+    def batch_loss(step: int) -> Tensor:
+        idx = torch.randint(pool_size, (batch_size,), generator=gen)
+        sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()       # ln s ~ N(P_mean, P_std^2)
+        x = pool_x[idx] + sigma[:, None] * torch.randn(batch_size, model.dim, generator=gen)     # x = y + s n
+        logp = model.log_prob(x, sigma)                                             # [B, C]
+        if target == "labels":
+            return F.nll_loss(logp, pool_y[idx])
+        return -(mixture.class_posterior(x, sigma).to(logp.dtype) * logp).sum(1).mean()
+
     model.train().requires_grad_(True)
     with torch_threads(threads):
-        for step in tqdm(range(steps), disable=not progress, desc="train classifier", leave=False):
-            idx = torch.randint(pool_size, (batch_size,), generator=gen)
-            sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()   # ln s ~ N(P_mean, P_std^2)
-            x = pool_x[idx] + sigma[:, None] * torch.randn(batch_size, model.dim, generator=gen)
-            logp = model.log_prob(x, sigma)                                         # [B, C]
-            if target == "labels":
-                loss = F.nll_loss(logp, pool_y[idx])
-            else:
-                loss = -(mixture.class_posterior(x, sigma).to(logp.dtype) * logp).sum(1).mean()
-            for group in opt.param_groups:
-                group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses[step] = loss.detach()
+        optimize(opt, losses, batch_loss, steps=steps, lr=lr, lr_decay_steps=lr_decay_steps, progress=progress,
+                 desc="train classifier")
     return ClassifierResult(model.eval().requires_grad_(False), losses, time.perf_counter() - t0)

@@ -10,25 +10,25 @@ label becomes -1 (null) with probability p_uncond, and for "exact" the target is
 """
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core.flow import flow_matching_loss, sigma_to_t, t_to_sigma
 from ..core.training import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, edm_loss, edm_weight, ema_beta_halflife,
                              ema_beta_power, ema_update, load_checkpoint, save_checkpoint, torch_threads)
 from ..infra.runs import RunLock, StopSignals, check_resume, fingerprint
 from ..infra.validation import check_positive_int, check_real, check_seed
+from .loop import diverged, optimize
 from .nets import MLPDenoiser, VelocityMLP, build_model
 
 __all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "TrainResult", "train",
+           "ToyTrainConfig",
            "load_model", "denoiser_error", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_STEPS = 4096
@@ -74,13 +74,59 @@ def _data_pool(data: Any, model: MLPDenoiser, pool_size: int, seed: int) -> tupl
     return x.to(torch.float32).contiguous(), y.long().contiguous(), mixture, k
 
 
-def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-          lr: float = 1e-2, lr_decay_steps: int = 512, loss: str = "dsm", p_uncond: float = 0.1,
-          p_mean: float = -2.3, p_std: float = 1.5, ema_std: float = 0.010, seed: int = 0,
-          pool_size: int = 1 << 16, progress: bool = True, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int = 1024, resume: bool = False, force_resume: bool = False,
-          threads: int | None = 1, objective: str = "edm") -> TrainResult:
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """The settings of `train` (its keyword arguments), checked when built. The trajectory settings (all but
+    `checkpoint`, `checkpoint_every`, `resume`, `force_resume`, `progress`, `threads`) must match on resume."""
+    steps: int = DEFAULT_STEPS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = 1e-2
+    lr_decay_steps: int = 512
+    loss: str = "dsm"
+    p_uncond: float = 0.1
+    p_mean: float = -2.3
+    p_std: float = 1.5
+    ema_std: float = 0.010
+    seed: int = 0
+    pool_size: int = 1 << 16
+    progress: bool = True
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int = 1024
+    resume: bool = False
+    force_resume: bool = False
+    threads: int | None = 1
+    objective: str = "edm"
+
+    def __post_init__(self) -> None:
+        checked = dict(steps=check_positive_int(self.steps, "steps"),
+                       batch_size=check_positive_int(self.batch_size, "batch_size"),
+                       lr=check_real(self.lr, "lr", 0, lo_open=True),
+                       lr_decay_steps=check_positive_int(self.lr_decay_steps, "lr_decay_steps"),
+                       p_uncond=check_real(self.p_uncond, "p_uncond", 0, 1),
+                       p_mean=check_real(self.p_mean, "p_mean"),
+                       p_std=check_real(self.p_std, "p_std", 0),
+                       ema_std=check_real(self.ema_std, "ema_std", 0, 0.28, lo_open=True),
+                       seed=check_seed(self.seed),
+                       pool_size=check_positive_int(self.pool_size, "pool_size"),
+                       checkpoint_every=check_positive_int(self.checkpoint_every, "checkpoint_every"))
+        if self.objective not in _OBJECTIVES:
+            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
+        if self.loss not in ("dsm", "exact", "component"):
+            raise ValueError(f"loss must be 'dsm', 'exact' or 'component', got {self.loss!r}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings a checkpoint records (its `config`, with the data fingerprint added by `train`)."""
+        return {k: getattr(self, k) for k in ("steps", "batch_size", "lr", "lr_decay_steps", "loss", "p_uncond",
+                                              "p_mean", "p_std", "ema_std", "seed", "pool_size", "checkpoint_every",
+                                              "objective")}
+
+
+def train(model: MLPDenoiser, data: Any, config: ToyTrainConfig | None = None, **settings: Any) -> TrainResult:
     """Train ``model`` in place (Adam, betas 0.9/0.99) and return it with its EMA copy and the loss history.
+    `config` (default ToyTrainConfig()) with `settings` (its fields by keyword, e.g. ``train(model, data,
+    steps=512, p_uncond=0.2)``) replacing some.
 
     EDM loss with log-normal sigma (Karras et al. 2022, eq. 2, Table 1); the defaults P_mean = -2.3,
     P_std = 1.5, lr 1e-2 decayed as lr / sqrt(max(t / lr_decay_steps, 1)), Adam betas (0.9, 0.99) and a
@@ -107,40 +153,34 @@ def train(model: MLPDenoiser, data: Any, *, steps: int = DEFAULT_STEPS, batch_si
     """
     if not isinstance(model, MLPDenoiser):
         raise TypeError(f"model must be a toydiff.nets MLPDenoiser (or subclass), got {type(model).__name__}")
-    steps, batch_size = check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
-    pool_size, checkpoint_every = check_positive_int(pool_size, "pool_size"), check_positive_int(checkpoint_every,
-                                                                                               "checkpoint_every")
-    lr_decay_steps = check_positive_int(lr_decay_steps, "lr_decay_steps")
-    if objective not in _OBJECTIVES:
-        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
-    if (objective != "edm") != isinstance(model, VelocityMLP):
-        raise ValueError(f"objective={objective!r} does not fit a {type(model).__name__}: the flow objectives train a "
-                         f"VelocityMLP, 'edm' a denoiser")
-    if loss not in ("dsm", "exact", "component"):
-        raise ValueError(f"loss must be 'dsm', 'exact' or 'component', got {loss!r}")
-    config = dict(steps=steps, batch_size=batch_size, lr=check_real(lr, "lr", 0, lo_open=True),
-                  lr_decay_steps=lr_decay_steps, loss=loss, p_uncond=check_real(p_uncond, "p_uncond", 0, 1),
-                  p_mean=check_real(p_mean, "p_mean"), p_std=check_real(p_std, "p_std", 0),
-                  ema_std=check_real(ema_std, "ema_std", 0, 0.28, lo_open=True), seed=check_seed(seed),
-                  pool_size=pool_size, checkpoint_every=checkpoint_every, objective=objective)
-    pool_x, pool_y, mixture, pool_k = _data_pool(data, model, pool_size, seed)
-    if loss != "dsm" and mixture is None:
-        raise ValueError(f"loss={loss!r} needs a GaussianMixture as data (it regresses onto its exact denoisers)")
-    config["data"] = fingerprint(pool_x.numpy().tobytes(), pool_y.numpy().tobytes())
+    if config is not None and not isinstance(config, ToyTrainConfig):
+        raise TypeError(f"config must be a ToyTrainConfig, got {type(config).__name__}")
+    unknown = sorted(set(settings) - {f.name for f in fields(ToyTrainConfig)})
+    if unknown:
+        raise TypeError(f"train() got unknown settings {unknown}: the keywords are ToyTrainConfig's fields")
+    config = replace(config or ToyTrainConfig(), **settings)
+    if (config.objective != "edm") != isinstance(model, VelocityMLP):
+        raise ValueError(f"objective={config.objective!r} does not fit a {type(model).__name__}: the flow objectives "
+                         f"train a VelocityMLP, 'edm' a denoiser")
+    pool_x, pool_y, mixture, pool_k = _data_pool(data, model, config.pool_size, config.seed)
+    if config.loss != "dsm" and mixture is None:
+        raise ValueError(f"loss={config.loss!r} needs a GaussianMixture as data (it regresses onto its exact "
+                         f"denoisers)")
+    recorded = {**config.recorded(), "data": fingerprint(pool_x.numpy().tobytes(), pool_y.numpy().tobytes())}
 
     model.train().requires_grad_(True)
     ema = build_model(type(model).__name__, model.config).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), foreach=True)
-    gen = torch.Generator().manual_seed(seed)
-    losses, start, t0 = torch.zeros(steps), 0, time.perf_counter()
-    lock = RunLock(checkpoint, directory=False, name="checkpoint").acquire() if checkpoint is not None else None
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99), foreach=True)
+    gen = torch.Generator().manual_seed(config.seed)
+    losses, start, t0 = torch.zeros(config.steps), 0, time.perf_counter()
+    path = config.checkpoint
+    lock = RunLock(path, directory=False, name="checkpoint").acquire() if path is not None else None
     try:
-        if checkpoint is not None and resume and os.path.exists(checkpoint):
-            start = _resume(checkpoint, model, ema, opt, gen, losses, config, force_resume)
-        with torch_threads(threads), StopSignals() as stop:
-            _loop(model, ema, opt, gen, losses, start, (pool_x, pool_y, pool_k), mixture, config, progress,
-                  checkpoint, stop)
+        if path is not None and config.resume and os.path.exists(path):
+            start = _resume(path, model, ema, opt, gen, losses, recorded, config.force_resume)
+        with torch_threads(config.threads), StopSignals() as stop:
+            _loop(model, ema, opt, gen, losses, start, (pool_x, pool_y, pool_k), mixture, config, recorded, stop)
     finally:
         if lock is not None:
             lock.release()
@@ -169,63 +209,48 @@ def _resume(path: Any, model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Op
 
 
 def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen: torch.Generator, losses: Tensor,
-          start: int, pool: tuple[Tensor, Tensor, Any], mixture: Any, config: dict, progress: bool,
-          checkpoint: Any, stop: StopSignals) -> None:
-    """Steps start..steps of train() (see there); updates model, ema, opt, gen and losses in place."""
-    steps, batch_size, lr, loss = config["steps"], config["batch_size"], config["lr"], config["loss"]
-    p_uncond, p_mean, p_std, ema_std = config["p_uncond"], config["p_mean"], config["p_std"], config["ema_std"]
-    lr_decay_steps, checkpoint_every = config["lr_decay_steps"], config["checkpoint_every"]
+          start: int, pool: tuple[Tensor, Tensor, Any], mixture: Any, config: ToyTrainConfig, recorded: dict,
+          stop: StopSignals) -> None:
+    """Steps start..steps of train() (see there) through toydiff.toy.loop.optimize; updates model, ema, opt, gen and
+    losses in place. `recorded`: the config a checkpoint stores."""
     params, ema_params = list(model.parameters()), list(ema.parameters())
     pool_x, pool_y, pool_k = pool                           # samples, labels, components (None for tensor data)
-    n_pool = pool_x.shape[0]
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
-    for step in bar:
-        idx = torch.randint(n_pool, (batch_size,), generator=gen)
+    n, flow = config.batch_size, config.objective != "edm"
+
+    def batch_loss(step: int) -> Tensor:
+        idx = torch.randint(pool_x.shape[0], (n,), generator=gen)
         y, c = pool_x[idx], pool_y[idx]                                             # [B, dim], [B]
-        c = c.masked_fill(torch.rand(batch_size, generator=gen) < p_uncond, -1)     # condition dropout
-        if config["objective"] == "flow_uniform":
-            t = torch.rand(batch_size, generator=gen)                               # t ~ U[0, 1)
+        c = c.masked_fill(torch.rand(n, generator=gen) < config.p_uncond, -1)       # condition dropout
+        if config.objective == "flow_uniform":
+            t = torch.rand(n, generator=gen)                                        # t ~ U[0, 1)
             sigma = t_to_sigma(t)
         else:
-            sigma = (torch.randn(batch_size, generator=gen) * p_std + p_mean).exp()    # ln s ~ N(P_mean, P_std^2)
+            sigma = (torch.randn(n, generator=gen) * config.p_std + config.p_mean).exp()   # ln s ~ N(P_mean, P_std^2)
             t = sigma_to_t(sigma)                                                   # (flow: logit-normal t)
         noise = torch.randn(y.shape, generator=gen)
-        x, target = y + sigma[:, None] * noise, y
-        if loss == "exact":
+        x, target = y + sigma[:, None] * noise, y                                   # x = y + s n
+        if config.loss == "exact":
             target = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
-        elif loss == "component":
+        elif config.loss == "component":
             target = mixture.component_denoise(x, sigma, pool_k[idx]).to(x.dtype)
-        if config["objective"] == "edm":
-            batch_loss = edm_loss(model(x, sigma, c), target, sigma, model.sigma_data).mean()
-        else:
-            x_t = (1 - t[:, None]) * y + t[:, None] * noise
-            batch_loss = flow_matching_loss(model(x_t, t, c), y, noise, t, None if loss == "dsm" else target).mean()
-        if not torch.isfinite(batch_loss):                       # before the update: no NaN weights, none saved
-            _diverged(f"loss {batch_loss.item()}", step + 1, lr, checkpoint)
-        for group in opt.param_groups:
-            group["lr"] = lr / math.sqrt(max(step / lr_decay_steps, 1))
-        opt.zero_grad(set_to_none=True)
-        batch_loss.backward()
-        opt.step()
-        ema_update(ema_params, params, ema_beta_power(step, ema_std))
-        losses[step] = batch_loss.detach()
-        if progress and step % 64 == 0:
-            bar.set_postfix(loss=f"{losses[step].item():.4f}")
-        due = (step + 1) % checkpoint_every == 0 or step + 1 == steps
-        if checkpoint is not None and (due or stop.requested):
+        if not flow:
+            return edm_loss(model(x, sigma, c), target, sigma, model.sigma_data).mean()
+        x_t = (1 - t[:, None]) * y + t[:, None] * noise                             # x_t = (1 - t) y + t n
+        return flow_matching_loss(model(x_t, t, c), y, noise, t, None if config.loss == "dsm" else target).mean()
+
+    def after_step(step: int) -> None:
+        ema_update(ema_params, params, ema_beta_power(step, config.ema_std))
+        due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
+        if config.checkpoint is not None and (due or stop.requested):
             if not all(bool(torch.isfinite(p).all()) for p in params):
-                _diverged("non-finite weights", step + 1, lr, checkpoint)
-            save_checkpoint(checkpoint, model, ema, opt, step + 1, config, rng_state=gen.get_state(), losses=losses)
+                diverged("non-finite weights", step + 1, config.lr, config.checkpoint)
+            save_checkpoint(config.checkpoint, model, ema, opt, step + 1, recorded, rng_state=gen.get_state(),
+                            losses=losses)
         if stop.requested:
-            bar.close()
             stop.exit()
-    bar.close()
 
-
-def _diverged(what: str, step: int, lr: float, checkpoint: Any) -> None:
-    kept = f"the last checkpoint {checkpoint} is kept" if checkpoint else "nothing was saved"
-    raise FloatingPointError(f"training diverged: {what} at step {step} (lr {lr:g}); {kept}, no weights with NaN or "
-                             f"inf were written")
+    optimize(opt, losses, batch_loss, steps=config.steps, lr=config.lr, lr_decay_steps=config.lr_decay_steps,
+             start=start, after_step=after_step, checkpoint=config.checkpoint, progress=config.progress)
 
 
 @torch.no_grad()
