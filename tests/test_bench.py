@@ -93,6 +93,16 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
         bench_models.load_bench_models("three_gaussians", tmp_path)
 
 
+def test_tree_flow_models_are_velocity_models_saved_as_such(tmp_path):
+    """The tree_flow row's denoisers wrap VelocityMLPs, and writing them back gives the shipped bytes (the velocity
+    model's weights, not the wrapper's)."""
+    from toydiff import nets
+    models = bench_models.load_bench_models("tree_flow")
+    assert all(isinstance(getattr(models, role).velocity, nets.VelocityMLP) for role in ("main", "uncond", "guide"))
+    path = bench_models.save_bench_models("tree_flow", models, tmp_path)
+    assert path.read_bytes() == (bench_models.CHECKPOINT_DIR / "tree_flow.pt").read_bytes()
+
+
 def test_a_registered_recipe_appears_in_the_bench(monkeypatch):
     """A recipe registered once in toydiff.guidance is a bench method with no other edit; one that wants a number
     (float(w) refuses a schedule) is sampled one call per weight and gives CFG's numbers."""

@@ -19,6 +19,8 @@ component (loss "component", as cheap as denoising score matching; the paper's e
 here). With both, the shipped models leave 0.039 outliers unguided and 0.019 with autoguidance (the plain-MLP DSM
 recipe before them: 0.124 and 0.070; the paper's code: 0.118 and 0.053).
 The four take 80-92 s of CPU time on one thread, 56 s of wall time in the two processes `train_models` uses.
+The flow-matching twins (FLOW_MODELS: the same recipe, objective "flow", VelocityMLP; benchmarks/flow_tree.py) load
+through `flow_models()` as the same ToyModels of denoisers (toydiff.core.flow.VelocityDenoiser), without a dropout net.
 """
 from __future__ import annotations
 
