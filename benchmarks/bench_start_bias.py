@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from toydiff import samplers
+from toydiff import datasets, samplers
 from toydiff.bench_models import BENCH_DATASETS
 from toydiff.histogram import histogram_divergence, noise_floor
 from toydiff.zoo import STEPS
@@ -26,7 +26,7 @@ BINS = 32
 
 def measure(name: str, n: int, sigma_max: float) -> dict[str, float]:
     """The exact denoiser's TV / KL (mean over classes) from sigma_max, and the start's TV estimate."""
-    data, rows = BENCH_DATASETS[name](), []
+    data, rows = datasets.get(BENCH_DATASETS[name]), []
     for c in range(data.num_classes):
         start = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * sigma_max
         x = samplers.sample(data, start, torch.full((n,), c), steps=STEPS, sigma_max=sigma_max)
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(1)
     for name in BENCH_DATASETS:
         n = max(1000, args.n // 5) if "tree" in name else args.n             # 2032 components: 5x the cost
-        data = BENCH_DATASETS[name]()
+        data = datasets.get(BENCH_DATASETS[name])
         floor = [noise_floor(data, c, n, bins=BINS, seed=5)["tv"] for c in range(data.num_classes)]
         cells = [f"{name} (n {n}): floor {' / '.join(f'{f:.3f}' for f in floor)}"]
         for sigma_max in (5.0, 10.0):

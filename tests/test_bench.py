@@ -140,3 +140,10 @@ def test_readme_example_registers_and_benchmarks_a_new_method(monkeypatch, capsy
     exec(compile(code, "README.md", "exec"), {})
     table = capsys.readouterr().out
     assert "| fading_cfg |" in table and "| cfg |" in table and "## three_gaussians" in table
+
+
+def test_datasets_are_looked_up_in_one_place():
+    """The bench rows and the zoo's model specs name toydiff.datasets entries; datasets.get builds them all."""
+    from toydiff import bench_models, datasets, zoo
+    assert set(bench_models.BENCH_DATASETS.values()) <= set(datasets.DATASETS)
+    assert {spec.dataset for spec in zoo.MODEL_SPECS.values()} <= set(datasets.DATASETS)

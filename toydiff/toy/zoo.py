@@ -59,7 +59,7 @@ CHECKPOINT_DIR = Path(__file__).parents[1] / "checkpoints"
 class ModelSpec:
     """A named model's whole recipe (toydiff.training.train's arguments; the rest at train()'s defaults).
 
-    dataset: a toydiff.datasets function name; classes: the class subset to train on (relabelled 0..k-1; None =
+    dataset: a toydiff.datasets.DATASETS name; classes: the class subset to train on (relabelled 0..k-1; None =
     all); conditional: False trains an unconditional model (num_classes = 0); architecture: a toydiff.nets.MODELS
     class name with width x depth and `position_freqs` Fourier features of the position (0: none); loss: "dsm",
     "exact" or "component" (toydiff.training); p_uncond: condition dropout (Ho & Salimans 2022); p_mean: the
@@ -118,7 +118,7 @@ class ToyModels:
 
 def training_data(spec: ModelSpec) -> GaussianMixture:
     """The spec's dataset, restricted to `spec.classes` (components of those classes, relabelled in that order)."""
-    dist = getattr(datasets, spec.dataset)()
+    dist = datasets.get(spec.dataset)
     if spec.classes is None:
         return dist
     keep = torch.cat([torch.nonzero(dist.labels == c)[:, 0] for c in spec.classes])
