@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from toydiff import samplers
+from toydiff.core import flow
 from toydiff.guidance import CFG, guided
 
 # Heun is second order: 32 steps suffice. The first-order and stochastic samplers need more levels for
@@ -149,19 +150,23 @@ def test_flow_schedule_is_sd3s_shift():
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
-def test_euler_on_the_flow_schedule_is_euler_in_t(tree_mix, shift):
-    """Euler in sigma on the denoiser at the levels t_i IS Euler in t on the flow ODE dx_t/dt = v(x_t, t) with
-    x_t = (1 - t) x0 + t eps = x / (1 + sigma), v = (x_t - D(x_t / (1 - t); t / (1 - t))) / t: float64 rounding."""
+@pytest.mark.parametrize("model", ["denoiser", "velocity model"])
+def test_euler_on_the_flow_schedule_is_euler_in_t(tree_mix, shift, model):
+    """Euler in sigma at the levels t_i IS Euler in t on the flow ODE dx_t/dt = v(x_t, t), x_t = (1 - t) x0 + t eps
+    = x / (1 + sigma), with the mixture's exact velocity v = (x_t - D(x_t / (1 - t); t / (1 - t))) / t: sampling the
+    exact denoiser, or that velocity as a flow model (flow.VelocityDenoiser), gives the update in t to float64
+    rounding (measured: 1.3e-14 and 7.5e-15 with shift 3)."""
+    velocity = flow.denoiser_to_velocity(tree_mix)
+    denoiser = tree_mix if model == "denoiser" else flow.VelocityDenoiser(velocity)
     sigmas = samplers.flow_sigmas(24, shift=shift)
     cond = torch.arange(200) % 2
     eps = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = (sigmas / (1 + sigmas)).tolist()
     x_t, path = t[0] * eps, [t[0] * eps]                      # x_t at t_0, i.e. x = x_t / (1 - t_0) = sigma_0 eps
     for t_i, t_next in zip(t[:-1], t[1:]):
-        v = (x_t - tree_mix(x_t / (1 - t_i), t_i / (1 - t_i), cond)) / t_i
-        x_t = x_t + (t_next - t_i) * v
+        x_t = x_t + (t_next - t_i) * velocity(x_t, t_i, cond)
         path.append(x_t)
-    x0, traj = samplers.sample(tree_mix, sigmas[0].item() * eps, cond, method="euler", sigmas=sigmas,
+    x0, traj = samplers.sample(denoiser, sigmas[0].item() * eps, cond, method="euler", sigmas=sigmas,
                                return_trajectory=True)
     torch.testing.assert_close(traj / (1 + sigmas).reshape(-1, 1, 1), torch.stack(path), rtol=0, atol=1e-13)
     torch.testing.assert_close(x0, x_t, rtol=0, atol=1e-13)

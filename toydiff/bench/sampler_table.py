@@ -44,8 +44,9 @@ def steps_for(method: str, evals: int) -> int:
 
 def sampler_table(models: BenchModels, n: int, seed: int, sigma_range: tuple[float, float, float],
                   score: Callable[[Tensor, Tensor], dict[str, float]], progress: bool = False) -> dict:
-    """{"w": SAMPLER_W, "results": {denoiser: {str(evals): {row: metrics}}}} over DENOISERS x EVALS x SAMPLER_ROWS. `sigma_range`: the bench's
-    (sigma_min, sigma_max, rho) (rho for EDM's schedule only); `score(x [n, 2], labels [n])`: the bench's metrics."""
+    """{"w": SAMPLER_W, "results": {denoiser: {str(evals): {row: metrics}}}} over DENOISERS x EVALS x SAMPLER_ROWS.
+    `sigma_range`: the bench's (sigma_min, sigma_max, rho) (rho for EDM's schedule only); `score(x [n, 2],
+    labels [n])`: the bench's metrics."""
     sigma_min, sigma_max, rho = sigma_range
     labels = torch.arange(n) % models.data.num_classes
     eps = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))     # the start is sigmas[0] eps

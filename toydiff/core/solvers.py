@@ -12,12 +12,13 @@ from typing import Callable, Iterator
 
 from torch import Tensor
 
-from .denoiser import renoise_of
+from .denoiser import Denoiser, renoise_of
 from ..infra.validation import check_nonnegative
 
 __all__ = ["METHODS", "RENOISE_METHODS", "heun", "euler", "euler_maruyama", "ddim", "ddpm", "dpmpp_2m"]
 
 Steps = Iterator[tuple[Tensor, Tensor, float]]          # (x at sigma_{i+1}, denoised, sigma_hat) per step
+Noise = Callable[[], Tensor]                            # draws N(0, I) shaped like x
 # Euler, DDIM and DDPM re-noise with D_renoise where the denoiser offers `denoise_with_renoise` (CFG++,
 # Chung et al. 2024: x0 from the guided D, noise eps = (x - D_renoise)/sigma from the unguided branch).
 RENOISE_METHODS = ("euler", "ddim", "ddpm")
@@ -43,8 +44,8 @@ def _heun_step(D, x, s, s_next, cond) -> tuple[Tensor, Tensor]:
     return x_next, denoised
 
 
-def heun(D, x, sigmas, cond, noise, *, s_churn: float = 0.0, s_tmin: float | None = None,
-         s_tmax: float | None = None, s_noise: float | None = None) -> Steps:
+def heun(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise, *, s_churn: float = 0.0,
+         s_tmin: float | None = None, s_tmax: float | None = None, s_noise: float | None = None) -> Steps:
     """EDM's sampler (Karras et al. 2022, arXiv 2206.00364): Algorithm 1 (deterministic Heun) with s_churn = 0,
     Algorithm 2 (stochastic) with s_churn > 0. Each step first raises the level by gamma (churn):
 
@@ -81,7 +82,7 @@ def heun(D, x, sigmas, cond, noise, *, s_churn: float = 0.0, s_tmin: float | Non
     return run()
 
 
-def euler(D, x, sigmas, cond, noise) -> Steps:
+def euler(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise) -> Steps:
     """Euler on the probability-flow ODE: x' = x + (sigma' - sigma)(x - D)/sigma = D + sigma' (x - D)/sigma;
     with CFG++ x' = D_guided + sigma' (x - D_renoise)/sigma. On `flow_sigmas` levels this is exactly Euler in t on the
     flow ODE, x_t' = x_t + (t' - t) v with v = (x_t - D)/t (the sampler of SD3 and Flux, Esser et al. 2024)."""
@@ -94,7 +95,7 @@ def euler(D, x, sigmas, cond, noise) -> Steps:
     return run()
 
 
-def euler_maruyama(D, x, sigmas, cond, noise) -> Steps:
+def euler_maruyama(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise) -> Steps:
     """Euler-Maruyama on the reverse SDE (Song et al. 2021, Eq. 6 with sigma(t) = t; EDM Eq. 6 with beta = 1/sigma):
     x' = x + 2 (sigma - sigma')/sigma (D - x) + sqrt(2 sigma (sigma - sigma')) n.  The last step to 0 is the ODE's."""
     def run() -> Steps:
@@ -122,7 +123,7 @@ def _ddim_update(x, denoised, s, s_next, eta, noise, renoise):
     return x_next + s_up * noise() if s_up > 0 else x_next
 
 
-def ddim(D, x, sigmas, cond, noise, *, eta: float = 0.0) -> Steps:
+def ddim(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise, *, eta: float = 0.0) -> Steps:
     """DDIM with stochasticity eta >= 0 (0: deterministic, equal to Euler; 1: DDPM); see `_ddim_update`."""
     eta = check_nonnegative(eta, "eta")
 
@@ -135,12 +136,12 @@ def ddim(D, x, sigmas, cond, noise, *, eta: float = 0.0) -> Steps:
     return run()
 
 
-def ddpm(D, x, sigmas, cond, noise) -> Steps:
+def ddpm(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise) -> Steps:
     """DDPM ancestral sampling (Ho et al. 2020, Eq. 11): DDIM with eta = 1."""
     return ddim(D, x, sigmas, cond, noise, eta=1.0)
 
 
-def dpmpp_2m(D, x, sigmas, cond, noise) -> Steps:
+def dpmpp_2m(D: Denoiser, x: Tensor, sigmas: list[float], cond: Tensor | None, noise: Noise) -> Steps:
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Alg. 2) in EDM's sigma (alpha = 1), as k-diffusion's
     `sample_dpmpp_2m`. With lambda = -log sigma and h_i = lambda_{i+1} - lambda_i = log(sigma_i / sigma_{i+1}):
 
