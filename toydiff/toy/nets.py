@@ -74,12 +74,20 @@ class MLPDenoiser(_NoiseConditionedMLP):
     cannot draw branches 0.01 wide at small sigma (RESULTS.md, issue 9); these features let it.
     """
 
-    def __init__(self, dim: int = 2, num_classes: int = 0, width: int = 64, depth: int = 4, sigma_data: float = 0.5,
-                 num_freqs: int = 16, seed: int = 0, position_freqs: int = 0, position_scale: float = 3.0) -> None:
+    def __init__(self,
+                 dim: int = 2,
+                 num_classes: int = 0,
+                 width: int = 64,
+                 depth: int = 4,
+                 sigma_data: float = 0.5,
+                 num_freqs: int = 16,
+                 seed: int = 0,
+                 position_freqs: int = 0,
+                 position_scale: float = 3.0) -> None:
         self._position = (check_positive_int(position_freqs, "position_freqs", minimum=0),
                           check_real(position_scale, "position_scale", 0, lo_open=True))
         super().__init__(dim, num_classes, width, depth, sigma_data, num_freqs, seed)
-        if position_freqs:          # only then: the configs (and checkpoint bytes) of plain models stay as they were
+        if position_freqs:          # a model without position features records only the base config
             self.config.update(position_freqs=self._position[0], position_scale=float(position_scale))
 
     def _build(self, dim: int, width: int, depth: int, num_freqs: int) -> None:
