@@ -125,7 +125,7 @@ class Explorer:
         x = self.sample(problem, method, w, interval, sampler)
         p = self.problem(problem)
         m = metrics.evaluate(x, p.data, p.cls, seed=self.seed)
-        fig = Figure(figsize=(4.6, 5.2), dpi=100, layout="constrained")
+        fig = Figure(figsize=(6.0, 6.6), dpi=plot.NOTEBOOK_DPI, layout="constrained")
         lo, hi = interval
         where = "all $\\sigma$" if lo <= 0 and hi >= SIGMA_MAX else f"$\\sigma \\in ({lo:g}, {hi:g}]$"
         name = (f"{problem} (class {p.cls}), {method}, {sampler}\n$w$ = {w:g} (Ho & Salimans {to_ho_salimans(w):g}), "

@@ -30,13 +30,13 @@ from ..toy.zoo import SIGMA_MAX, STEPS, WEIGHTS, Degraded, ToyModels, draw, guid
 from . import plot
 
 __all__ = ["CLASS_A", "FIGURES", "FULL_VIEW", "ZOOM", "ZOOM_SIGMA", "reproduce", "class_a_box", "spread_starts",
-           "tree_figure", "cfg_figure", "sweep",
+           "tree_regions", "samples_on_tree", "tree_figure", "cfg_figure", "sweep",
            "degradation_study", "format_table"]
 
 CLASS_A = 0
 # keyword arguments of each reproduction, full size and "fast" (seconds; for tests); n is the sample count
 FIGURES: dict[str, dict[str, dict[str, Any]]] = {
-    "tree": {"full": dict(n=4096, grid_res=200, density_res=64), "fast": dict(n=1500, grid_res=100, density_res=24)},
+    "tree": {"full": dict(n=4096, grid_res=200, density_res=128), "fast": dict(n=1500, grid_res=100, density_res=24)},
     "cfg": {"full": dict(n=4000, grid_res=120), "fast": dict(n=500, grid_res=60)},
     "sweep": {"full": dict(n=4000, ws=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)), "fast": dict(n=750, ws=(1.0, 3.0, 6.0))},
     "degradation": {"full": dict(n=4000), "fast": dict(n=750)},
@@ -84,32 +84,53 @@ def spread_starts(x: Tensor, box: tuple[float, float, float, float], spacing: fl
     return inside[first.sort().values]
 
 
-def tree_figure(models: ToyModels, *, n: int = 4096, seed: int = 0, grid_res: int = 200, density_res: int = 64
+def tree_regions(grid: density.Grid, dist=None) -> tuple[Tensor, Tensor]:
+    """(log p(x), log p(x | A)) of `dist` (default tree()) on `grid`: the shading of `samples_on_tree`."""
+    dist = datasets.tree() if dist is None else dist
+    return dist.log_prob(grid.points, 0.0, None), dist.log_prob(grid.points, 0.0, CLASS_A)
+
+
+def samples_on_tree(ax: Any, x: Tensor, dist, grid: density.Grid, regions: tuple[Tensor, Tensor],
+                    title: str | None = None) -> Any:
+    """Class-A samples x [N, 2] as Karras et al. 2024 draw them (Fig. 1): small black dots over the data (class B
+    grey, class A orange, `plot.class_regions`), and the outliers of `metrics.outliers` as larger red dots, so a
+    single stray sample shows at lecture size."""
+    x = x.detach().cpu()
+    bad = metrics.outliers(x, dist, CLASS_A)
+    plot.class_regions(ax, grid, *regions)
+    ax.scatter(x[~bad, 0].numpy(), x[~bad, 1].numpy(), s=0.5, c="k", linewidths=0, alpha=0.5)
+    ax.scatter(x[bad, 0].numpy(), x[bad, 1].numpy(), s=5, c=plot.COLORS["samples"], linewidths=0, zorder=3)
+    if title:
+        ax.set_title(title, fontsize=plot.TITLE_SIZE)
+    return ax
+
+
+def tree_figure(models: ToyModels, *, n: int = 4096, seed: int = 0, grid_res: int = 200, density_res: int = 128
                 ) -> tuple[Figure, dict[str, dict[str, float]]]:
     """Karras et al. 2024, Fig. 1, on tree(), class A, drawn as the paper draws it. Top: ground truth, no guidance,
     CFG (paper setup and condition dropout), score scaling and autoguidance over the data (class B grey, class A
     orange), with outliers / precision / recall; the dashed box is the zoom of the bottom row. Bottom, in the zoom at
     sigma = ZOOM_SIGMA: the main and guide models' log-densities (PF-ODE) with their score arrows at evenly spread
-    starting points, their log-ratio with its gradient (what autoguidance adds, over w - 1), and sampling
+    starting points; log p_1 - log p_0 and the difference of the score arrows, (D_1 - D_0) / sigma^2, which is what
+    autoguidance adds (times w - 1; it would be the map's gradient if each network's output were the exact score of
+    its own PF-ODE density, which a network only approximates); and sampling
     trajectories from those points (from sigma = ZOOM_SIGMA) without guidance, with CFG and with autoguidance.
     Returns the figure and {method: metrics} (plus "true")."""
     tree = datasets.tree()
     full, zoom = density.make_grid(FULL_VIEW, grid_res), density.make_grid(ZOOM, density_res)
-    regions = (tree.log_prob(full.points, 0.0, None), tree.log_prob(full.points, 0.0, CLASS_A))
+    regions = tree_regions(full, tree)
     ref = _reference(tree, n, seed)
     true = tree.sample(n, cond=CLASS_A, generator=torch.Generator().manual_seed(seed + 2))[0]
     results = {"true": metrics.evaluate(true, tree, CLASS_A, reference=ref, seed=seed)}
-    fig, axes = plot.figure(2, 6, size=2.5)
-    for ax, method in zip(axes[0], (None, *TREE_PANELS)):
+    fig, (top_row, bottom_row) = plot.figure_rows(6, 4)
+    for ax, method in zip(top_row, (None, *TREE_PANELS)):
         x = true if method is None else draw(guided_denoiser(models, method), n, CLASS_A, seed)
         if method is not None:
             results[method] = dict(w=WEIGHTS[method], **metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed))
-        plot.class_regions(ax, full, *regions)
-        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=0.4, c="k", linewidths=0, alpha=0.5)
-        plot.mark_box(ax, ZOOM)
         name = "ground truth" if method is None else TREE_PANELS[method] + (
             "" if method == "none" else f", $w={WEIGHTS[method]:g}$")
-        ax.set_title(plot.title_with_metrics(name, results[method or "true"]), fontsize=7)
+        samples_on_tree(ax, x, tree, full, regions, title=plot.title_with_metrics(name, results[method or "true"]))
+        plot.mark_box(ax, ZOOM)
     # bottom row: the zoom at sigma = ZOOM_SIGMA, from starts spread over p(x | A; ZOOM_SIGMA)
     pool = tree.sample(8 * n, cond=CLASS_A, sigma=ZOOM_SIGMA, generator=torch.Generator().manual_seed(seed + 3))[0]
     starts = spread_starts(pool.float(), ZOOM, 0.045)
@@ -121,29 +142,32 @@ def tree_figure(models: ToyModels, *, n: int = 4096, seed: int = 0, grid_res: in
                                                                     sigma_max=SIGMA_MAX, steps=24), zoom)
         with torch.no_grad():
             score[k] = (model(starts, ZOOM_SIGMA, c) - starts) / ZOOM_SIGMA ** 2
-    for ax, (title, img, vec, cmap) in zip(axes[1], (
+    for ax, (title, img, vec, cmap) in zip(bottom_row, (
             ("main model: $\\log p_1(x|A;\\sigma)$\narrows: its score", logp["main"], score["main"], "Greens"),
             ("guide: $\\log p_0(x|A;\\sigma)$\narrows: its score", logp["guide"], score["guide"], "Reds"),
-            ("ratio $\\log(p_1/p_0)$, arrows: its\ngradient (autoguidance)", logp["main"] - logp["guide"],
+            ("$\\log p_1 - \\log p_0$ (both PF-ODE)\narrows: $(D_1 - D_0)/\\sigma^2$", logp["main"] - logp["guide"],
              score["main"] - score["guide"], "Blues"))):
         image = zoom.image(img.detach().double())
         top = float(image.max())
-        im = ax.imshow(image.numpy(), origin="lower", extent=zoom.extent, cmap=cmap, vmin=top - 8, vmax=top)
+        im = ax.imshow(image.numpy(), origin="lower", extent=zoom.extent, cmap=cmap, vmin=top - 8, vmax=top,
+                       interpolation="bilinear")
         plot.colorbar(ax, im, "nats" if cmap != "Blues" else "nats (+ const.)")
         plot.outline(ax, zoom, true_zoom)
-        ax.scatter(starts[:, 0].numpy(), starts[:, 1].numpy(), s=2, c="k", linewidths=0)
-        plot.arrows(ax, starts, vec, 0.03)
-        ax.set_title(title, fontsize=7)
-    for ax, method in zip(axes[1, 3:], ("none", "cfg", "autoguidance")):
+        ax.scatter(starts[:, 0].numpy(), starts[:, 1].numpy(), s=3, c="k", linewidths=0)
+        plot.arrows(ax, starts, vec, 0.035)
+        ax.set_title(title, fontsize=plot.TITLE_SIZE)
+    ax = bottom_row[3]
+    plot.density_panel(zoom, true_zoom, ax, log_scale=True, floor=8.0, cmap="Greys",
+                       label="true $\\log p(x|A;\\sigma)$ (nats)")     # shading behind the paths
+    for method, color in (("none", "0.35"), ("cfg", "#1f77b4"), ("autoguidance", "#d62728")):
         _, traj = samplers.sample(guided_denoiser(models, method), starts, c, steps=STEPS, sigma_max=ZOOM_SIGMA,
                                   return_trajectory=True)
-        plot.density_panel(zoom, true_zoom, ax, log_scale=True, floor=8.0, cmap="Oranges",
-                           with_colorbar=False)   # shading behind the paths
-        plot.trajectories_panel(traj, ax, color="k")
-        ax.set_title(f"trajectories from $\\sigma={ZOOM_SIGMA:g}$:\n{TREE_PANELS[method].splitlines()[0]}", fontsize=7)
-        ax.set_xlim(ZOOM[:2]), ax.set_ylim(ZOOM[2:])
+        plot.trajectories_panel(traj, ax, color=color, alpha=0.9, width=0.8, label=TREE_PANELS[method].split("\n")[0])
+    ax.legend(loc="lower right", framealpha=0.85, markerscale=2)
+    ax.set_title(f"trajectories from $\\sigma={ZOOM_SIGMA:g}$ to 0", fontsize=plot.TITLE_SIZE)
+    ax.set_xlim(ZOOM[:2]), ax.set_ylim(ZOOM[2:])
     fig.suptitle(f"Autoguidance Fig. 1 on tree(), class A (Karras et al. 2024); bottom row: the dashed zoom at "
-                 f"$\\sigma={ZOOM_SIGMA:g}$; $w = 1$ is no guidance")
+                 f"$\\sigma={ZOOM_SIGMA:g}$; $w = 1$ is no guidance; red: outliers", fontsize=plot.TITLE_SIZE + 1)
     return fig, results
 
 
@@ -178,16 +202,17 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
     axes[1, 0].axis("off")
     axes[1, 0].text(0.0, 0.5, "Top: the density CFG is said to sample.\nBottom: what the ODE sampler\nproduces "
                     "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
-                    "one\ndiffused density.", fontsize=7, va="center")
+                    "one\ndiffused density.", fontsize=plot.FONT, va="center")
     fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): $p_w(x|c) \\propto p(x|c)^w p(x)^{1-w}$ "
-                 "(colour: each class's $p_w$ over its maximum) vs the sampler", fontsize=10)
+                 "(colour: each class's $p_w$ over its maximum) vs the sampler", fontsize=plot.TITLE_SIZE + 1)
     return fig, {"tv_sampler_vs_exact": tv}
 
 
 def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0), n: int = 4000,
           seed: int = 0) -> tuple[Figure, dict[str, dict[str, dict[str, float]]]]:
     """CFG, autoguidance (and the cfg_interval recipe: CFG on small sigma only) for each w: outlier fraction, precision, recall,
-    class accuracy (class A of tree(); w = 1 is the unguided model for all three)."""
+    class accuracy (class A of tree(); w = 1 is the unguided model for all three). Every axis starts at 0 (the shares
+    end at 1): no truncated axis makes a 1% difference look dramatic."""
     tree = datasets.tree()
     ref = _reference(tree, n, seed)
     table: dict[str, dict[str, dict[str, float]]] = {"cfg": {}, "autoguidance": {}, "cfg_interval": {}}
@@ -200,14 +225,17 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
     fig, axes = plot.figure(1, len(keys), size=3.0)
     for ax, key in zip(axes[0], keys):
         ax.set_aspect("auto"), ax.set_xticks(list(ws)), ax.yaxis.set_major_locator(ticker.AutoLocator())
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=plot.FONT)
         for method, style in (("cfg", "o-"), ("autoguidance", "s-"), ("cfg_interval", "^:")):
             ax.plot(ws, [table[method][f"{w:g}"][key] for w in ws], style, ms=4, lw=1.2, label=method)
         if key == "outlier_fraction":
             ax.axhline(0.01, color="0.5", lw=0.8, ls="--", label="true samples")
-        ax.set_xlabel("$w$ (1 = no guidance)", fontsize=9), ax.set_title(key.replace("_", " "), fontsize=plot.TITLE_SIZE)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
-    fig.suptitle("Guidance weight sweep on tree(), class A (metrics: toydiff.metrics.DEFINITIONS)", fontsize=10)
+            ax.set_ylim(0, None)
+        else:                               # shares from 0 to 1: a 1% difference looks like one
+            ax.set_ylim(0, 1.03), ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+        ax.set_xlabel("$w$ (1 = no guidance)", fontsize=plot.FONT + 1), ax.set_title(key.replace("_", " "), fontsize=plot.TITLE_SIZE)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=plot.FONT, frameon=False)
+    fig.suptitle("Guidance weight sweep on tree(), class A (metrics: toydiff.metrics.DEFINITIONS)", fontsize=plot.TITLE_SIZE + 1)
     return fig, table
 
 
@@ -237,7 +265,7 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
             plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
                                title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
-    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance $w={w:g}$", fontsize=10)
+    fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance $w={w:g}$", fontsize=plot.TITLE_SIZE + 1)
     return fig, rows
 
 

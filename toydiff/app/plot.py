@@ -1,7 +1,8 @@
 """Matplotlib panels with one consistent style: densities, samples over the true density, score fields,
 trajectories and ratio plots. Every function draws into `ax` (a new figure when None) and returns the Axes;
 `figure(...)` returns (Figure, Axes array) in constrained layout. Figures are for projecting in a lecture: density
-and ratio maps carry a colorbar with units, and `save` writes PNGs at 150 dpi.
+and ratio maps carry a colorbar with units, `save` writes PNGs at 150 dpi, figures shown in a notebook are stored at
+`NOTEBOOK_DPI` (`use_style()`, the first cell of every notebook), and no text is smaller than `FONT` points.
 """
 from __future__ import annotations
 
@@ -17,25 +18,54 @@ from torch import Tensor
 
 from ..toy.density import Grid
 
-__all__ = ["STYLE", "DPI", "COLORS", "figure", "density_panel", "samples_panel", "score_field", "trajectories_panel",
+__all__ = ["STYLE", "DPI", "NOTEBOOK_DPI", "FONT", "TITLE_SIZE", "MIN_WIDTH", "COLORS", "use_style", "figure",
+           "figure_rows", "density_panel", "samples_panel", "score_field", "trajectories_panel",
            "ratio_panel", "title_with_metrics", "outline", "class_regions", "colorbar", "mark_box", "arrows", "save",
            "interact", "show_figure"]
 
-DPI = 150                                               # every PNG toydiff writes
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.linewidth": 0.5, "figure.dpi": 90, "savefig.dpi": DPI,
-         "image.cmap": "Greys", "savefig.bbox": "tight"}
-TITLE_SIZE = 9                                          # panel titles (points); colorbar labels 7, ticks 6
+DPI = 150                   # every PNG toydiff writes
+NOTEBOOK_DPI = 110          # figures stored in the notebooks: projectable, and every notebook file stays under 2 MB
+FONT = 9                    # the smallest text (points): tick labels, colorbar labels, legends
+TITLE_SIZE = 10             # panel titles (points)
+MIN_WIDTH = 6.0             # inches: every figure of `figure` is at least 660 px wide in a notebook, 900 px in a PNG
+# read from the back of a lecture hall: at 9 pt in a figure at most 15 in wide, text is >= 1/120 of the picture's width
+STYLE = {"font.size": FONT, "axes.titlesize": TITLE_SIZE, "axes.labelsize": FONT + 1, "xtick.labelsize": FONT,
+         "ytick.labelsize": FONT, "legend.fontsize": FONT, "figure.titlesize": TITLE_SIZE + 1, "axes.linewidth": 0.6,
+         "figure.dpi": NOTEBOOK_DPI, "savefig.dpi": DPI, "image.cmap": "Greys", "savefig.bbox": "tight"}
 COLORS = {"samples": "#d62728", "true": "#1f77b4", "outline": "0.35", "arrows": "#2ca02c", "traj": "#ff7f0e",
           "other_class": "0.88", "other_class_edge": "0.65", "class": "#ffcc99", "class_edge": "#cc9980"}
 
 
+def use_style() -> None:
+    """Make `STYLE` the matplotlib default (every notebook's first cell calls it): figures shown inline are stored at
+    NOTEBOOK_DPI with fonts of at least FONT points."""
+    plt.rcParams.update(STYLE)
+
+
 def figure(rows: int = 1, cols: int = 1, size: float = 2.6) -> tuple[Figure, Any]:
-    """A rows x cols grid of square panels without ticks, in the toolkit's style."""
+    """A rows x cols grid of square panels of `size` inches (larger when the figure would be narrower than
+    MIN_WIDTH) without ticks, in the toolkit's style."""
+    size = max(size, MIN_WIDTH / cols)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([]), ax.set_aspect("equal")
     return fig, axes
+
+
+def figure_rows(*cols: int, width: float = 15.0, title_room: float = 0.7) -> tuple[Figure, list[Any]]:
+    """Rows of square panels without ticks across `width` inches, row i split into cols[i] panels (a row of fewer
+    panels gets larger ones); returns (Figure, [Axes array of each row]) in constrained layout."""
+    heights = [width / c + title_room for c in cols]
+    with plt.rc_context(STYLE):
+        fig = plt.figure(figsize=(width, sum(heights)), layout="constrained")
+        fig.get_layout_engine().set(h_pad=0.08)             # a suptitle clears the rows' titles
+        subs = fig.subfigures(len(cols), 1, height_ratios=heights, squeeze=False)[:, 0]
+        rows = [sub.subplots(1, c, squeeze=False)[0] for sub, c in zip(subs, cols)]
+    for axes in rows:
+        for ax in axes:
+            ax.set_xticks([]), ax.set_yticks([]), ax.set_aspect("equal")
+    return fig, rows
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -53,8 +83,8 @@ def _ax(ax: Axes | None) -> Axes:
 def colorbar(ax: Axes, mappable: Any, label: str) -> Any:
     """A slim colorbar beside `ax` with its units in `label`; returns it."""
     cbar = ax.figure.colorbar(mappable, ax=ax, shrink=0.8, pad=0.02, aspect=25)
-    cbar.set_label(label, fontsize=7)
-    cbar.ax.tick_params(labelsize=6, width=0.4, length=2)
+    cbar.set_label(label, fontsize=FONT)
+    cbar.ax.tick_params(labelsize=FONT, width=0.5, length=2.5)
     cbar.outline.set_linewidth(0.4)
     return cbar
 
@@ -115,13 +145,18 @@ def score_field(field: Callable[[Tensor], Tensor], grid: Grid, ax: Axes | None =
 
 
 def trajectories_panel(trajectory: Tensor, ax: Axes | None = None, *, color: str | None = None,
-                       title: str | None = None, max_paths: int = 200) -> Axes:
-    """Sampling paths [steps + 1, N, 2] (from `samplers.sample(..., return_trajectory=True)`), end points dotted."""
+                       title: str | None = None, max_paths: int = 200, alpha: float = 0.6, width: float = 0.4,
+                       label: str | None = None) -> Axes:
+    """Sampling paths [steps + 1, N, 2] (from `samplers.sample(..., return_trajectory=True)`), end points dotted
+    (in black, or in `color` when the paths carry a legend `label`)."""
     ax = _ax(ax)
     t = trajectory.detach().cpu()[:, :max_paths]
+    color = color or COLORS["traj"]
     for i in range(t.shape[1]):
-        ax.plot(t[:, i, 0].numpy(), t[:, i, 1].numpy(), lw=0.4, color=color or COLORS["traj"], alpha=0.6)
-    ax.scatter(t[-1, :, 0].numpy(), t[-1, :, 1].numpy(), s=2, c="k", linewidths=0, zorder=3)
+        ax.plot(t[:, i, 0].numpy(), t[:, i, 1].numpy(), lw=width, color=color, alpha=alpha,
+                label=label if i == 0 else None)
+    ax.scatter(t[-1, :, 0].numpy(), t[-1, :, 1].numpy(), s=4 if label else 2, c=color if label else "k",
+               linewidths=0, zorder=3)
     if title:
         ax.set_title(title, fontsize=TITLE_SIZE)
     return ax
@@ -134,7 +169,8 @@ def ratio_panel(grid: Grid, log_ratio: Tensor, ax: Axes | None = None, *, field:
     nats) with its colorbar, and the arrows of its gradient (the autoguidance direction) when `field` is given."""
     ax = _ax(ax)
     img = grid.image(log_ratio.detach().double().cpu()).clamp(-clip, clip)
-    im = ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap="RdBu_r", vmin=-clip, vmax=clip)
+    im = ax.imshow(img.numpy(), origin="lower", extent=grid.extent, cmap="RdBu_r", vmin=-clip, vmax=clip,
+                   interpolation="bilinear")
     if with_colorbar:
         colorbar(ax, im, label)
     if field is not None:
@@ -222,7 +258,7 @@ def interact(draw: Callable[..., Figure], **controls: Any) -> Any:
 
 
 def show_figure(output: Any, fig: Figure) -> None:
-    """Show `fig` (a PNG at the notebook's figure dpi) in the ipywidgets Output widget `output`, replacing what it
+    """Show `fig` (a PNG at NOTEBOOK_DPI) in the ipywidgets Output widget `output`, replacing what it
     showed, and close the figure.
 
     It sets the widget's `outputs`, never captures output inside `with output:` (which `ipywidgets.interact` and
@@ -236,7 +272,7 @@ def show_figure(output: Any, fig: Figure) -> None:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=plt.rcParams["figure.dpi"], bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=NOTEBOOK_DPI, bbox_inches="tight")
     plt.close(fig)
     png = base64.b64encode(buf.getvalue()).decode("ascii")
     output.outputs = ({"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},

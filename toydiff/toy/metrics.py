@@ -30,7 +30,7 @@ from .distributions import GaussianMixture, fingerprint
 from .histogram import histogram_divergence
 from ..infra.validation import as_cond, check_points, check_positive_int, check_seed
 
-__all__ = ["DEFINITIONS", "LABELS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "precision_recall", "energy_distance", "class_accuracy",
+__all__ = ["DEFINITIONS", "LABELS", "describe", "class_log_prob", "outlier_threshold", "outlier_fraction", "outliers", "precision_recall", "energy_distance", "class_accuracy",
            "mean_log_likelihood", "evaluate"]
 
 # what each number means and which way is better: printed under the demo's tables and in the notebooks
@@ -98,6 +98,14 @@ def outlier_fraction(x: Tensor, dist: GaussianMixture, cond: Any, *, quantile: f
     """Share of samples x [N, 2] with log p(x | c) below the `quantile` of log p(x | c) over `n_ref` true samples
     of c (per class when `cond` [N] mixes classes). True samples score about `quantile`.
     `log_probs`: precomputed `class_log_prob(x, dist)` [N, C], to share the work with other metrics."""
+    return float(outliers(x, dist, cond, quantile=quantile, n_ref=n_ref, seed=seed, log_probs=log_probs)
+                 .double().mean())
+
+
+def outliers(x: Tensor, dist: GaussianMixture, cond: Any, *, quantile: float = 0.01, n_ref: int = 10000,
+             seed: int = 0, log_probs: Tensor | None = None) -> Tensor:
+    """[N] bool: which samples of x [N, 2] count as outliers in `outlier_fraction` (same arguments), e.g. to mark
+    them in a figure."""
     x = check_points(x, 2, "x")
     c = _labels(dist, cond, x.shape[0])
     logp = (class_log_prob(x, dist) if log_probs is None else log_probs).gather(1, c[:, None])[:, 0]
@@ -105,7 +113,7 @@ def outlier_fraction(x: Tensor, dist: GaussianMixture, cond: Any, *, quantile: f
     for cls in c.unique().tolist():
         sel = c == cls
         below[sel] = logp[sel] < outlier_threshold(dist, cls, quantile=quantile, n_ref=n_ref, seed=seed)
-    return float(below.double().mean())
+    return below
 
 
 def _distances(a: Tensor, b: Tensor) -> Tensor:

@@ -203,23 +203,28 @@ WEIGHTS = {k: guidance.default_weight(k) for k in ("none", "cfg", "score_scaling
 WEIGHTS = {**WEIGHTS, "cfg_dropout": WEIGHTS["cfg"]}
 
 
-def guided_denoiser(models: ToyModels, name: str, w: float | None = None, **modifiers: Any) -> Callable:
+def guided_denoiser(models: ToyModels, name: str, w: float | None = None, *, uncond: Callable | None = None,
+                    **modifiers: Any) -> Callable:
     """The main model under the guidance recipe `name` of toydiff.guidance's registry, with the models it needs:
     the guide for autoguidance; for CFG and the recipes built on it the main model's null label is the separate
     unconditional model (`SeparateNull`: the setup of Karras et al. 2024's toy, where the main model knows class A
-    only). "cfg_dropout": CFG on the condition-dropout network (its own null label as D_0; Ho & Salimans 2022).
-    w defaults to the recipe's; "none" or w = 1: the main model itself."""
+    only), or `uncond` when given (e.g. `datasets.tree()`: the exact unconditional denoiser, to see what the small
+    learned D_0's own errors do). "cfg_dropout": CFG on the condition-dropout network (its own null label as D_0;
+    Ho & Salimans 2022). w defaults to the recipe's; "none" or w = 1: the main model itself."""
     if name != "cfg_dropout" and name not in guidance.names():
         raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
     if name == "cfg_dropout" and models.dropout is None:
         raise ValueError("guidance 'cfg_dropout' needs a condition-dropout network; these models have none "
                          "(zoo.flow_models): use 'cfg' (the separate unconditional model as D_0)")
+    if uncond is not None and name in ("none", "cfg_dropout"):
+        raise ValueError(f"uncond would be unused: guidance {name!r} takes no separate D_0")
     if name == "cfg_dropout":
         return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
     w = guidance.weight(name, w)                                   # the recipe's default; "none": 1 or refused
     if not callable(w) and w == 1:
         return models.main
-    return guidance.guided(SeparateNull(models.main, models.uncond), guidance.make(name, w, guide=models.guide,
+    d0 = models.uncond if uncond is None else uncond
+    return guidance.guided(SeparateNull(models.main, d0), guidance.make(name, w, guide=models.guide,
                                                                                     **modifiers))
 
 
