@@ -192,7 +192,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
             p = grid.image((logp - logp.max()).exp())
             img = img * (1 - p[..., None] * (1 - colors[c]))                   # multiply-blend one colour per class
             x = draw(guided(dist, CFG(w)), n, c, seed + c)
-            axes[1, j + 1].scatter(x[:, 0], x[:, 1], s=0.5, color=colors[c].numpy(), linewidths=0, alpha=0.6)
+            axes[1, j + 1].scatter(x[:, 0], x[:, 1], s=1.5, color=colors[c].numpy(), linewidths=0, alpha=0.6)
             tvs.append(density.sample_tv(x, hist_grid, density.guided_log_density(dist, c, w, hist_grid)))
         tv[str(w)] = sum(tvs) / len(tvs)
         axes[0, j + 1].imshow(img.numpy(), origin="lower", extent=grid.extent)
@@ -201,7 +201,7 @@ def cfg_figure(*, n: int = 4000, seed: int = 0, ws: tuple[float, ...] = (1.0, 2.
         axes[1, j + 1].set_title(f"sampler, $w={w:g}$\nTV to $p_w$: {tv[str(w)]:.2f}")
     axes[1, 0].axis("off")
     axes[1, 0].text(0.0, 0.5, "Top: the density CFG is said to sample.\nBottom: what the ODE sampler\nproduces "
-                    "with the exact denoiser.\nThey differ for w > 1: the guided\nscores are not the scores of "
+                    "with the exact denoiser.\nThey differ for $w > 1$: the guided\nscores are not the scores of "
                     "one\ndiffused density.", fontsize=plot.FONT, va="center")
     fig.suptitle("CFG Fig. 2 on three_gaussians() (Ho & Salimans 2022): $p_w(x|c) \\propto p(x|c)^w p(x)^{1-w}$ "
                  "(colour: each class's $p_w$ over its maximum) vs the sampler", fontsize=plot.TITLE_SIZE + 1)
@@ -250,7 +250,7 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
     ref = _reference(tree, n, seed)
     rows: dict[str, dict[str, float]] = {}
     grid = density.make_grid(class_a_box(tree), 120)
-    true_logp = tree.log_prob(grid.points, 0.0, CLASS_A)
+    regions = tree_regions(grid, tree)
     fig, axes = plot.figure(2, 3, size=3.6)
     for i, kind in enumerate(("dropout", "input_noise")):
         main = Degraded(models.main, kind, main_amount[kind], seed)
@@ -263,8 +263,8 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
         for j, (name, den) in enumerate(cases):
             x = draw(den, n, CLASS_A, seed)
             rows[name] = metrics.evaluate(x, tree, CLASS_A, reference=ref, seed=seed)
-            plot.samples_panel(x, axes[i, j], grid=grid, log_density=true_logp,
-                               title=plot.title_with_metrics(name.replace(", ", "\n"), rows[name]))
+            samples_on_tree(axes[i, j], x, tree, grid, regions,
+                            title=plot.title_with_metrics(name.replace(", ", "\n").replace("_", " "), rows[name]))
     fig.suptitle(f"Degradation study (Karras et al. 2024, Sec. 5), autoguidance $w={w:g}$", fontsize=plot.TITLE_SIZE + 1)
     return fig, rows
 
