@@ -69,6 +69,60 @@ def test_every_control_reaches_the_samples_and_metrics():
         explore.problem("moons")
 
 
+def test_each_method_gets_its_own_parameter_and_description_from_the_registry():
+    cfgpp, cfg, none = (explore.weight_control(m) for m in ("cfgpp", "cfg", "none"))
+    assert (cfgpp["min"], cfgpp["max"], cfgpp["value"]) == (0.0, 1.0, guidance.default_weight("cfgpp"))
+    assert cfgpp["description"].startswith("λ") and cfg["description"].startswith("w") and cfg["max"] > 1
+    assert none["disabled"] and not cfg["disabled"]
+    for method in explore.methods():
+        first, formula = guidance.describe(method).split("\n")
+        assert first and formula.startswith("$") and formula in explore.description(method)
+    assert "Salimans 2022" in explore.description("cfg") and "Chung et al. 2024" in explore.description("cfgpp")
+    with pytest.raises(ValueError, match="method"):
+        explore.weight_control("classifier")                  # needs a classifier: not on the page
+
+
+def test_the_title_states_the_parameter_interval_and_class_in_use():
+    ex = explore.Explorer(n=200, steps=8)
+    title = lambda **kw: ex.update(**{"problem": "three_gaussians", "sampler": "euler", **kw})[0].axes[0].get_title()
+    t = title(method="cfg_interval", w=4.0)
+    assert "$\\sigma \\in (0, 0.3]$" in t and "Ho & Salimans 3" in t       # the recipe's own interval
+    assert "$\\sigma \\in (0.5, 2]$" in title(method="cfg", w=4.0, interval=(0.5, 2.0))
+    t = title(method="cfgpp", w=0.5)
+    assert "$\\lambda$ = 0.5" in t and "Ho & Salimans" not in t             # lambda is not CFG's weight
+    assert "no guidance" in title(method="none", w=1.0)
+    assert "(class 0)" in t and explore.problem("tree").class_name == "class A"
+
+
+def test_latest_only_drops_superseded_states():
+    """While one state computes, four more arrive: only the last of them is computed and shown."""
+    import threading
+
+    release, started, shown, computed = threading.Event(), threading.Event(), [], []
+
+    def compute(state):
+        computed.append(state)
+        if state == 1:
+            started.set()
+            release.wait(30)
+        return state * 10
+
+    done = threading.Event()
+    redraw = explore.LatestOnly(compute, lambda r: (shown.append(r), r == 50 and done.set()))
+    redraw.submit(1)
+    assert started.wait(30)
+    for state in (2, 3, 4, 5):
+        redraw.submit(state)
+    release.set()
+    assert done.wait(30)
+    assert computed == [1, 5] and shown == [50]                   # 1 was superseded while computing: dropped
+    errors, failed = [], threading.Event()
+    bad = explore.LatestOnly(lambda s: (_ for _ in ()).throw(ValueError("no")), shown.append,
+                             lambda e: (errors.append(str(e)), failed.set()))
+    bad.submit(0)
+    assert failed.wait(30) and errors == ["no"]
+
+
 def test_tree_problem_uses_the_shipped_networks():
     p = explore.problem("tree")
     assert p.main is not p.guide and p.cls == 0 and p.data.num_classes == 2

@@ -1,7 +1,11 @@
 """Every figure a library function draws is fit for a lecture hall: stored at plot.NOTEBOOK_DPI (saved PNGs at
 plot.DPI), at least 600 px wide, no text under plot.FONT points, and no two pieces of text overlapping (their window
 extents from the renderer)."""
+import base64
+import io
 import itertools
+import json
+from pathlib import Path
 
 import matplotlib
 
@@ -89,3 +93,20 @@ def test_explorer_figure_fits_a_lecture_hall():
     ex = explore.Explorer(n=200, steps=8)
     fig, _ = ex.update("three_gaussians", "cfg", 3.0)
     check(fig)
+
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("0[1-6]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_notebook_figures_fit_a_lecture_hall(path):
+    """Every figure stored in notebooks 01-06 was drawn at >= 110 dpi and is >= 600 px wide; each file < 2 MB."""
+    from PIL import Image
+
+    assert path.stat().st_size < 2_000_000
+    images = [base64.b64decode(out["data"]["image/png"]) for cell in json.loads(path.read_text())["cells"]
+              for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    assert images
+    for png in images:
+        image = Image.open(io.BytesIO(png))
+        assert image.info["dpi"][0] >= 110 - 0.5 and image.size[0] >= 600, (image.info.get("dpi"), image.size)

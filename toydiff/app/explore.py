@@ -9,9 +9,11 @@ ipywidgets to `Explorer.update`, and `serve` runs it under Voila (the notebook's
 """
 from __future__ import annotations
 
+import html
 import importlib.util
 import math
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -19,7 +21,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from matplotlib.figure import Figure
@@ -32,8 +34,8 @@ from ..toy import datasets, density, metrics, zoo
 from ..toy.distributions import GaussianMixture
 from . import figures, plot
 
-__all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "Explorer",
-           "voila_command", "serve"]
+__all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "weight_control",
+           "description", "Explorer", "LatestOnly", "voila_command", "serve"]
 
 NOTEBOOK = Path(__file__).with_name("explore.ipynb")
 PROBLEMS = ("tree", "tree_flow", "three_gaussians")
@@ -48,15 +50,38 @@ def methods() -> list[str]:
     return guidance.names(("guide",))
 
 
+def weight_control(method: str) -> dict[str, Any]:
+    """The slider of `method`'s own parameter, from its registry entry (toydiff.guidance.Recipe.weight_range):
+    {description, min, max, step, value (the recipe's default), disabled}; "none" has none (a disabled slider at 1).
+    CFG++'s lambda in [0, 1] is not CFG's w, so it gets its own label and range."""
+    recipe = guidance.RECIPES[method] if method in methods() else None
+    if recipe is None:
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
+    if not guidance.takes_weight(method):
+        return dict(description="(no parameter)", min=0.0, max=8.0, step=0.25, value=1.0, disabled=True)
+    label, lo, hi = recipe.weight_range
+    return dict(description=label.replace("$", "").replace("\\lambda", "λ"), min=lo, max=hi,
+                step=0.25 if hi - lo > 2 else 0.05, value=recipe.default_w, disabled=False)
+
+
+def description(method: str) -> str:
+    """The page's two lines on `method` (toydiff.guidance.describe: what it is and its paper; its formula), as HTML
+    with the formula left in $...$ for MathJax."""
+    first, formula = guidance.describe(method).split("\n", 1)
+    return f"<b>{method}</b>: {html.escape(first, quote=False)}<br>{html.escape(formula, quote=False)}"
+
+
 @dataclass
 class Problem:
-    """A toy problem: the data (exact), the main denoiser, the weaker guide, the class shown and the plotted box."""
+    """A toy problem: the data (exact), the main denoiser, the weaker guide, the class shown (index and the name
+    the page uses for it) and the plotted box."""
     name: str
     data: GaussianMixture
     main: Callable
     guide: Callable
     cls: int
     grid: density.Grid
+    class_name: str
 
 
 def problem(name: str) -> Problem:
@@ -67,12 +92,12 @@ def problem(name: str) -> Problem:
     if name in ("tree", "tree_flow"):
         data, models = datasets.tree(), zoo.pretrained(progress=False) if name == "tree" else zoo.flow_models()
         main = SeparateNull(models.main, models.uncond)          # CFG's D_0: the separate unconditional model
-        return Problem(name, data, main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120))
+        return Problem(name, data, main, models.guide, 0, density.make_grid(figures.class_a_box(data), 120), "class A")
     if name == "three_gaussians":
         data = datasets.three_gaussians()
         blurred = GaussianMixture(data.weights, data.means, data.covs * 2.0, labels=data.labels,
                                   num_classes=data.num_classes)
-        return Problem(name, data, data, blurred, 0, density.make_grid((-3.0, 3.0, -3.0, 3.0), 120))
+        return Problem(name, data, data, blurred, 0, density.make_grid((-3.0, 3.0, -3.0, 3.0), 120), "class 0")
     raise ValueError(f"problem must be one of {list(PROBLEMS)}, got {name!r}")
 
 
@@ -126,14 +151,65 @@ class Explorer:
         p = self.problem(problem)
         m = metrics.evaluate(x, p.data, p.cls, seed=self.seed)
         fig = Figure(figsize=(6.0, 6.6), dpi=plot.NOTEBOOK_DPI, layout="constrained")
-        lo, hi = interval
-        where = "all $\\sigma$" if lo <= 0 and hi >= SIGMA_MAX else f"$\\sigma \\in ({lo:g}, {hi:g}]$"
-        name = (f"{problem} (class {p.cls}), {method}, {sampler}\n$w$ = {w:g} (Ho & Salimans {to_ho_salimans(w):g}), "
-                f"guidance on {where}")
+        g = make_guidance(method, w, interval, p.guide)
+        if isinstance(g, NoGuidance):
+            setting = "no guidance"
+        else:
+            label = guidance.RECIPES[method].weight_range[0]
+            hs = f" (Ho & Salimans {to_ho_salimans(w):g})" if label.startswith("$w$") else ""
+            where = ("all $\\sigma$" if g.interval is None else
+                     f"$\\sigma \\in ({g.interval[0]:g}, {g.interval[1]:g}]$")
+            setting = f"{label.split(' (')[0]} = {w:g}{hs}, guidance on {where}"
+        name = f"{problem} ({p.class_name}), {method}, {sampler}\n{setting}"
         ax = fig.add_subplot(aspect="equal", xticks=[], yticks=[])
         plot.samples_panel(x, ax, grid=p.grid, log_density=self._logp[problem], size=2.0,
                            title=plot.title_with_metrics(name, m))
         return fig, {k: m[k] for k in METRICS}
+
+
+class LatestOnly:
+    """Run `compute(state)` in one worker thread and hand its result to `show(result)` (or `fail(error)` for a
+    ValueError), always for the LATEST submitted state: a state superseded while it was being computed is dropped
+    before it is shown, and states submitted meanwhile are skipped but the last. So under load the page settles on
+    the controls' final position instead of replaying every intermediate one (the kernel's main thread only
+    records the state: the next control message is read at once)."""
+
+    def __init__(self, compute: Callable[[Any], Any], show: Callable[[Any], None],
+                 fail: Callable[[Exception], None] = lambda error: None):
+        self.compute, self.show, self.fail = compute, show, fail
+        self._latest: Any = None
+        self._version = 0
+        self._lock = threading.Lock()
+        self._wake: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True, name="toydiff-explore-redraw").start()
+
+    def submit(self, state: Any) -> None:
+        with self._lock:
+            self._latest, self._version = state, self._version + 1
+        self._wake.put(None)
+
+    def _run(self) -> None:
+        done = 0
+        while True:
+            self._wake.get()
+            while True:
+                with self._lock:
+                    state, version = self._latest, self._version
+                if version == done:
+                    break
+                try:
+                    result, error = self.compute(state), None
+                except ValueError as err:            # e.g. a sampler CFG++ refuses: the page says why
+                    result, error = None, err
+                with self._lock:
+                    stale = self._version != version
+                done = version
+                if stale:                              # superseded while computing: drop, compute the newest
+                    continue
+                if error is not None:
+                    self.fail(error)
+                else:
+                    self.show(result)
 
 
 def voila_command(port: int, notebook: str | os.PathLike = NOTEBOOK) -> list[str]:

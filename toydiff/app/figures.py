@@ -251,7 +251,7 @@ def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: flo
     rows: dict[str, dict[str, float]] = {}
     grid = density.make_grid(class_a_box(tree), 120)
     regions = tree_regions(grid, tree)
-    fig, axes = plot.figure(2, 3, size=3.6)
+    fig, axes = plot.figure(2, 3, size=3.0)
     for i, kind in enumerate(("dropout", "input_noise")):
         main = Degraded(models.main, kind, main_amount[kind], seed)
         cases = [(f"main: {kind} {main_amount[kind]:g}, unguided", main)]

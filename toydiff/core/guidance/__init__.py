@@ -24,10 +24,10 @@ from .base import Guidance, GuidedDenoiser, Weight, from_ho_salimans, guided, to
 from .methods import CFG, AutoGuidance, ClassifierGuidance, NoGuidance, ScoreScaling
 from .modifiers import APG, CFGpp
 from .recent import CFGZeroStar, LinearCFG, optimized_scale
-from .registry import (CFG_INTERVAL, RECIPES, Recipe, SeparateCFG, default_weight, make, names, register,
-                       takes_weight, weight)
+from .registry import (CFG_INTERVAL, RECIPES, Recipe, SeparateCFG, default_weight, describe, make, names,
+                       register, takes_weight, weight)
 
 __all__ = ["Guidance", "Weight", "NoGuidance", "CFG", "AutoGuidance", "ClassifierGuidance", "ScoreScaling", "APG",
            "CFGpp", "CFGZeroStar", "LinearCFG", "optimized_scale", "SeparateCFG", "GuidedDenoiser", "guided", "to_ho_salimans",
            "from_ho_salimans", "Recipe", "RECIPES", "register", "make", "names", "default_weight", "takes_weight",
-           "weight", "CFG_INTERVAL"]
+           "weight", "describe", "CFG_INTERVAL"]
