@@ -73,10 +73,16 @@ def _move_slider(driver, slider) -> str:
     value = f"{lo if now == hi else hi:g}"
     readout = slider.find_element(By.CSS_SELECTOR, ".widget-readout")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", readout)
+    _type_into(driver, slider, value)
+    return value
+
+
+def _type_into(driver, slider, value: str) -> None:
+    """Type `value` into a slider's editable readout and press Enter (no waiting for the page)."""
+    readout = slider.find_element(By.CSS_SELECTOR, ".widget-readout")
     readout.click()
     readout.send_keys(Keys.CONTROL, "a")
     readout.send_keys(value, Keys.ENTER)
-    return value
 
 
 def _shot(driver, name: str) -> bytes:
@@ -141,3 +147,23 @@ def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port, server):
                message="the explore figure did not change after moving w")
     assert browser.find_element(By.CSS_SELECTOR, ".widget-html table").text != table
     _shot(browser, "explore_after.png")
+    # several quick moves: the page must settle on the LAST one (stale redraws dropped), not replay them all
+    for value in ("1.5", "2.5", "5", "6.25"):
+        _type_into(browser, sliders[0], value)
+    drawn = lambda d: " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".widget-html"))
+    wait.until(lambda d: "w = 6.25" in drawn(d), message="the figure never showed the last w after quick moves")
+    time.sleep(3)                                       # a stale redraw finishing late would overwrite it now
+    assert "w = 6.25" in drawn(browser) and "method = autoguidance" in drawn(browser)
+    # the method brings its own parameter (label, range) and its description (formula and paper, from the registry)
+    label = lambda d: sliders[0].find_element(By.CSS_SELECTOR, ".widget-label").text
+    about = lambda d: d.find_element(By.CSS_SELECTOR, ".widget-htmlmath").text
+    assert label(browser).startswith("w") and "Karras et al. 2024" in about(browser)
+    from selenium.webdriver.support.ui import Select
+    Select(browser.find_element(By.CSS_SELECTOR, ".widget-dropdown select")).select_by_visible_text("cfgpp")
+    wait.until(lambda d: label(d).startswith("λ") or None, message="the slider kept CFG's label for CFG++")
+    wait.until(lambda d: "Chung et al. 2024" in about(d) or None, message="the description did not follow the method")
+    handle = sliders[0].find_element(By.CSS_SELECTOR, ".noUi-handle")
+    assert float(handle.get_attribute("aria-valuemax")) == 1.0
+    wait.until(lambda d: float(handle.get_attribute("aria-valuenow")) == 0.5 or None,
+               message="CFG++'s lambda did not start at its registry default 0.5")
+    _shot(browser, "explore_cfgpp.png")

@@ -80,6 +80,12 @@ def test_each_method_gets_its_own_parameter_and_description_from_the_registry():
     assert "Salimans 2022" in explore.description("cfg") and "Chung et al. 2024" in explore.description("cfgpp")
     with pytest.raises(ValueError, match="method"):
         explore.weight_control("classifier")                  # needs a classifier: not on the page
+    ipywidgets = pytest.importorskip("ipywidgets")
+    slider = ipywidgets.FloatSlider(value=6.25, min=0.0, max=8.0)
+    explore.set_weight_control(slider, "cfgpp")               # not clamped to the new max: the recipe's default
+    assert (slider.description[0], slider.max, slider.value) == ("λ", 1.0, 0.5)
+    explore.set_weight_control(slider, "cfg")
+    assert (slider.max, slider.value, slider.disabled) == (8.0, 4.0, False)
 
 
 def test_the_title_states_the_parameter_interval_and_class_in_use():

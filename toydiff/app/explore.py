@@ -35,7 +35,7 @@ from ..toy.distributions import GaussianMixture
 from . import figures, plot
 
 __all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "weight_control",
-           "description", "Explorer", "LatestOnly", "voila_command", "serve"]
+           "set_weight_control", "description", "Explorer", "LatestOnly", "voila_command", "serve"]
 
 NOTEBOOK = Path(__file__).with_name("explore.ipynb")
 PROBLEMS = ("tree", "tree_flow", "three_gaussians")
@@ -62,6 +62,22 @@ def weight_control(method: str) -> dict[str, Any]:
     label, lo, hi = recipe.weight_range
     return dict(description=label.replace("$", "").replace("\\lambda", "λ"), min=lo, max=hi,
                 step=0.25 if hi - lo > 2 else 0.05, value=recipe.default_w, disabled=False)
+
+
+def set_weight_control(slider: Any, method: str) -> None:
+    """Make the ipywidgets slider `slider` `method`'s own parameter: its label, range and the recipe's default value.
+    The value goes first when it fits the old range, else the range does: never is a value outside the slider's
+    range, which the browser would clamp and send back after the kernel's value (a race the last message wins)."""
+    spec = weight_control(method)
+    value = spec.pop("value")
+    first = slider.min <= value <= slider.max
+    if first:
+        slider.value = value
+    with slider.hold_trait_notifications():
+        for key, v in spec.items():
+            setattr(slider, key, v)
+    if not first:
+        slider.value = value
 
 
 def description(method: str) -> str:
