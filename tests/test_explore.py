@@ -80,6 +80,8 @@ def test_each_method_gets_its_own_parameter_and_description_from_the_registry():
     assert "Salimans 2022" in explore.description("cfg") and "Chung et al. 2024" in explore.description("cfgpp")
     with pytest.raises(ValueError, match="method"):
         explore.weight_control("classifier")                  # needs a classifier: not on the page
+    with pytest.raises(ValueError, match="weight_range"):
+        guidance.register("bad_range_test", guidance.CFG, default_w=4.0, weight_range=("$w$", 0.0, 1.0))
     ipywidgets = pytest.importorskip("ipywidgets")
     slider = ipywidgets.FloatSlider(value=6.25, min=0.0, max=8.0)
     explore.set_weight_control(slider, "cfgpp")               # not clamped to the new max: the recipe's default

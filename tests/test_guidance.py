@@ -252,7 +252,8 @@ def test_recipes_are_data_and_the_registry_owns_the_weight_rule():
         assert data["name"] == name and data["method"] == recipe.method.__name__ and data["needs"] == list(recipe.needs)
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
         assert G.Recipe(name, getattr(G, data["method"]), params, tuple(data["needs"]), data["default_w"],
-                        data["help"]) == recipe
+                        data["help"], data["formula"], data["paper"], tuple(data["weight_range"])) == recipe
+        assert G.describe(name) == recipe.help + (f" ({recipe.paper})" if recipe.paper else "") + "\n" + recipe.formula
     assert [k for k in G.RECIPES if not G.takes_weight(k)] == ["none"]
     assert G.weight("none", None) == G.weight("none", 1.0) == 1.0 and G.weight("cfg", None) == 4.0
     with pytest.raises(ValueError, match="takes no weight other than 1: w=3 would be unused"):
