@@ -54,11 +54,11 @@ def leaderboard(result: dict) -> str:
 def _sampler_lines(table: dict) -> list[str]:
     """Markdown: the samplers at equal cost (`toydiff.bench.sampler_table`), TV and outliers per denoiser and budget."""
     results = table["results"]
-    columns = [(d, e, k) for d in results for e in results[d] for k in ("tv", "outliers")]
+    columns = [(d, e, k) for d in results for e in results[d] for k in ("tv", "outlier_fraction")]
     name = {"exact": "exact", "cfg": f"CFG w={table['w']:g}"}
     rows = list(next(iter(next(iter(results.values())).values())))
     lines = ["Samplers at equal cost (denoiser evaluations; same start noise; `toydiff.bench.sampler_table`):", "",
-             "| sampler | " + " | ".join(f"{name[d]} {k.upper() if k == 'tv' else k}, {e} ev." for d, e, k in columns)
+             "| sampler | " + " | ".join(f"{name[d]} {LABELS[k]}, {e} ev." for d, e, k in columns)
              + " |", "|---|" + "---:|" * len(columns)]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(f"{results[d][e][row][k]:.3f}" for d, e, k in columns) + " |")
