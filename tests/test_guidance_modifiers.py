@@ -276,11 +276,13 @@ def test_bad_modifier_construction(make, err, word):
 
 # ---- measured effects on thin_tree() with its shipped checkpoints (Heun 32 / Euler 64 steps, sigma_max 10) -----
 # (thin_main / thin_guide: one class-conditional network with condition dropout, as CFG's modifiers expect)
-# class A, 1500 samples, seed 1; outliers = share below the 1% quantile of true log p(x|c), k-NN recall (k=3).
-# Measured (outliers / recall): none 0.28 / 0.98; CFG 4: 0.47 / 0.62; + interval (0.05, 1]: 0.35 / 0.73;
-# + rescale 0.7: 0.43 / 0.71; schedule w = 1 + 3 exp(-sigma): 0.24 / 0.72; APG 4 (eta 0): 0.15 / 0.69;
-# APG + r 0.5, beta -0.5: 0.16 / 0.84; autoguidance 3: 0.15 / 0.76; + interval: 0.21 / 0.93;
-# Euler 64: CFG 4: 0.47 / 0.48; CFG++ lambda 0.3: 0.42 / 0.77; CFG++ 0.3 on autoguidance: 0.18 / 0.88.
+# class A, 1500 samples, sampler seeds 1 and 2 (true samples for recall: seeds 9 and 102); outliers = share below the
+# 1% quantile of true log p(x|c), k-NN recall (k=3). Measured (outliers / recall, the range over sampler seeds 1-3):
+# none 0.26-0.29 / 0.97-0.98; CFG 4: 0.45-0.48 / 0.54-0.62; + interval (0.05, 1]: 0.32-0.35 / 0.63-0.73;
+# + rescale 0.7: 0.22-0.25 / 0.65-0.74; schedule w = 1 + 3 exp(-sigma): 0.21-0.24 / 0.62-0.72; APG 4 (eta 0):
+# 0.13-0.15 / 0.69-0.71; APG + r 0.5, beta -0.5: 0.16-0.17 / 0.84-0.85; autoguidance 3: 0.15 / 0.72-0.76;
+# + interval: 0.20-0.21 / 0.92-0.93; Euler 64: CFG 4: 0.46-0.48 / 0.48-0.58; CFG++ lambda 0.3: 0.42-0.43 /
+# 0.64-0.77; CFG++ 0.3 on autoguidance: 0.17-0.18 / 0.88-0.89. Every threshold below holds on each of the three.
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "toydiff" / "checkpoints"
 
@@ -291,7 +293,6 @@ def effects():
     tree = datasets.thin_tree()
     main, weak = (training.load_model(CHECKPOINTS / f"thin_{k}.pt") for k in ("main", "guide"))
     n, cond = 1500, torch.zeros(1500, dtype=torch.long)
-    real, _ = tree.sample(n, cond=0, generator=torch.Generator().manual_seed(9))
     configs = {
         "none": (G.NoGuidance(), "heun"), "cfg": (G.CFG(4.0), "heun"),
         "cfg_interval": (G.CFG(4.0, interval=(0.05, 1.0)), "heun"), "cfg_rescale": (G.CFG(4.0, rescale=0.7), "heun"),
@@ -302,25 +303,30 @@ def effects():
         "euler_cfgpp_auto": (G.CFGpp(0.3, on=G.AutoGuidance(weak)), "euler"),
     }
     out = {}
-    for name, (guidance, method) in configs.items():
-        x = samplers.sample(G.guided(main, guidance), (n, 2), cond, method=method, steps=32 if method == "heun" else 64,
-                            sigma_max=10.0, generator=torch.Generator().manual_seed(1))
-        out[name] = (metrics.outlier_fraction(x, tree, cond), metrics.precision_recall(real, x)[1])
-    print("\n".join(f"{k:18s} outliers {o:.3f} recall {r:.3f}" for k, (o, r) in out.items()))
+    for seed, real_seed in ((1, 9), (2, 102)):
+        real, _ = tree.sample(n, cond=0, generator=torch.Generator().manual_seed(real_seed))
+        for name, (guidance, method) in configs.items():
+            x = samplers.sample(G.guided(main, guidance), (n, 2), cond, method=method,
+                                steps=32 if method == "heun" else 64, sigma_max=10.0,
+                                generator=torch.Generator().manual_seed(seed))
+            out[seed, name] = (metrics.outlier_fraction(x, tree, cond), metrics.precision_recall(real, x)[1])
+    print("\n".join(f"{k!s:26s} outliers {o:.3f} recall {r:.3f}" for k, (o, r) in out.items()))
     return out
 
 
 @pytest.mark.parametrize("better, than, outliers_drop, recall_gain", [
-    ("cfg_interval", "cfg", 0.05, 0.07),       # Kynkaanniemi et al.: no guidance at high sigma keeps the modes' mass
+    ("cfg_interval", "cfg", 0.05, 0.02),       # Kynkaanniemi et al.: no guidance at high sigma keeps the modes' mass
     ("cfg_rescale", "cfg", 0.0, 0.03),
     ("cfg_schedule", "cfg", 0.1, 0.0),
     ("apg", "cfg", 0.15, 0.05),                # dropping the parallel part: fewer outliers AND more recall
     ("apg_r_beta", "apg", -0.05, 0.1),         # the norm cap and reverse momentum return recall
     ("auto", "none", 0.1, -0.3),               # autoguidance removes outliers (0.28 -> 0.15) for some recall (-0.22)
     ("auto_interval", "auto", -0.1, 0.1),
-    ("euler_cfgpp", "euler_cfg", 0.0, 0.2),    # CFG++ keeps diversity where CFG collapses it
+    ("euler_cfgpp", "euler_cfg", 0.02, -0.1),  # CFG++: a few fewer outliers; its recall gain (-0.08..+0.09) is noise
     ("euler_cfgpp_auto", "euler_cfgpp", 0.15, 0.0),
 ])
 def test_measured_effect_on_thin_tree(effects, better, than, outliers_drop, recall_gain):
-    (o, r), (o_ref, r_ref) = effects[better], effects[than]
-    assert o <= o_ref - outliers_drop and r >= r_ref + recall_gain, (effects[better], effects[than])
+    for seed in (1, 2):                                      # the effect holds for each sampler seed, not one
+        (o, r), (o_ref, r_ref) = effects[seed, better], effects[seed, than]
+        assert o <= o_ref - outliers_drop and r >= r_ref + recall_gain, (seed, effects[seed, better],
+                                                                         effects[seed, than])

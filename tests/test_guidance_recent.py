@@ -158,7 +158,8 @@ def test_interleaved_runs_keep_their_own_state(three, batch):
     x, _, cond = batch
     den = G.guided(three, G.APG(3.0, momentum=-0.5, norm_threshold=1.0))
     a_levels, b_levels = samplers.edm_sigmas(4, 0.002, 5.0, 7.0), samplers.edm_sigmas(4, 0.01, 2.0, 7.0)
-    alone = [[run(x, s, cond) for s in levels[:-1]] for levels in (a_levels, b_levels) for run in [start_run(den, levels)]]
+    alone = [[run(x, s, cond) for s in levels[:-1]]
+             for levels in (a_levels, b_levels) for run in [start_run(den, levels)]]
     a, b = start_run(den, a_levels), start_run(den, b_levels)
     for i in range(4):
         torch.testing.assert_close(a(x, a_levels[i], cond), alone[0][i], rtol=0, atol=0)

@@ -122,8 +122,8 @@ class _Momentum:
     def step(self, delta: Tensor, beta: float) -> Tensor:
         """m = dD + beta m_prev, stored as the next m_prev."""
         if self.m is not None and self.m.shape != delta.shape:
-            raise ValueError(f"APG's run started with a batch of shape {tuple(self.m.shape)}, got {tuple(delta.shape)}: "
-                             "start a new run (toydiff.denoiser.start_run) for another batch")
+            raise ValueError(f"APG's run started with a batch of shape {tuple(self.m.shape)}, got "
+                             f"{tuple(delta.shape)}: start a new run (toydiff.denoiser.start_run) for another batch")
         self.m = delta if self.m is None else delta + beta * self.m
         return self.m
 
@@ -144,8 +144,8 @@ class CFGpp(Guidance):
     unconditionally.
 
     `__call__` returns D_lambda; `with_renoise` returns (D_lambda, D_0), which the guided denoiser offers as
-    `denoise_with_renoise` and the `euler`, `ddim` and `ddpm` samplers use; the others refuse a CFG++ denoiser. Outside `interval`, (D_1, D_1) (plain conditional
-    sampling).
+    `denoise_with_renoise` and the `euler`, `ddim` and `ddpm` samplers use; the others refuse a CFG++ denoiser.
+    Outside `interval`, (D_1, D_1) (plain conditional sampling).
     """
 
     def __init__(self, w: Weight = 0.5, *, on: Guidance | None = None, **kwargs):
