@@ -45,14 +45,33 @@ def _schedule_options(schedule: str) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def sample(denoiser: Callable, shape_or_noise: tuple[int, ...] | Tensor, cond=None, *, method: str = "heun",
-           steps: int | None = None, schedule: str | None = None, sigma_min: float | None = None,
-           sigma_max: float | None = None, rho: float | None = None, shift: float | None = None,
-           sigmas: Tensor | None = None, eta: float | None = None, s_churn: float | None = None,
-           s_tmin: float | None = None, s_tmax: float | None = None, s_noise: float | None = None,
-           generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
-           return_trajectory: bool = False, progress: bool = False, dtype: torch.dtype = torch.float32,
-           device: torch.device | str | None = None) -> Tensor | tuple[Tensor, Tensor]:
+def sample(
+    denoiser: Callable,
+    shape_or_noise: tuple[int, ...] | Tensor,
+    cond=None,
+    *,
+    method: str = "heun",
+    # the schedule: by name and its arguments (None: the schedule's own default), or whole as sigmas=
+    steps: int | None = None,
+    schedule: str | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    rho: float | None = None,
+    shift: float | None = None,
+    sigmas: Tensor | None = None,
+    # the method's options (None: the method's own default; refused by the methods that do not take them)
+    eta: float | None = None,
+    s_churn: float | None = None,
+    s_tmin: float | None = None,
+    s_tmax: float | None = None,
+    s_noise: float | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Draw samples by integrating from sigmas[0] to 0 with any denoiser D(x, sigma, cond) (guided or not).
 
     Args:
