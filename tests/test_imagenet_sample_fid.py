@@ -36,7 +36,7 @@ def test_generate_matches_toydiff_directly(ckpts):
     _, m, g = ckpts
     labels = torch.tensor([0, 1, 2, 3, 0])
     x = sample.generate(m, labels, [1.0, 2.5], guidance="cfg", steps=3, seed=7, progress=False)
-    assert x.shape == (2, 5, 3, 8, 8) and torch.isfinite(x).all()
+    assert x.shape == (2, 5, 3, 8, 8)                    # the values: compared with toydiff's sampler below
     noise = torch.randn((5, 3, 8, 8), generator=torch.Generator().manual_seed(7 * 1_000_003)) * 80.0
     with torch.no_grad():
         ref = toy_sample(guided(m, CFG(2.5)), noise, labels, steps=3)
