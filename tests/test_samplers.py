@@ -212,7 +212,11 @@ def test_guided_sampling_runs_on_images():
         return x / (1 + torch.as_tensor(sigma).reshape(-1, 1, 1, 1) ** 2)
     out = samplers.sample(guided(den, CFG(2.0)), (3, 3, 8, 8), torch.tensor([0, 1, 2]), steps=4,
                           generator=torch.Generator().manual_seed(0))
-    assert out.shape == (3, 3, 8, 8)
+    # den ignores the label, so D_1 = D_0 and CFG leaves it as it is: the unguided samples, image batch and all
+    plain = samplers.sample(den, (3, 3, 8, 8), torch.tensor([0, 1, 2]), steps=4,
+                            generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, plain)
+    assert (out - out[:1]).abs().max() > 0.1                  # the rows are distinct samples
 
 
 @pytest.mark.parametrize("kwargs, err, word", [
