@@ -30,7 +30,7 @@ from ..toy.classifier import train_classifier
 from ..toy.training import train
 
 __all__ = ["BENCH_DATASETS", "FLOW_DATASETS", "RECIPES", "BenchModels", "train_bench_models", "save_bench_models",
-           "load_bench_models", "bench_models", "CHECKPOINT_DIR"]
+           "load_bench_models", "bench_models", "exact_models", "CHECKPOINT_DIR"]
 
 FORMAT = "toydiff-bench-models"
 CHECKPOINT_DIR = Path(__file__).parents[1] / "checkpoints" / "bench"
@@ -121,3 +121,28 @@ def load_bench_models(name: str, directory: str | os.PathLike = CHECKPOINT_DIR) 
 def bench_models(name: str, retrain: bool = False, seed: int = 0) -> BenchModels:
     """The shipped models of dataset `name`, or freshly trained ones with `retrain=True`."""
     return train_bench_models(name, seed) if retrain else load_bench_models(name)
+
+
+class _ExactClassifier:
+    """A mixture's exact noisy posterior log p(c | x; sigma) under the classifier role's interface (`log_prob`)."""
+
+    def __init__(self, data: GaussianMixture):
+        self.log_prob = data.class_log_posterior
+
+
+class _ExactMarginal:
+    """A mixture's exact unconditional denoiser, whatever label it is called with (the "uncond" role)."""
+
+    def __init__(self, data: GaussianMixture):
+        self.data = data
+
+    def __call__(self, x, sigma, cond=None):
+        return self.data(x, sigma, None)
+
+
+def exact_models(name: str) -> BenchModels:
+    """Dataset `name` with its exact denoisers in every role: main = guide = the mixture (so autoguidance is the
+    identity), uncond = its marginal, classifier = its exact noisy posterior. The bench run on these shows what each
+    guidance method does by itself, with no network error to correct (notebook 07)."""
+    data = _dataset(name)
+    return BenchModels(data, data, _ExactMarginal(data), data, _ExactClassifier(data))
