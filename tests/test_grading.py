@@ -47,7 +47,7 @@ def test_interval_and_sampler_checks_refuse_library_calls():
 
 
 def _sweeps(design: list[tuple[float, float]]) -> dict[str, list[dict]]:
-    rows = lambda pts: [dict(w=1.5 + i, outliers=o, recall=r) for i, (o, r) in enumerate(pts)]
+    rows = lambda pts: [dict(w=1.5 + i, outlier_fraction=o, recall=r) for i, (o, r) in enumerate(pts)]
     return {"none": rows([(0.20, 0.97)]), "cfg": rows([(0.22, 0.94), (0.15, 0.70)]), "mine": rows(design)}
 
 

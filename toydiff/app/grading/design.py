@@ -47,10 +47,10 @@ def design_sweep(name: str, config: bench.BenchConfig = DESIGN_CONFIG) -> dict[s
 def score_design(sweeps: dict[str, list[dict]], name: str) -> tuple[float, str]:
     """(points, why) of recipe `name` against CFG's points in `sweeps` (design_sweep's dict)."""
     rows = sweeps[name]
-    if not rows or any(r["outliers"] != r["outliers"] for r in rows):          # NaN: non-finite samples
+    if not rows or any(r["outlier_fraction"] != r["outlier_fraction"] for r in rows):          # NaN: non-finite samples
         return 0.0, "the recipe did not produce finite samples at every weight"
-    front = [(r["outliers"], r["recall"]) for r in sweeps["none"] + sweeps["cfg"]]
-    points = [(r["outliers"], r["recall"]) for r in rows]
+    front = [(r["outlier_fraction"], r["recall"]) for r in sweeps["none"] + sweeps["cfg"]]
+    points = [(r["outlier_fraction"], r["recall"]) for r in rows]
     best = max(points, key=lambda p: min(max(oq - p[0], p[1] - rq) for oq, rq in front))
     if any(beats(p, front, MARGIN) for p in points):
         return float(DESIGN_POINTS), (f"beats CFG by at least {MARGIN} at outliers {best[0]:.3f}, recall {best[1]:.3f}: "
@@ -70,7 +70,7 @@ def check_guidance_design(name: str, config: bench.BenchConfig = DESIGN_CONFIG) 
     print(f"tree, class-averaged, {config.n} samples per weight (EDM Heun 32 steps, shared start noise)")
     print(f"{'method':22s} " + "  ".join(f"w={r['w']:<4g} outl. recall" for r in sweeps[name]))
     for method, rows in sweeps.items():
-        cells = "  ".join(f"w={r['w']:<4g} {r['outliers']:5.3f} {r['recall']:6.3f}" for r in rows)
+        cells = "  ".join(f"w={r['w']:<4g} {r['outlier_fraction']:5.3f} {r['recall']:6.3f}" for r in rows)
         print(f"{'> ' + method if method == name else method:22s} {cells}")
     score, why = score_design(sweeps, name)
     print(f"{name}: {score:g} / {DESIGN_POINTS} points: {why}")
