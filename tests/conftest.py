@@ -77,13 +77,14 @@ def server(tmp_path):
 # Test tiers (README, "Tests"): every test gets exactly one marker. `notebooks`: nbval over the notebooks and the
 # nbgrader course; `browser`: a real server (JupyterLab, Voila) and a headless browser; `slow`: a test over ~5 s CPU
 # here (trains, runs a CLI end to end, starts processes), listed in SLOW by file or by test; `unit`: all the rest.
-NOTEBOOK_FILES = ("tests/test_assignments.py", "tests/test_notebooks_execute.py")
+NOTEBOOK_FILES = ("tests/test_assignments.py", "tests/test_notebooks_execute.py", "tests/test_wheel_install.py")
 SLOW = ("tests/test_imagenet_multinode.py", "tests/test_imagenet_sample_fid.py", "tests/test_imagenet_train.py",
         "tests/test_tree_recipe.py", "tests/test_crash.py", "tests/test_widgets.py", "tests/test_cli.py",
         "tests/test_digits.py::test_export_is_deterministic",
         "tests/test_guidance_modifiers.py::test_measured_effect_on_thin_tree",
         "tests/test_bad_input.py::test_cases_reach_every_validating_module",
-        "tests/test_classifier.py::test_accuracy_matches_the_exact_posterior")
+        "tests/test_classifier.py::test_accuracy_matches_the_exact_posterior",
+        "tests/test_figure_style.py::test_reproductions_fit_a_lecture_hall")
 TIERS = ("unit", "slow", "browser", "notebooks")
 
 
