@@ -53,8 +53,8 @@ class Recipe:
         return self.method.from_weight(weight(self, w), **{**self.params, **kwargs})
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data (json-able but for non-plain params): name, method, params, needs, default_w,
-        help."""
+        """The recipe as plain data (json-able but for non-plain params): name, method (the class name), params, needs,
+        default_w, help, formula, paper, weight_range."""
         return {"name": self.name, "method": self.method.__name__, "params": dict(self.params),
                 "needs": list(self.needs), "default_w": self.default_w, "help": self.help, "formula": self.formula,
                 "paper": self.paper, "weight_range": list(self.weight_range)}
