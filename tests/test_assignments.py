@@ -132,6 +132,9 @@ def test_student_notebooks_hide_solutions_and_hidden_tests(aid):
 
 # typical mistakes, (solution line, mistake) and what the feedback must say about it
 MISTAKES = {
+    # the comparison the wrong way round: labels dropped with probability 1 - p_uncond
+    "a1": ("return labels.masked_fill(u < p_uncond, -1)", "return labels.masked_fill(u > p_uncond, -1)",
+           "did you use > instead of < ?"),
     # Ho & Salimans' (1 + w) D_1 - w D_0 where toydiff's w is theirs plus 1
     "a2": ("return d_uncond + w * (d_cond - d_uncond)", "return (1 + w) * d_cond - w * d_uncond",
            "that is Ho & Salimans' convention"),
