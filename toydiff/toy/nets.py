@@ -251,11 +251,13 @@ MODELS: dict[str, type[MLPDenoiser]] = {c.__name__: c for c in (MLPDenoiser, Ene
                                                                  VelocityMLP)}
 
 
-def build_model(class_name: str, config: dict) -> MLPDenoiser:
-    """Rebuild a model from its class name and constructor kwargs (``model.config``)."""
-    if class_name not in MODELS:
-        raise ValueError(f"unknown model class {class_name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[class_name](**config)
+def build_model(class_name: str, config: dict) -> MLPDenoiser | NoiseAwareClassifier:
+    """Rebuild a model from its class name (a denoiser of MODELS or "NoiseAwareClassifier") and constructor kwargs
+    (``model.config``)."""
+    nets = {**MODELS, NoiseAwareClassifier.__name__: NoiseAwareClassifier}
+    if class_name not in nets:
+        raise ValueError(f"unknown model class {class_name!r}; expected one of {sorted(nets)}")
+    return nets[class_name](**config)
 
 
 class NoiseAwareClassifier(_NoiseConditionedMLP):

@@ -40,7 +40,8 @@ from ..core import guidance, samplers
 from ..core.denoiser import Denoiser, SeparateNull
 from ..core.flow import VelocityDenoiser
 from .distributions import GaussianMixture
-from .nets import MLPDenoiser, build_model
+from .classifier import train_classifier
+from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
 from .training import load_model, save_checkpoint, train
 from ..infra.validation import check_positive_int
 
@@ -61,10 +62,12 @@ class ModelSpec:
 
     dataset: a toydiff.datasets.DATASETS name; classes: the class subset to train on (relabelled 0..k-1; None =
     all); conditional: False trains an unconditional model (num_classes = 0); architecture: a toydiff.nets.MODELS
-    class name with width x depth and `position_freqs` Fourier features of the position (0: none); loss: "dsm",
-    "exact" or "component" (toydiff.training); p_uncond: condition dropout (Ho & Salimans 2022); p_mean: the
-    mean of ln sigma in training; pool_size: training samples drawn once from the dataset; objective: "edm" or
-    "flow" (flow matching of a VelocityMLP, logit t ~ N(p_mean, 1.5^2); toydiff.training.train).
+    class name with width x depth and `position_freqs` Fourier features of the position (0: none), or
+    "NoiseAwareClassifier" (trained by toydiff.classifier.train_classifier; loss is then its target, "labels" or
+    "posterior"); loss: "dsm", "exact" or "component" (toydiff.training); p_uncond: condition dropout (Ho &
+    Salimans 2022); p_mean: the mean of ln sigma in training; pool_size: training samples drawn once from the
+    dataset; objective: "edm" or "flow" (flow matching of a VelocityMLP, logit t ~ N(p_mean, 1.5^2);
+    toydiff.training.train).
     """
     dataset: str = "tree"
     classes: tuple[int, ...] | None = None
@@ -116,9 +119,10 @@ class ToyModels:
     dropout: Denoiser | None
 
 
-def training_data(spec: ModelSpec) -> GaussianMixture:
-    """The spec's dataset, restricted to `spec.classes` (components of those classes, relabelled in that order)."""
-    dist = datasets.get(spec.dataset)
+def training_data(spec: ModelSpec, dist: GaussianMixture | None = None) -> GaussianMixture:
+    """The spec's dataset (or `dist` in its place), restricted to `spec.classes` (components of those classes,
+    relabelled in that order)."""
+    dist = datasets.get(spec.dataset) if dist is None else dist
     if spec.classes is None:
         return dist
     keep = torch.cat([torch.nonzero(dist.labels == c)[:, 0] for c in spec.classes])
@@ -126,38 +130,48 @@ def training_data(spec: ModelSpec) -> GaussianMixture:
     return GaussianMixture(dist.weights[keep], dist.means[keep], dist.covs[keep], relabel, len(spec.classes))
 
 
-def train_model(name: str | ModelSpec, seed: int | None = None, progress: bool = True) -> MLPDenoiser:
+def train_model(name: str | ModelSpec, seed: int | None = None, progress: bool = True,
+                dist: GaussianMixture | None = None) -> MLPDenoiser | NoiseAwareClassifier:
     """Train the model of MODEL_SPECS[name] (or the ModelSpec `name`) from scratch (seed: the spec's by default)
-    and return its EMA (seeded, bit-reproducible)."""
+    and return its EMA (a classifier: its weights; seeded, bit-reproducible). `dist`: a dataset in place of the
+    spec's (the same recipe on a distribution it was not tuned on)."""
     if not isinstance(name, ModelSpec) and name not in MODEL_SPECS:
         raise ValueError(f"name must be one of {sorted(MODEL_SPECS)} or a ModelSpec, got {name!r}")
     spec = name if isinstance(name, ModelSpec) else MODEL_SPECS[name]
     seed = spec.seed if seed is None else seed
-    data = training_data(spec)
+    data = training_data(spec, dist)
     config = dict(num_classes=data.num_classes if spec.conditional else 0, width=spec.width, depth=spec.depth,
                   seed=seed, **({"position_freqs": spec.position_freqs} if spec.position_freqs else {}))
     model = build_model(spec.architecture, config)
-    return train(model, data, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, p_mean=spec.p_mean,
-                 loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std, pool_size=spec.pool_size, seed=seed,
-                 progress=progress, objective=spec.objective).ema
+    settings = dict(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, p_mean=spec.p_mean,
+                    pool_size=spec.pool_size, seed=seed, progress=progress)
+    if isinstance(model, NoiseAwareClassifier):
+        return train_classifier(model, data, target=spec.loss, **settings).model
+    return train(model, data, loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std,
+                 objective=spec.objective, **settings).ema
 
 
-def train_models(seed: int | None = None, progress: bool = True, workers: int | None = None) -> ToyModels:
+def train_models(seed: int | None = None, progress: bool = True, workers: int | None = None,
+                 dist: GaussianMixture | None = None) -> ToyModels:
     """Train the tree models (TREE_MODELS) from scratch, in `workers` processes of one thread each (default: one
-    per CPU core, at most 2; no progress bars then). Every model is seeded on its own: the same bits either way."""
+    per CPU core, at most 2; no progress bars then). Every model is seeded on its own: the same bits either way.
+    `dist`: a two-class dataset in place of tree() (the same recipe on another distribution)."""
     workers = min(2, os.cpu_count() or 1) if workers is None else check_positive_int(workers, "workers")
     if workers == 1:
-        return ToyModels(*(train_model(name, seed, progress) for name in TREE_MODELS))
+        return ToyModels(*(train_model(name, seed, progress, dist) for name in TREE_MODELS))
     # TREE_MODELS's order puts main and dropout (7/8 of the work) in different processes
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         specs = [MODEL_SPECS[name] for name in TREE_MODELS]            # as they are here, also when edited
-        return ToyModels(*pool.map(train_model, specs, [seed] * len(specs), [False] * len(specs)))
+        n = len(specs)
+        return ToyModels(*pool.map(train_model, specs, [seed] * n, [False] * n, [dist] * n))
 
 
-def save_model(name: str, model: MLPDenoiser, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> Path:
-    """Write a model's float32 EMA weights (only) as the toydiff checkpoint `<directory>/<name>.pt`."""
+def save_model(name: str, model: MLPDenoiser | NoiseAwareClassifier, directory: str | os.PathLike = CHECKPOINT_DIR,
+               seed: int = 0, spec: ModelSpec | None = None) -> Path:
+    """Write a model's float32 EMA weights (only) as the toydiff checkpoint `<directory>/<name>.pt`, with the
+    settings of its recipe (`spec`; default MODEL_SPECS[name])."""
     os.makedirs(directory, exist_ok=True)
-    path, spec = Path(directory) / f"{name}.pt", MODEL_SPECS[name]
+    path, spec = Path(directory) / f"{name}.pt", MODEL_SPECS[name] if spec is None else spec
     empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
     save_checkpoint(path, model, model, empty, spec.steps, dict(steps=spec.steps, batch_size=spec.batch_size,
                                                                 p_uncond=spec.p_uncond, seed=seed, dataset=spec.dataset,
@@ -228,11 +242,13 @@ def guided_denoiser(models: ToyModels, name: str, w: float | None = None, *, unc
                                                                                     **modifiers))
 
 
-def draw(denoiser: Callable, n: int, cls: int, seed: int, trajectory: bool = False, method: str = "heun") -> Any:
-    """n samples of class `cls` with the toy sampler (`method`, STEPS steps down from SIGMA_MAX), start noise
-    from `seed`."""
+def draw(denoiser: Callable, n: int, cls: int | None, seed: int, trajectory: bool = False,
+         method: str = "heun") -> Any:
+    """n samples of class `cls` (None: an unconditional denoiser) with the toy sampler (`method`, STEPS steps
+    down from SIGMA_MAX), start noise from `seed`."""
     n = check_positive_int(n, "n")
-    return samplers.sample(denoiser, (n, 2), torch.full((n,), cls, dtype=torch.long), method=method, steps=STEPS,
+    cond = None if cls is None else torch.full((n,), cls, dtype=torch.long)
+    return samplers.sample(denoiser, (n, 2), cond, method=method, steps=STEPS,
                            sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(seed),
                            return_trajectory=trajectory)
 
