@@ -1,8 +1,9 @@
 """The tree recipe on distributions it was not tuned on (issue 19), beside the paper's recipe on the same data.
 
 The zoo's tree recipe (toydiff.zoo.MODEL_SPECS: position features, component target, batch 4096) was chosen among
-~20 variants by the outlier metric on tree() itself (benchmarks/tree_recipe.py). Here the same four specs, seed 0,
-are trained on distributions of the same kind that took no part in that choice, through zoo.train_model(dist=...):
+~20 variants by the outlier metric on tree() itself (benchmarks/tree_recipe.py). Here the same specs, seed 0,
+are trained on distributions of the same kind that took no part in that choice, through zoo.train_model(dist=...)
+(tree_main, tree_guide and tree_uncond: the models of the three methods below):
 trees of the same construction from other RandomState seeds (datasets.tree(seed); the paper's is seed 2) and the
 two-arm spirals (class A = arm 0). Beside them, the recipe of the paper's released code as DESIGN.md writes it
 (Karras et al. 2024, arXiv:2406.02507: energy MLP, exact score matching, 4 x 64 main / 4 x 32 guide and D_0,
@@ -14,9 +15,9 @@ tree_recipe.run (main 0, guide 1000, D_0 2000).
 
 Measured as the demo and tests/test_tree_recipe.py measure (class A, n = 4096, EDM Heun 32 steps from sigma_max
 5, reference samples from seed 1), for the sampling seeds 0 / 11 / 22 / 33: outliers / precision / recall of
-none, CFG w = 4 in the paper's setup (separate unconditional 4 x 32 D_0), autoguidance w = 3, for the zoo recipe
-also CFG w = 4 on one condition-dropout network; on tree() also the demo's score scaling w = 1.5 and CFG w = 4 on
-the exact mixture denoiser ("exact_cfg": the branches CFG itself drops, with no network error).
+none, CFG w = 4 in the paper's setup (separate unconditional 4 x 32 D_0) and autoguidance w = 3; for the shipped
+models on tree() also the demo's other rows (CFG w = 4 on the condition-dropout network, score scaling w = 1.5) and
+CFG w = 4 on the exact mixture denoiser ("exact_cfg": the branches CFG itself drops, with no network error).
 
     python benchmarks/heldout.py train --recipe zoo --datasets tree3 tree4 tree5 spirals    # models -> runs/heldout
     python benchmarks/heldout.py train --recipe paper --datasets tree tree3 tree4 tree5 spirals
@@ -50,7 +51,9 @@ N, W_CFG, W_AUTO = 4096, 4.0, 3.0
 # tree_recipe's reduced exact-score-matching recipe with the paper's energy heads; role -> (classes, seed)
 PAPER_RECIPE = {**tree_recipe.BASE, **tree_recipe.RECIPES["exact"], "head": "energy", "uncond_head": "energy"}
 PAPER = {"main": ((0,), 0), "guide": ((0,), 1000), "uncond": (None, 2000)}
-METHODS = {"zoo": ("none", "cfg", "cfg_dropout", "autoguidance"), "paper": ("none", "cfg", "autoguidance")}
+METHODS = ("none", "cfg", "autoguidance")
+# the models these methods need (the zoo's tree_dropout, CFG on one condition-dropout network, is measured on tree())
+ROLES = {"zoo": zoo.TREE_MODELS[:3], "paper": ("main", "guide", "uncond")}
 OUT = Path(__file__).resolve().parents[1] / "runs" / "heldout"
 
 
@@ -70,7 +73,7 @@ def _train_role(recipe: str, role: str, dist: GaussianMixture) -> torch.nn.Modul
 
 def train_all(recipe: str, names: list[str], out: Path) -> None:
     """Train the missing models of `recipe` on each dataset, logging CPU seconds and wall seconds per model."""
-    roles = zoo.TREE_MODELS if recipe == "zoo" else tuple(PAPER)
+    roles = ROLES[recipe]
     for name in names:
         dist = DATASETS[name]()
         for role in roles:
@@ -89,17 +92,16 @@ def train_all(recipe: str, names: list[str], out: Path) -> None:
 def denoisers(recipe: str, name: str, out: Path) -> dict[str, tuple[Callable, int | None]]:
     """method -> (denoiser, class label or None) for the trained models of `recipe` on `name`."""
     if recipe == "zoo":
-        if name == "tree":
-            models = zoo.load_models()
-        else:
-            models = zoo.ToyModels(*(torch.load(_path(out, recipe, name, r), weights_only=False)
-                                     for r in zoo.TREE_MODELS))
-        out = {m: (zoo.guided_denoiser(models, m), 0) for m in METHODS[recipe]}
-        if name == "tree":      # the demo's other row, and CFG w = 4 with no network error (the branches CFG drops)
-            out["score_scaling"] = (zoo.guided_denoiser(models, "score_scaling"), 0)
-            out["exact_cfg"] = (guided(DATASETS[name](), CFG(W_CFG)), 0)
-        return out
-    main, guide, uncond = (torch.load(_path(out, recipe, name, r), weights_only=False) for r in PAPER)
+        if name != "tree":
+            main, guide, uncond = (torch.load(_path(out, recipe, name, r), weights_only=False) for r in ROLES[recipe])
+            models = zoo.ToyModels(main, guide, uncond, None)
+            return {m: (zoo.guided_denoiser(models, m), 0) for m in METHODS}
+        # the shipped models: the demo's rows, and CFG w = 4 with no network error (the branches CFG drops)
+        models = zoo.load_models()
+        return {**{m: (zoo.guided_denoiser(models, m), 0) for m in ("none", "cfg", "cfg_dropout", "score_scaling",
+                                                                     "autoguidance")},
+                "exact_cfg": (guided(DATASETS[name](), CFG(W_CFG)), 0)}
+    main, guide, uncond = (torch.load(_path(out, recipe, name, r), weights_only=False) for r in ROLES[recipe])
     return {"none": (main, None), "cfg": (guided(main, AutoGuidance(uncond, W_CFG)), None),
             "autoguidance": (guided(main, AutoGuidance(guide, W_AUTO)), None)}
 
@@ -133,8 +135,8 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=("train", "measure"))
-    ap.add_argument("--recipe", choices=sorted(METHODS), default="zoo", help="train: the recipe to train")
-    ap.add_argument("--recipes", nargs="+", choices=sorted(METHODS), default=sorted(METHODS),
+    ap.add_argument("--recipe", choices=sorted(ROLES), default="zoo", help="train: the recipe to train")
+    ap.add_argument("--recipes", nargs="+", choices=sorted(ROLES), default=sorted(ROLES),
                     help="measure: the recipes to measure (default: both)")
     ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
     ap.add_argument("--out", type=Path, default=OUT, help="where the trained models go (default runs/heldout)")
@@ -147,9 +149,8 @@ def main() -> None:
     results = json.loads(args.json.read_text())["results"] if args.json.exists() else {}
     for recipe in args.recipes:
         for name in args.datasets:
-            roles = zoo.TREE_MODELS if recipe == "zoo" else PAPER
             if (recipe, name) != ("zoo", "tree") and not all(_path(args.out, recipe, name, r).exists()
-                                                              for r in roles):
+                                                              for r in ROLES[recipe]):
                 continue
             results.setdefault(recipe, {})[name] = measure(recipe, name, args.out)
             print(f"{time.strftime('%H:%M:%S')} measured {recipe} {name}", flush=True)

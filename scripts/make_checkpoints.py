@@ -1,5 +1,5 @@
 """Regenerate the checkpoints shipped in toydiff/checkpoints/ (the zoo's) and toydiff/checkpoints/bench/ (the
-bench's, one file per dataset), bit for bit.
+bench's, <dataset>/<role>.pt), bit for bit.
 
     python scripts/make_checkpoints.py [--only zoo|bench]           # train and write them, print sha256
     python scripts/make_checkpoints.py --check [--only zoo|bench]   # retrain into a temp dir, compare the bytes
@@ -31,8 +31,9 @@ def write(kind: str, directory: Path, seed: int) -> list[Path]:
     if kind == "zoo":   # every MODEL_SPECS entry: the tree models and the thin tree's
         return [zoo.save_model(name, zoo.train_model(name, seed, progress=False), directory, seed)
                 for name in zoo.MODEL_SPECS]
-    return [bench_models.save_bench_models(name, bench_models.train_bench_models(name, seed), directory)
-            for name in bench_models.BENCH_DATASETS]
+    return [path for name in bench_models.BENCH_DATASETS
+            for path in bench_models.save_bench_models(name, bench_models.train_bench_models(name, seed), directory,
+                                                       seed)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             for path in write(kind, Path(tmp), args.seed):
-                shipped = DIRS[kind] / path.name
+                name = path.relative_to(tmp)
+                shipped = DIRS[kind] / name
                 same = shipped.is_file() and sha256(shipped) == sha256(path)
                 ok &= same
-                print(f"{'identical' if same else 'DIFFERENT'}  {kind}/{path.name}  {sha256(path)}")
+                print(f"{'identical' if same else 'DIFFERENT'}  {kind}/{name}  {sha256(path)}")
     return 0 if ok else 1
 
 

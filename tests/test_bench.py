@@ -6,7 +6,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from toydiff import bench, bench_models, bench_report, guidance, nets
+from toydiff import bench, bench_models, bench_report, guidance, nets, zoo
 from toydiff.bench import sampler_table
 
 TINY = bench.BenchConfig(n=60, grid=(1.0, 3.0), bins=6, seed=5)
@@ -94,7 +94,9 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
     assert agree.float().mean() > 0.95                          # measured 0.98-0.99 on three sample seeds
     with pytest.raises(FileNotFoundError, match="make_checkpoints"):
         bench_models.load_bench_models("three_gaussians", tmp_path)
-    (tmp_path / "three_gaussians.pt").write_bytes(b"garbage")
+    (tmp_path / "three_gaussians").mkdir()
+    for role in bench_models.ROLES:
+        (tmp_path / "three_gaussians" / f"{role}.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         bench_models.load_bench_models("three_gaussians", tmp_path)
 
@@ -102,11 +104,21 @@ def test_shipped_checkpoints_load_and_fail_clearly(tmp_path):
 def test_tree_flow_models_are_velocity_models_saved_as_such(tmp_path):
     """The tree_flow row's denoisers wrap VelocityMLPs, and writing them back gives the shipped bytes (the velocity
     model's weights, not the wrapper's)."""
-    from toydiff import nets
     models = bench_models.load_bench_models("tree_flow")
     assert all(isinstance(getattr(models, role).velocity, nets.VelocityMLP) for role in ("main", "uncond", "guide"))
-    path = bench_models.save_bench_models("tree_flow", models, tmp_path)
-    assert path.read_bytes() == (bench_models.CHECKPOINT_DIR / "tree_flow.pt").read_bytes()
+    for path in bench_models.save_bench_models("tree_flow", models, tmp_path):
+        assert path.read_bytes() == (bench_models.CHECKPOINT_DIR / path.relative_to(tmp_path)).read_bytes()
+
+
+def test_bench_models_are_the_zoo_recipe():
+    """One recipe table: the bench's tree models are the zoo's specs on tree(), so its main model and separate D_0
+    are the shipped tree_dropout and tree_uncond, weight for weight (seed 0 both); its guide knows every class."""
+    bench_tree, shipped = bench_models.load_bench_models("tree"), zoo.load_models()
+    for ours, theirs in ((bench_tree.main, shipped.dropout), (bench_tree.uncond, shipped.uncond)):
+        assert ours.config == theirs.config
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert bench_tree.guide.config == {**shipped.guide.config, "num_classes": 2}
 
 
 def test_a_registered_recipe_appears_in_the_bench(monkeypatch):
