@@ -16,8 +16,7 @@ tree_recipe.run (main 0, guide 1000, D_0 2000).
 Measured as the demo and tests/test_tree_recipe.py measure (class A, n = 4096, EDM Heun 32 steps from sigma_max
 5, reference samples from seed 1), for the sampling seeds 0 / 11 / 22 / 33: outliers / precision / recall of
 none, CFG w = 4 in the paper's setup (separate unconditional 4 x 32 D_0) and autoguidance w = 3; for the shipped
-models on tree() also the demo's other rows (CFG w = 4 on the condition-dropout network, score scaling w = 1.5) and
-CFG w = 4 on the exact mixture denoiser ("exact_cfg": the branches CFG itself drops, with no network error).
+models on tree() also the demo's other rows (CFG w = 4 on the condition-dropout network, score scaling w = 1.5).
 
     python benchmarks/heldout.py train --recipe zoo --datasets tree3 tree4 tree5 spirals    # models -> runs/heldout
     python benchmarks/heldout.py train --recipe paper --datasets tree tree3 tree4 tree5 spirals
@@ -41,7 +40,7 @@ import torch
 import tree_recipe
 from toydiff import datasets, metrics, zoo
 from toydiff.distributions import GaussianMixture
-from toydiff.guidance import CFG, AutoGuidance, guided
+from toydiff.guidance import AutoGuidance, guided
 
 DATASETS: dict[str, Callable[[], GaussianMixture]] = {
     "tree": datasets.tree, "tree3": lambda: datasets.tree(3), "tree4": lambda: datasets.tree(4),
@@ -96,11 +95,9 @@ def denoisers(recipe: str, name: str, out: Path) -> dict[str, tuple[Callable, in
             main, guide, uncond = (torch.load(_path(out, recipe, name, r), weights_only=False) for r in ROLES[recipe])
             models = zoo.ToyModels(main, guide, uncond, None)
             return {m: (zoo.guided_denoiser(models, m), 0) for m in METHODS}
-        # the shipped models: the demo's rows, and CFG w = 4 with no network error (the branches CFG drops)
-        models = zoo.load_models()
-        return {**{m: (zoo.guided_denoiser(models, m), 0) for m in ("none", "cfg", "cfg_dropout", "score_scaling",
-                                                                     "autoguidance")},
-                "exact_cfg": (guided(DATASETS[name](), CFG(W_CFG)), 0)}
+        models = zoo.load_models()                               # the shipped models: the demo's rows
+        return {m: (zoo.guided_denoiser(models, m), 0) for m in ("none", "cfg", "cfg_dropout", "score_scaling",
+                                                                  "autoguidance")}
     main, guide, uncond = (torch.load(_path(out, recipe, name, r), weights_only=False) for r in ROLES[recipe])
     return {"none": (main, None), "cfg": (guided(main, AutoGuidance(uncond, W_CFG)), None),
             "autoguidance": (guided(main, AutoGuidance(guide, W_AUTO)), None)}

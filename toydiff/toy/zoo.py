@@ -16,8 +16,9 @@ recipe, both measured: every network sees 32 noise-damped random Fourier feature
 (toydiff.nets.MLPDenoiser, position_freqs): the outliers came from the main model's error at sigma < 0.05, where a
 plain MLP this small cannot draw branches 0.01 wide; and the target is the posterior mean within each sample's own
 component (loss "component", as cheap as denoising score matching; the paper's exact target costs ~35 us per sample
-here). With both, the shipped models leave 0.039 outliers unguided and 0.019 with autoguidance (the plain-MLP DSM
-recipe before them: 0.124 and 0.070; the paper's code: 0.118 and 0.053).
+here). With both, the shipped models leave 0.039 outliers unguided and 0.019 with autoguidance at sampling seed 0
+(0.030-0.040 and 0.019-0.024 over the seeds 0 / 11 / 22 / 33; the plain-MLP DSM recipe before them: 0.124 and
+0.070; the paper's code: 0.118 and 0.053).
 The four take 80-92 s of CPU time on one thread, 56 s of wall time in the two processes `train_models` uses.
 The flow-matching twins (FLOW_MODELS: the same recipe, objective "flow", VelocityMLP; benchmarks/flow_tree.py) load
 through `flow_models()` as the same ToyModels of denoisers (toydiff.core.flow.VelocityDenoiser), without a dropout net.
