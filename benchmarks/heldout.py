@@ -119,13 +119,19 @@ def measure(recipe: str, name: str, out: Path) -> dict[str, dict[str, list[float
 
 
 def table(results: dict) -> str:
-    """Markdown: mean over the sampling seeds with [min, max] beside it, per recipe, dataset and method."""
-    lines = ["| recipe | dataset | method | outliers | precision | recall |", "|---|---|---|---|---|---|"]
-    for recipe, per_dataset in results.items():
-        for name, per_method in per_dataset.items():
-            for method, m in per_method.items():
-                cells = [f"{sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}]" for v in m.values()]
-                lines.append(f"| {recipe} | {name} | {method} | " + " | ".join(cells) + " |")
+    """Markdown, a row per dataset and recipe: per method outliers / precision / recall, each the mean over the
+    sampling seeds, with [min-max] beside outliers and recall."""
+    def cell(m: dict[str, list[float]]) -> str:
+        (o, p, r), mean = (m[k] for k in ("outliers", "precision", "recall")), lambda v: sum(v) / len(v)
+        return (f"{mean(o):.3f} [{min(o):.3f}-{max(o):.3f}] / {mean(p):.2f} / "
+                f"{mean(r):.2f} [{min(r):.2f}-{max(r):.2f}]")
+    methods = ("none", "cfg", "autoguidance")
+    lines = ["| dataset | recipe | " + " | ".join(methods) + " |", "|---" * (2 + len(methods)) + "|"]
+    for name in DATASETS:
+        for recipe in ROLES:
+            if name in results.get(recipe, {}):
+                lines.append(f"| {name} | {recipe} | " + " | ".join(cell(results[recipe][name][m]) for m in methods)
+                             + " |")
     return "\n".join(lines)
 
 
