@@ -136,10 +136,11 @@ class MLPDenoiser(_NoiseConditionedMLP):
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
-        h = self._input(x_in, c_noise) + self.emb(idx)
+        h = self._input(x_in, c_noise).add_(self.emb(idx))          # a fresh array: added to in place
+        inplace = not h.requires_grad                               # no autograd graph (sampling): no copies
         for layer in self.hidden:
-            h = layer(F.silu(h))
-        return F.silu(h)
+            h = layer(F.silu(h, inplace=inplace))
+        return F.silu(h, inplace=inplace)
 
     def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
         """D(x; sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)  (EDM eq. 7)."""
