@@ -65,12 +65,17 @@ def _setup(row: str):
             samplers.sample(cfg, (2000, 2), cond=0, method="heun", steps=32, sigma_max=80.0,
                             generator=torch.Generator().manual_seed(0))
         return contract, 1
-    if row == "explore":         # one redraw after a slider move (the page's first draw happens before)
+    if row == "explore":         # one redraw after a slider move: update and the page's PNG (plot.show_figure)
+        import io
         from toydiff import explore
         ex = explore.Explorer()
-        ex.update("tree", "autoguidance", 3.0)
+        ex.update("tree", "autoguidance", 3.0)                               # the page's first draw
         weights = iter([2.0, 2.5, 3.5, 4.0, 2.0, 2.5, 3.5, 4.0] * 10)
-        return (lambda: ex.update("tree", "autoguidance", next(weights))), 4
+
+        def redraw():
+            fig, _ = ex.update("tree", "autoguidance", next(weights))
+            fig.savefig(io.BytesIO(), format="png", dpi=100, bbox_inches="tight")
+        return redraw, 4
     if row == "train":           # tree_main's recipe (4 x 64, batch 4096), 64 steps
         from dataclasses import replace
         from toydiff import zoo
@@ -138,7 +143,8 @@ def _run(root: Path, row: str) -> dict:
     if row == "demo":
         with tempfile.TemporaryDirectory() as out:
             before, w0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            subprocess.run([sys.executable, "-m", "toydiff.cli", "demo", "--out", out, "--no-progress"], env=env,
+            subprocess.run([sys.executable, "-c", "from toydiff import cli; cli.main()", "demo", "--out", out,
+                            "--no-progress"], env=env,
                            check=True, capture_output=True, cwd=out)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return dict(cpu=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
