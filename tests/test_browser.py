@@ -166,4 +166,8 @@ def test_toydiff_explore_renders_and_redraws_with_w(browser, free_port, server):
     assert float(handle.get_attribute("aria-valuemax")) == 1.0
     wait.until(lambda d: float(handle.get_attribute("aria-valuenow")) == 0.5 or None,
                message="CFG++'s lambda did not start at its registry default 0.5")
+    wait.until(lambda d: "method = cfgpp" in drawn(d) or None, message="CFG++ drew nothing (a sampler it refuses?)")
+    assert "sampler = euler" in drawn(browser) and "outlier_fraction" in browser.find_element(
+        By.CSS_SELECTOR, ".widget-html table").text
+    wait.until(lambda d: _images(d, ".widget-output img") or None, message="CFG++'s figure is missing")
     _shot(browser, "explore_cfgpp.png")

@@ -88,6 +88,15 @@ def test_each_method_gets_its_own_parameter_and_description_from_the_registry():
     assert (slider.description[0], slider.max, slider.value) == ("λ", 1.0, 0.5)
     explore.set_weight_control(slider, "cfg")
     assert (slider.max, slider.value, slider.disabled) == (8.0, 4.0, False)
+    menu = ipywidgets.Dropdown(options=explore.SAMPLERS, value="heun")
+    explore.restrict_samplers(menu, "cfgpp")                  # CFG++ cannot run Heun: the menu moves to Euler
+    assert menu.options == tuple(samplers.RENOISE_METHODS) and menu.value == samplers.RENOISE_METHODS[0]
+    explore.restrict_samplers(menu, "cfg")
+    assert menu.options == explore.SAMPLERS and menu.value == samplers.RENOISE_METHODS[0]
+    ex = explore.Explorer(n=100, steps=6)
+    for method in explore.methods():                          # every method runs with every sampler it offers
+        for sampler in (explore.samplers_for(method)[0], explore.samplers_for(method)[-1]):
+            ex.update("three_gaussians", method, explore.weight_control(method)["value"], sampler=sampler)
 
 
 def test_the_title_states_the_parameter_interval_and_class_in_use():

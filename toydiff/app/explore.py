@@ -35,7 +35,7 @@ from ..toy.distributions import GaussianMixture
 from . import figures, plot
 
 __all__ = ["PROBLEMS", "methods", "SAMPLERS", "NOTEBOOK", "Problem", "problem", "make_guidance", "weight_control",
-           "set_weight_control", "description", "Explorer", "LatestOnly", "voila_command", "serve"]
+           "set_weight_control", "samplers_for", "restrict_samplers", "description", "Explorer", "LatestOnly", "voila_command", "serve"]
 
 NOTEBOOK = Path(__file__).with_name("explore.ipynb")
 PROBLEMS = ("tree", "tree_flow", "three_gaussians")
@@ -78,6 +78,23 @@ def set_weight_control(slider: Any, method: str) -> None:
             setattr(slider, key, v)
     if not first:
         slider.value = value
+
+
+def samplers_for(method: str) -> tuple[str, ...]:
+    """The samplers `method` runs with: all of them, or for a recipe that re-noises with its own prediction (CFG++)
+    only toydiff.samplers.RENOISE_METHODS."""
+    if method not in methods():
+        raise ValueError(f"method must be one of {methods()}, got {method!r}")
+    return tuple(samplers.RENOISE_METHODS) if guidance.RECIPES[method].method.renoises else SAMPLERS
+
+
+def restrict_samplers(dropdown: Any, method: str) -> None:
+    """Offer in the ipywidgets `dropdown` only the samplers `method` runs with, keeping its choice where allowed
+    (else the first allowed): picking CFG++ with Heun selected moves to Euler instead of failing."""
+    allowed, keep = samplers_for(method), dropdown.value
+    if tuple(dropdown.options) != allowed:
+        dropdown.options = allowed                      # ipywidgets then selects the first option
+        dropdown.value = keep if keep in allowed else allowed[0]
 
 
 def description(method: str) -> str:
