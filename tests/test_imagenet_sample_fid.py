@@ -1,6 +1,7 @@
 """imagenet_ext.sample through toydiff.guidance / toydiff.samplers, and imagenet_ext.fid with a randomly
 initialized Inception of the real architecture (reduced input size for speed)."""
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from torch import nn
@@ -59,7 +60,8 @@ def test_sample_cli_grid_and_npz(ckpts, tmp_path):
     d, _, _ = ckpts
     res = sample.main(["--ckpt", str(d / "main.pt"), "--guidance", "cfg", "--w", "1", "2", "--n", "8", "--steps", "2",
                        "--sampler", "euler", "--no-progress", "--out", str(tmp_path / "g.png"), str(tmp_path / "s.npz")])
-    assert (tmp_path / "g.png").stat().st_size > 0
+    with Image.open(tmp_path / "g.png") as grid:                # a real PNG at the figure rule's 150 dpi
+        assert grid.format == "PNG" and round(grid.info["dpi"][0]) == 150 and grid.width > grid.height > 0
     z = np.load(tmp_path / "s.npz")
     assert z["images"].shape == (16, 8, 8, 3) and z["images"].dtype == np.uint8
     assert z["labels"].tolist() == [0, 1, 2, 3] * 4 and z["w"].tolist() == [1.0] * 8 + [2.0] * 8
