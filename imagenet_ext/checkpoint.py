@@ -35,15 +35,16 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_denoiser(path: str | os.PathLike | dict[str, Any], *, ema: bool = True, map_location: Any = "cpu"
-                  ) -> EDMDenoiser:
-    """The trained denoiser (EMA weights by default) of a checkpoint, a shipped model name (`resolve`) or an
-    already loaded checkpoint dict, in eval mode, float32 (errors: `resolve`, toydiff.training's
-    `load_checkpoint`; ValueError if it holds no UNet)."""
+def load_denoiser(path: str | os.PathLike | dict[str, Any], *, ema: bool = True, map_location: Any = "cpu",
+                  name: str | os.PathLike | None = None) -> EDMDenoiser:
+    """The trained denoiser (EMA weights by default; a model file's weights) of a checkpoint, a shipped model name
+    (`resolve`) or an already loaded checkpoint dict (`name`: its file, for messages), in eval mode, float32
+    (errors: `resolve`, toydiff.training's `load_checkpoint`; ValueError naming the file if it holds no UNet)."""
     ck = path if isinstance(path, dict) else load_checkpoint(resolve(path), map_location)
+    name = name if name is not None else "the checkpoint" if isinstance(path, dict) else path
     cfg = ck["model_config"]
     if ck["model_class"] != EDMDenoiser.__name__ or not isinstance(cfg, dict) or "name" not in cfg:
-        raise ValueError(f"{path} holds a {ck['model_class']}, not an imagenet_ext UNet (EDMDenoiser)")
+        raise ValueError(f"{name} holds a {ck['model_class']}, not an imagenet_ext UNet (EDMDenoiser)")
     model = build(cfg["name"], **cfg.get("overrides", {}))
-    model.load_state_dict(ck["ema"] if ema else ck["model"])
+    model.load_state_dict(ck["ema"] if ema and ck["ema"] is not None else ck["model"])
     return model.eval().requires_grad_(False)

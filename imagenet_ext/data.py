@@ -21,6 +21,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,6 +98,17 @@ def load_digits(resolution: int = 16, channels: int = 3) -> ImageSet:
     return ImageSet(x, torch.as_tensor(d.target, dtype=torch.long), 10, name="digits")
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for the ImageNet-64 batch files (a dict of numpy arrays and lists): it builds numpy arrays and
+    nothing else, so a damaged or hostile file cannot name another class (or run code)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                              ("numpy._core.multiarray", "_reconstruct")}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a pickle that needs {module}.{name}, which no ImageNet-64 file holds")
+
+
 def _read_imagenet_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         if path.suffix == ".npz":
@@ -105,15 +117,15 @@ def _read_imagenet_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     raise ValueError(f"{path}: expected arrays 'data' and 'labels' in the npz, found {sorted(z.files)}")
                 return np.asarray(z["data"]), np.asarray(z["labels"])
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({type(e).__name__}: {e})") from e
+            d = _ArraysOnly(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise
     except ValueError as e:
         if str(path) in str(e):
             raise
         raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({e})") from e
+    except Exception as e:   # flipped bytes reach any corner of the unpickler: a module name, a dtype, a length
+        raise ValueError(f"{path}: corrupt or truncated ImageNet-64 file ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
         raise ValueError(f"{path}: expected a pickled dict with 'data' and 'labels'")
     labels = d["labels"]
@@ -203,11 +215,13 @@ def _cached_imagenet64(root: Path, files: list[Path], resolution: int, split: st
 
 def load_folder(root: str | os.PathLike, resolution: int) -> ImageSet:
     """root/<class>/<image>: class index = position of the subfolder name in sorted order. Hidden entries
-    (names starting with ".", such as .ipynb_checkpoints) are neither classes nor images."""
+    (names starting with ".", such as .ipynb_checkpoints and macOS's `._name.png` resource forks) and the
+    `__MACOSX` folder of an unzipped macOS archive are neither classes nor images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and p.name != "__MACOSX")
     if not classes:
         raise ValueError(f"{root}: expected one subfolder per class, found none")
     imgs, labels = [], []

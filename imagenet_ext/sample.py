@@ -27,6 +27,7 @@ from toydiff.core.guidance import guided, to_ho_salimans
 from toydiff.core.samplers import METHODS, sample
 from toydiff.core.training import load_checkpoint, torch_threads
 from toydiff.infra.atomic import atomic_path
+from toydiff.infra.validation import check_device
 from toydiff.infra.clitools import (Parser, UserError, check_output, device, nonnegative_float, positive_float,
                                     positive_int, probability, seed, user_errors)
 
@@ -51,7 +52,7 @@ def generate(model: Any, labels: Tensor, ws: Sequence[float], *, guidance: str =
     labels = labels.to(torch.long)
     n = labels.shape[0]
     shape = (cfg.in_channels, cfg.resolution, cfg.resolution)
-    device = torch.device(device)
+    device = check_device(device)
     out = torch.empty(len(ws), n, *shape)
     chunks = [(i, min(i + batch, n)) for i in range(0, n, batch)]
     bar = tqdm(total=len(ws) * len(chunks), desc="sample", disable=not progress, dynamic_ncols=True)
@@ -89,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma-min", type=positive_float, default=0.002)
     p.add_argument("--sigma-max", type=positive_float, default=80.0)
     p.add_argument("--rho", type=positive_float, default=7.0)
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="an int in [0, 2**63 - 1]")
     p.add_argument("--batch", type=positive_int, default=256, help="images per sampler call (CFG doubles it inside)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", type=device, default=None)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _main(a: argparse.Namespace) -> dict[str, Any]:
     device = a.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ck = load_checkpoint(resolve(a.ckpt))
-    model = load_denoiser(ck, ema=not a.raw).to(device)               # optimizer state stays on the CPU
+    model = load_denoiser(ck, ema=not a.raw, name=a.ckpt).to(device)               # optimizer state stays on the CPU
     guide = load_denoiser(a.guide_ckpt).to(device) if a.guide_ckpt else None
     if guide is not None and (guide.cfg.resolution, guide.cfg.in_channels, guide.cfg.num_classes) != \
             (model.cfg.resolution, model.cfg.in_channels, model.cfg.num_classes):

@@ -104,10 +104,12 @@ def _train(args: TrainConfig) -> dict[str, Any]:
     out = Path(args.out)
     lock = RunLock(out, directory=True, name="--out").acquire() if rank == 0 else None   # one run per --out
     try:
-        return _run(args, rank, world, device, micro, out)
+        last, stop = _run(args, rank, world, device, micro, out)
     finally:
         if lock is not None:
             lock.release()
+    stop.exit()                    # after a signal: the checkpoint is written and the lock released, then end
+    return last
 
 
 def _resume_from(args: TrainConfig, out: Path, rank: int) -> Path | None:
@@ -126,7 +128,8 @@ def _resume_from(args: TrainConfig, out: Path, rank: int) -> Path | None:
     return found
 
 
-def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: int, out: Path) -> dict[str, Any]:
+def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: int, out: Path
+         ) -> tuple[dict[str, Any], StopSignals]:
     # local rank 0 first: it may build the node's memory-mapped cache that the other ranks then open
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
     if not first and world > 1:
@@ -147,7 +150,7 @@ def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: 
     step, resume_path = 0, _resume_from(args, out, rank)
     data_key = fingerprint(len(data), data.num_classes, data.channels, data.resolution, data.labels.numpy().tobytes())
     if resume_path is not None:
-        ck = load_checkpoint(resume_path, map_location=device)
+        ck = load_checkpoint(resume_path, map_location=device, resumable=True)
         check_resume(ck["model_config"], {"name": args.config, "overrides": overrides}, resume_path, None)
         if not args.force_resume:
             saved = {**{k: ck["config"].get(k, "edm" if k == "objective" else None) for k in RESUME_KEYS}, "data": ck.get("data", {}).get("fingerprint")}
@@ -234,6 +237,8 @@ def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: 
                     save_checkpoint(path, model, ema, opt, step, asdict(args),
                                     rng_state={"torch": torch.get_rng_state(), "seed": args.seed},
                                     model_config={"name": args.config, "overrides": overrides},
+                                    meta={"role": "main", "dataset": data.name,
+                                          "architecture": {"name": args.config, **overrides}},
                                     extra={"data": {"name": data.name, "num_classes": data.num_classes,
                                                     "fingerprint": data_key}})
                     prune_checkpoints(out, args.keep)
@@ -243,13 +248,12 @@ def _run(args: TrainConfig, rank: int, world: int, device: torch.device, micro: 
             if stopping:
                 if rank == 0:
                     print(f"[train] stopped by a signal at step {step}; {path} written; continue with --resume")
-                bar.close()
-                stop.exit()
+                break
     bar.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return last
+    return last, stop
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,6 @@ dropout 0.1; about 296M parameters).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toydiff.core.denoiser import count_parameters, edm_preconditioning
+from toydiff.infra.clitools import Parser, positive_int, user_errors
 from toydiff.infra.validation import as_sigma, check_batch, label_index, sigma_like
 
 __all__ = ["UNetConfig", "CONFIGS", "ADMUNet", "EDMDenoiser", "build", "forward_flops"]
@@ -243,8 +243,9 @@ def build(name: str, **kwargs: Any) -> EDMDenoiser:
             kw[key] = tuple(int(v) for v in kw[key])
     cfg = replace(CONFIGS[name], **kw)
     levels = len(cfg.channel_mult)
-    if cfg.resolution % (2 ** (levels - 1)):
-        raise ValueError(f"resolution {cfg.resolution} must be divisible by 2^{levels - 1} for {levels} levels")
+    if cfg.resolution < 2 ** (levels - 1) or cfg.resolution % (2 ** (levels - 1)):
+        raise ValueError(f"resolution {cfg.resolution} must be a positive multiple of 2^{levels - 1} for {levels} "
+                         f"levels")
     return EDMDenoiser(cfg)
 
 
@@ -267,13 +268,13 @@ def forward_flops(model: EDMDenoiser, batch: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m imagenet_ext.unet [names...]`: print parameter counts and forward FLOPs per image."""
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = Parser(prog="python -m imagenet_ext.unet", description=main.__doc__)
     p.add_argument("names", nargs="*", default=list(CONFIGS))
-    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--resolution", type=positive_int, default=None)
     a = p.parse_args(argv)
     for name in a.names:
         kw = {} if a.resolution is None else {"resolution": a.resolution}
-        with torch.device("meta"):
+        with torch.device("meta"), user_errors(p.prog):
             m = build(name, **kw)
         print(f"{name:6s} res {m.cfg.resolution:3d}  params {count_parameters(m) / 1e6:8.2f} M  "
               f"forward {forward_flops(m) / 1e9:8.2f} GFLOP/image")

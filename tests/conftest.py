@@ -1,5 +1,6 @@
 import os
 import subprocess
+import time
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def batch(gen):
     sigma = torch.linspace(0.05, 3.0, 64, dtype=torch.float64)
     cond = torch.randint(0, 3, (64,), generator=gen)
     return x, sigma, cond
+
+
+@pytest.fixture
+def wait_for():
+    """wait_for(path, proc, timeout=120): block until the subprocess `proc` has created `path`; fail (killing it)
+    if it exits first or the timeout passes. For tests that signal a run once it has written something."""
+    def wait(path, proc, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the child exited ({proc.returncode}) before writing {path}: "
+                            f"{proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no {path} after {timeout} s")
+            time.sleep(0.002)
+    return wait

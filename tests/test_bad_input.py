@@ -109,6 +109,20 @@ def _imagenet_train(tmp_path, *argv):
                      *argv)
 
 
+def _flipped_pickle(tmp_path):
+    """An ImageNet-64 batch file whose bytes name a module that does not exist (one flipped byte)."""
+    from imagenet_ext.data import load_imagenet64_file
+    data = pickle.dumps({"data": np.zeros((2, 3 * 8 * 8), np.uint8), "labels": [1, 2]})
+    (tmp_path / "val_data").write_bytes(data.replace(b"numpy", b"Bumpy", 1))
+    return load_imagenet64_file(tmp_path / "val_data", 8)
+
+
+def _nan_null(x, sigma, cond):
+    """The exact denoiser, NaN on the null label (a broken unconditional branch)."""
+    d = THREE.denoise(x, sigma, None if cond is None else cond.clamp(0))
+    return d if cond is None else torch.where((cond < 0)[:, None], math.nan, d)
+
+
 CASES = {
     # ---- distributions: shapes, dtypes, sigma, labels, empty batches ----
     "x of wrong shape": (lambda p: THREE.log_prob(torch.zeros(4, 3)), ValueError, r"\bx\b"),
@@ -216,7 +230,8 @@ CASES = {
     "edm schedule collapsing to repeats": (lambda p: samplers.edm_sigmas(100, 1.0, 1.0 + 1e-15), ValueError,
                                            "strictly decreasing"),
     # ---- issue 11: the mixture's finite range, devices, seeds, overflowing weights ----
-    "mixture sigma beyond its finite range": (lambda p: THREE.denoise(X, 1e77), ValueError, r"sigma.*1e\+15"),
+    "mixture sigma beyond its finite range": (lambda p: THREE.denoise(X, 1e77), ValueError,
+                                              r"sigma.*1e\+15.*a limit of floating point"),
     "mixture x beyond its finite range": (lambda p: THREE.log_prob(X.double() * 1e154), ValueError, r"\bx\b.*1e\+15"),
     "meta-device x": (lambda p: THREE.denoise(torch.zeros(4, 2, device="meta"), 1.0), ValueError, r"\bx\b.*meta"),
     "meta-device sigma": (lambda p: THREE.denoise(X, torch.ones(4, device="meta")), ValueError, "sigma.*meta"),
@@ -287,7 +302,7 @@ CASES = {
                                          "--out"),
     "imagenet sample of a toydiff checkpoint": (lambda p: _imagenet("sample", "--ckpt", str(_checkpoint(p, _model())),
                                                                     "--out", str(p / "g.png")), SystemExit,
-                                                "not an imagenet_ext UNet"),
+                                                r"ck\.pt holds a MLPDenoiser, not an imagenet_ext UNet"),
     "imagenet sample --guidance none --w 3": (lambda p: _imagenet("sample", "--ckpt", "c.pt", "--guidance", "none",
                                                                   "--w", "3", "--out", str(p / "g.png")), SystemExit,
                                               "--w"),
@@ -303,7 +318,34 @@ CASES = {
     "imagenet train on a locked --out": (_imagenet_train_locked, SystemExit, "--out .* is in use by another run"),
     "imagenet train --resume of a missing file": (lambda p: _imagenet_train(p, "--resume", str(p / "gone.pt")),
                                                   SystemExit, "gone.pt"),
+    # ---- issue 23: deep tracebacks and misleading messages ----
+    "weight schedule of the wrong shape": (lambda p: G.guided(THREE, G.CFG(lambda s: torch.ones(3)))(X, 1.0, C),
+                                           ValueError, r"weight schedule .* shaped like sigma \(4,\), got shape \(3,\)"),
+    "checkpoint path that is a directory": (lambda p: training.load_model(p), ValueError,
+                                            "is a directory, not a checkpoint file"),
+    "imagenet pickle with a flipped module name": (_flipped_pickle, ValueError, r"val_data: corrupt or truncated"),
+    "imagenet unet --resolution 0": (lambda p: _imagenet("unet", "tiny", "--resolution", "0"), SystemExit,
+                                     "--resolution"),
+    "imagenet unet resolution below its levels": (lambda p: _imagenet("unet", "tiny", "--resolution", "2"),
+                                                  SystemExit, "resolution 2 must be a positive multiple"),
+    "sample on a CUDA device that is not there": (lambda p: samplers.sample(THREE, (4, 2), device="cuda:99"),
+                                                  ValueError, "'cuda:99': (CUDA is not available|this machine has)"),
+    "checkpoint mapped to a CUDA device that is not there": (
+        lambda p: training.load_checkpoint(_checkpoint(p, _model()), map_location="cuda:99"), ValueError,
+        "map_location 'cuda:99': (CUDA is not available|this machine has)"),
+    "CFG with w = 0 and a NaN unconditional branch": (lambda p: G.guided(_nan_null, G.CFG(0.0))(X, 1.0, C.clamp(0)),
+                                                      ValueError, r"D_1 - D_0 \(the unconditional branch"),
+    "classifier guidance with NaN log-probabilities": (
+        lambda p: G.guided(THREE, G.ClassifierGuidance(lambda x, s: x.sum(1, keepdim=True).expand(-1, 3) * math.nan,
+                                                       2.0))(X, 1.0, C.clamp(0)),
+        ValueError, r"inf/NaN log-probabilities for the labels of rows \[0, 1, 2, 3\]"),
+    "cli sample --out in a missing folder": (lambda p: _cli("sample", "--out", str(p / "nowhere" / "x.png")),
+                                             SystemExit, "--out: the folder .*nowhere does not exist"),
+    "fid --save-ref in a missing folder, before any work": (
+        lambda p: _imagenet("fid", "s.npz", "--ref", "r.npz", "--save-ref", str(p / "nowhere" / "ref.npz")),
+        SystemExit, "--save-ref: the folder .*nowhere does not exist"),
 }
+
 
 
 # every module that validates user input is reached by at least one case (a frame of it in the traceback)
@@ -315,7 +357,7 @@ VALIDATING = {"toydiff/core/denoiser.py", "toydiff/toy/nets.py", "toydiff/core/g
               "imagenet_ext/sample.py", "imagenet_ext/fid.py", "toydiff/toy/distributions.py",
               "toydiff/toy/datasets.py", "toydiff/infra/runs.py", "toydiff/infra/clitools.py",
               "toydiff/core/checkpoint.py", "toydiff/toy/zoo.py", "imagenet_ext/data.py", "imagenet_ext/inception.py",
-              "imagenet_ext/config.py", "imagenet_ext/train.py"}
+              "imagenet_ext/config.py", "imagenet_ext/train.py", "imagenet_ext/unet.py"}
 
 
 def test_cases_reach_every_validating_module(tmp_path, capsys):
@@ -398,6 +440,7 @@ VALID = {  # inputs issue 11 found refused although they are valid: each must no
     "float64 weight of 1e30 on float64": lambda p: G.guided(THREE, G.CFG(1e30))(X.double(), 1.0, C),
     "mixture at |x| = 1e15, sigma = 1e15": lambda p: THREE.denoise(torch.full((2, 2), 1e15), 1e15),
     "ddpm with all its time steps": lambda p: samplers.linear_beta_sigmas(1000),
+    "edm rho = 1e-3 (sigma_max^(1/rho) beyond float64)": lambda p: samplers.edm_sigmas(8, rho=1e-3),
     "seed 2**63 - 1": lambda p: nets.MLPDenoiser(num_classes=3, width=8, depth=2, seed=2 ** 63 - 1),
     "numpy int sample count and class": lambda p: THREE.sample(np.int64(5), cond=np.int64(1))[0],
     "a hidden folder beside the classes": lambda p: _hidden_folder(p).labels,

@@ -37,21 +37,10 @@ def _spawn(code, *args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_for(path, proc, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the child exited ({proc.returncode}) before writing {path}: {proc.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no checkpoint at {path} after {timeout} s")
-        time.sleep(0.002)
-
-
-def test_sigkill_and_resume_is_bit_identical(tmp_path):
+def test_sigkill_and_resume_is_bit_identical(tmp_path, wait_for):
     path = tmp_path / "run.pt"
     proc = _spawn(TRAIN, path)
-    _wait_for(path, proc)
+    wait_for(path, proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     killed_at = training.load_checkpoint(path)["step"]
@@ -120,13 +109,13 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_writes_never_leaves_a_bad_checkpoint(tmp_path):
+def test_sigkill_during_writes_never_leaves_a_bad_checkpoint(tmp_path, wait_for):
     paths = [tmp_path / f"run{i}" / "ck.pt" for i in range(3)]         # three writers at once
     for path in paths:
         path.parent.mkdir()
     procs = [_spawn(WRITER, path) for path in paths]
     for path, proc in zip(paths, procs):
-        _wait_for(path.parent / "mid-write", proc)
+        wait_for(path.parent / "mid-write", proc)
         proc.send_signal(signal.SIGKILL)
     for path, proc in zip(paths, procs):
         proc.wait(timeout=30)

@@ -12,6 +12,7 @@ import torch
 from imagenet_ext.checkpoint import latest_checkpoint, load_denoiser
 from imagenet_ext.train import TrainConfig, parse_args, train
 from toydiff.atomic import save_atomic
+from toydiff.checkpoint import CHECKPOINT_VERSION
 from toydiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_checkpoint_errors(tmp_path, one_proc):
     """One loader (toydiff.training.load_checkpoint, weights_only=True) with one set of errors for both worlds."""
     good = one_proc / "ckpt-0000004.pt"
     ck = load_checkpoint(good)
-    assert ck["format"] == "toydiff-checkpoint" and ck["version"] == 1 and ck["model_class"] == "EDMDenoiser"
+    assert ck["format"] == "toydiff-checkpoint" and ck["version"] == CHECKPOINT_VERSION and ck["model_class"] == "EDMDenoiser"
     assert ck["config"]["steps"] == 4 and ck["model_config"]["name"] == "tiny"        # the run's TrainConfig
     with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
         load_denoiser(tmp_path / "missing.pt")
@@ -89,8 +90,8 @@ def test_checkpoint_errors(tmp_path, one_proc):
     save_atomic({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt is not a toydiff checkpoint"):
         load_denoiser(tmp_path / "other.pt")
-    save_atomic({**ck, "version": 2}, tmp_path / "newer.pt")
-    with pytest.raises(ValueError, match="newer.pt has format version 2"):
+    save_atomic({**ck, "version": CHECKPOINT_VERSION + 1}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match=f"newer.pt has format version {CHECKPOINT_VERSION + 1}"):
         load_denoiser(tmp_path / "newer.pt")
     save_atomic({**ck, "rng": Path("not plain data")}, tmp_path / "pickle.pt")   # weights_only refuses objects
     with pytest.raises(ValueError, match="pickle.pt is corrupt or truncated"):
@@ -147,5 +148,9 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
     ckpt = latest_checkpoint(tmp_path)
     step = load_checkpoint(ckpt)["step"]
     assert 2 <= step < 500 and f"stopped by a signal at step {step}" in out
+    assert not (tmp_path / ".lock").exists(), "the lock is released before the signal ends the run"
+    stale = tmp_path / f".{ckpt.name}.k2j4h5g6.tmp"          # what a SIGKILL mid-write leaves (toydiff.atomic)
+    stale.write_bytes(b"")
     _run(["--ckpt-every", "1000", "--out", str(tmp_path), "--steps", str(step + 2), "--resume"])
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, step + 3))
+    assert not stale.exists(), "the resumed run removes a dead writer's temp file"

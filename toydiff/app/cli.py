@@ -1,7 +1,7 @@
 """The `toydiff` command line: demo, train, sample, figure, explore, bench. Thin: the logic lives in toydiff.zoo / figures / demo.
 
     toydiff demo [--out DIR] [--retrain | --models DIR] [--fast] [--seed S] [--no-progress]
-    toydiff train --out DIR [--seed S]                   # retrain the four tree checkpoints into DIR
+    toydiff train --out DIR [--seed S] [--resume]        # retrain the four tree checkpoints into DIR
     toydiff sample --guidance cfg --w 4 [--sampler heun] [--n N] [--class C] [--models DIR] [--out FILE.pt|.png]
     toydiff figure {tree,cfg,sweep,degradation} [--out DIR] [--fast] [--models DIR]
     toydiff explore [--port P] [--open]                  # the classroom page (Voila) on 127.0.0.1
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..infra.clitools import Parser, check_output, nonnegative_float, positive_int, seed, user_errors
+from ..infra.clitools import Parser, UserError, check_output, nonnegative_float, positive_int, seed, user_errors
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(q: argparse.ArgumentParser, models_dir: bool = True) -> None:
-        q.add_argument("--seed", type=seed, default=0, help="seed for training, sampling and metrics (default: 0)")
+        q.add_argument("--seed", type=seed, default=0,
+                       help="seed for training, sampling and metrics, an int in [0, 2**63 - 1] (default: 0)")
         models = q.add_mutually_exclusive_group()
         models.add_argument("--retrain", action="store_true", help="train the models from scratch, minutes of CPU "
                                                                    "(default: off, the shipped checkpoints are loaded)")
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "4x32 (CFG's D_0 in the paper's setup), condition-dropout 4x64")
     t.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="directory for the checkpoints tree_<name>.pt (load them with --models DIR)")
-    t.add_argument("--seed", type=seed, default=0, help="training seed (default: 0; 0 rebuilds the shipped models)")
+    t.add_argument("--seed", type=seed, default=0,
+                   help="training seed, an int in [0, 2**63 - 1] (default: 0; 0 rebuilds the shipped models)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the checkpoints an interrupted run left in DIR and keep the finished ones (default: "
+                        "off, and a DIR that already holds tree_<name>.pt is refused)")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars (default: shown)")
     s = sub.add_parser("sample", help="sample class A of tree() with a guidance recipe")
     s.add_argument("--guidance", default="autoguidance",
@@ -120,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 check_output(args.out, "--out", directory=True)
             return _run(args, zoo)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{parser.prog}: interrupted\n")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:                  # Ctrl-C, or SIGTERM to the training workers (toydiff.workers)
+        report = getattr(e, "report", "")
+        if report and args.command in ("train", "demo"):
+            report += (f" (continue with `toydiff train --out {args.out} --resume`)" if args.command == "train" else
+                       " (the same command continues them)")
+        sys.stderr.write(f"{parser.prog}: interrupted{': ' + report if report else ''}\n")
+        raise SystemExit(128 + getattr(e, "signum", 2)) from None
 
 
 def _run(args: argparse.Namespace, zoo) -> int:
@@ -136,7 +145,12 @@ def _run(args: argparse.Namespace, zoo) -> int:
         from ..infra.runs import RunLock
         t0 = time.perf_counter()
         with RunLock(args.out, directory=True, name="--out"):        # one training per --out at a time
-            paths = zoo.save_models(zoo.train_models(args.seed, progress), args.out, args.seed)
+            there = [f"{name}.pt" for name in zoo.TREE_MODELS if (args.out / f"{name}.pt").exists()]
+            if there and not args.resume:
+                raise UserError(f"--out: {args.out} already holds {', '.join(there)}; --resume continues or keeps "
+                                f"them, or write to another directory")
+            zoo.train_models(args.seed, progress, directory=args.out, resume=args.resume)
+        paths = [args.out / f"{name}.pt" for name in zoo.TREE_MODELS]
         print(f"trained in {time.perf_counter() - t0:.1f} s: " + ", ".join(map(str, paths)))
         return 0
     if args.command == "bench":
@@ -158,7 +172,6 @@ def _run(args: argparse.Namespace, zoo) -> int:
                      method=args.sampler)
         m = metrics.evaluate(x, datasets.tree(), args.cls, seed=args.seed) if args.n >= 4 else {}
         print(" ".join(f"{k}={v:.4f}" for k, v in m.items()) or "metrics skipped: they need >= 4 samples")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix.lower() == ".png":
             plot.save(plot.samples_panel(x, title=plot.title_with_metrics(args.guidance, m) if m else args.guidance
                                          ).figure, args.out)

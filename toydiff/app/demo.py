@@ -14,7 +14,7 @@ from ..toy.metrics import describe
 from .plot import save
 from ..core.guidance import CFG_INTERVAL
 from ..toy.training import torch_threads
-from ..toy.zoo import SIGMA_MAX, STEPS, WEIGHTS, pretrained
+from ..toy.zoo import SIGMA_MAX, STEPS, WEIGHTS, pretrained, train_models
 
 __all__ = ["demo"]
 
@@ -22,8 +22,8 @@ __all__ = ["demo"]
 def demo(out: str | os.PathLike = "toydiff-demo", *, retrain: bool = False, fast: bool = False, seed: int = 0,
          progress: bool = True, log: Callable[[str], None] = print, models_dir: str | os.PathLike | None = None
          ) -> dict[str, Any]:
-    """Everything `toydiff demo` does: models (shipped, retrained, or those `toydiff train --out DIR` wrote to
-    `models_dir`), the four reproductions as 150-dpi PNGs in `out`, metrics.json ({"methods": {none, cfg, cfg_dropout,
+    """Everything `toydiff demo` does: models (shipped, retrained into `out`/models, or those `toydiff train --out
+    DIR` wrote to `models_dir`; an interrupted retraining continues, and a finished one is kept, on the next call), the four reproductions as 150-dpi PNGs in `out`, metrics.json ({"methods": {none, cfg, cfg_dropout,
     score_scaling, autoguidance}, "sweep", "degradation", ...}; floats to 4 significant digits) and the tables with
     the definitions of their metrics. `fast`: the fast sizes of figures.FIGURES (for tests). Runs on one torch
     thread (`training.torch_threads`)."""
@@ -47,7 +47,8 @@ def _demo(out: Path, retrain: bool, fast: bool, seed: int, progress: bool, log: 
     out.mkdir(parents=True, exist_ok=True)
     n = FIGURES["tree"]["fast" if fast else "full"]["n"]
     t0 = time.perf_counter()
-    models = pretrained(retrain, seed, progress, directory=models_dir)
+    models = (train_models(seed, progress, directory=out / "models", resume=True) if retrain
+              else pretrained(False, seed, progress, directory=models_dir))
     timing = {"models": time.perf_counter() - t0}
     report: dict[str, Any] = {"settings": dict(n=n, seed=seed, fast=fast, retrain=retrain, steps=STEPS,
                                                sigma_max=SIGMA_MAX, weights=WEIGHTS, cfg_interval=CFG_INTERVAL)}

@@ -251,9 +251,16 @@ def voila_command(port: int, notebook: str | os.PathLike = NOTEBOOK) -> list[str
             "--theme=light", "--show_tracebacks=True"]
 
 
-def _free_port() -> int:
+def _free_port(port: int = 0) -> int:
+    """`port` if a server could listen on it at 127.0.0.1 now (0: a free one the system picks); ValueError if
+    taken (Voila would quietly move to the next port while we printed this one)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)          # as a server binds: TIME_WAIT is no use
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise ValueError(f"port {port} on 127.0.0.1 is in use ({e.strerror}): pick another --port, or leave it "
+                             f"out for a free one") from None
         return s.getsockname()[1]
 
 
@@ -263,7 +270,7 @@ def serve(port: int = 0, *, open_browser: bool = False) -> int:
         raise ValueError(f"port must be an int in [0, 65535] (0 = a free one), got {port!r}")
     if importlib.util.find_spec("voila") is None:
         raise FileNotFoundError("voila is not installed: python -m pip install 'toydiff[teaching]'")
-    port = port or _free_port()
+    port = _free_port(port)
     url = f"http://127.0.0.1:{port}/"
     print(f"toydiff explore: {url}  (Ctrl-C to stop)", flush=True)
     if open_browser:

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..infra.atomic import naming_full_disk
 from ..toy.density import Grid
 
 __all__ = ["STYLE", "DPI", "NOTEBOOK_DPI", "FONT", "TITLE_SIZE", "MIN_WIDTH", "COLORS", "use_style", "figure",
@@ -69,10 +70,12 @@ def figure_rows(*cols: int, width: float = 15.0, title_room: float = 0.7) -> tup
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write `fig` as a PNG at `DPI` (150) with a tight bounding box; returns the path."""
+    """Write `fig` as a PNG at `DPI` (150) with a tight bounding box; returns the path. A full disk raises OSError
+    naming the path (toydiff.atomic.naming_full_disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with naming_full_disk(path):
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from ..infra.atomic import naming_full_disk
 from ..toy.metrics import LABELS
 
 __all__ = ["leaderboard", "pareto_figure", "write_outputs"]
@@ -109,11 +110,13 @@ def write_outputs(result: dict, out: str | os.PathLike) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.md", out / "bench.json"]
-    paths[0].write_text(leaderboard(result))
-    paths[1].write_text(json.dumps(result, indent=1))
+    for path, text in zip(paths, (leaderboard(result), json.dumps(result, indent=1))):
+        with naming_full_disk(path):                       # a full disk names the file, as every writer does
+            path.write_text(text)
     for name, data in result["datasets"].items():
         fig = pareto_figure(name, data, result["criterion"])
         paths.append(out / f"pareto_{name}.png")
-        fig.savefig(paths[-1], dpi=150)
+        with naming_full_disk(paths[-1]):
+            fig.savefig(paths[-1], dpi=150)
         plt.close(fig)
     return paths

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .denoiser import renoise_of, start_run
 from .schedules import SCHEDULES, edm_sigmas, flow_sigmas, linear_beta_sigmas, vp_sigmas
 from .solvers import METHODS, RENOISE_METHODS
-from ..infra.validation import as_cond, check_batch
+from ..infra.validation import as_cond, check_batch, check_device
 
 __all__ = ["edm_sigmas", "vp_sigmas", "linear_beta_sigmas", "flow_sigmas", "SCHEDULES", "METHODS", "RENOISE_METHODS",
            "DEFAULT_STEPS", "DEFAULT_SCHEDULE", "sample"]
@@ -121,7 +121,7 @@ def sample(
         x = check_batch(shape_or_noise, "shape_or_noise").clone()
     elif isinstance(shape_or_noise, (tuple, list, torch.Size)) and len(shape_or_noise) >= 1 and all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape_or_noise):
-        dev = device if device is not None else (generator.device if generator is not None else "cpu")
+        dev = check_device(device) if device is not None else (generator.device if generator is not None else "cpu")
         x = torch.randn(tuple(shape_or_noise), generator=generator, dtype=dtype, device=dev) * levels[0]
     else:
         raise ValueError(f"shape_or_noise must be a shape tuple of positive ints or a tensor, got {shape_or_noise!r}")

@@ -46,7 +46,8 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     """EDM schedule (Karras et al. 2022, Eq. 5) with a final 0: [steps + 1] float64.
 
     sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  sigma_N = 0.
-    Needs 0 < sigma_min < sigma_max and a finite rho > 0 (EDM uses 7; rho -> 0 tends to the log-uniform spacing).
+    Needs 0 < sigma_min < sigma_max and a finite rho > 0 (EDM uses 7; rho -> inf tends to the log-uniform spacing,
+    a small rho keeps the levels near sigma_max until the last: rho = 1e-3 gives 80, 79.99, ..., 79.84, 0.002).
     """
     steps = check_positive_int(steps, "steps")
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
@@ -54,8 +55,18 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     if rho == 0:
         raise ValueError("rho must be > 0 (EDM uses 7), got 0")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _finish((hi + ramp * (lo - hi)) ** rho, "edm_sigmas")
+    try:
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    except OverflowError:                                  # sigma^(1/rho) beyond float64: rho < ~0.1 at sigma_max 80
+        lo = hi = 0.0
+    if lo > 0 and math.isfinite(hi):
+        return _finish((hi + ramp * (lo - hi)) ** rho, "edm_sigmas")
+    # the same formula divided through by sigma_max^(1/rho): sigma_max (1 + i/(N-1) (r - 1))^rho,
+    # r = (sigma_min / sigma_max)^(1/rho) (underflows to 0 harmlessly; the last level is set to sigma_min exactly)
+    r = (sigma_min / sigma_max) ** (1 / rho)
+    sigmas = sigma_max * (1 + ramp * (r - 1)) ** rho
+    sigmas[-1] = sigma_min
+    return _finish(sigmas, "edm_sigmas")
 
 
 def vp_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, beta_d: float = 19.9,

@@ -87,7 +87,8 @@ def check_output(path: str | os.PathLike, flag: str, *, suffixes: Sequence[str] 
                  directory: bool = False) -> Path:
     """Refuse an output location up front: a file name whose suffix is not one of `suffixes` (compared case-
     insensitively; the name is then used exactly as given, never rewritten), a directory where a file is wanted
-    (or a file where a directory is), or a place that is not writable. Returns the path."""
+    (or a file where a directory is), a file in a folder that does not exist (an output directory itself is
+    created), or a place that is not writable. Returns the path."""
     path = Path(path)
     if directory:
         if path.exists() and not path.is_dir():
@@ -101,6 +102,8 @@ def check_output(path: str | os.PathLike, flag: str, *, suffixes: Sequence[str] 
         raise UserError(f"{flag}: {path} is a directory; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag}: {path} exists and is not writable")
+    if not path.parent.is_dir():                  # a typo in a folder name creates nothing (say, under / as root)
+        raise UserError(f"{flag}: the folder {path.parent} does not exist (create it first, or fix the path)")
     _writable_dir(path.parent, flag)
     return path
 

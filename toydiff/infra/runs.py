@@ -2,7 +2,10 @@
 
   * `RunLock`: an exclusive lock on a checkpoint path or run directory, so a second run on the same output
     refuses to start (OutputInUse, naming the path and the holder) instead of overwriting or pruning the first
-    run's checkpoints. An flock, so a killed run leaves no stale lock: the kernel releases it with the process.
+    run's checkpoints. An flock, so a killed run leaves no stale lock: the kernel releases it with the process;
+    the lock file itself is removed on release (also after SIGTERM/SIGINT), and one left by a SIGKILL is only
+    text: it never blocks the next run. Whoever takes the lock removes the temp files a killed writer left
+    (toydiff.atomic's `.<name>.<random>.tmp`): no live writer can own them then.
   * `numbered_checkpoints` / `prune_checkpoints`: `ckpt-<step>.pt` ordered by step NUMBER (text order puts
     ckpt-10000000.pt before ckpt-9999998.pt and would delete the newest).
   * `StopSignals`: SIGTERM / SIGINT set a flag that the training loop polls once per step; the loop writes a
@@ -31,10 +34,11 @@ from typing import Any, Mapping
 
 from .atomic import atomic_path, naming_full_disk
 
-__all__ = ["OutputInUse", "RunLock", "numbered_checkpoints", "prune_checkpoints", "StopSignals", "check_resume",
+__all__ = ["OutputInUse", "RunLock", "remove_stale_temps", "numbered_checkpoints", "prune_checkpoints", "StopSignals", "check_resume",
            "truncate_log", "append_jsonl", "fingerprint"]
 
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")                # tempfile.mkstemp's 8 random characters
 
 
 class OutputInUse(FileExistsError):
@@ -50,7 +54,7 @@ class RunLock:
         path = Path(path)
         self.target, self.name = path, name
         self.file = path / ".lock" if directory else path.with_name(f".{path.name[:200]}.lock")
-        self.fd: int | None = None
+        self.directory, self.fd, self.stale = directory, None, []        # stale: the temp files acquire() removed
 
     def acquire(self) -> "RunLock":
         self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,8 @@ class RunLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                  .encode())
         self.fd = fd
+        self.stale = remove_stale_temps(self.target if self.directory else self.target.parent,
+                                        None if self.directory else self.target.name)
         return self
 
     def release(self) -> None:
@@ -87,6 +93,18 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def remove_stale_temps(directory: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp files toydiff.atomic.atomic_path left in `directory` (all, or those of the file `name`)
+    when its writer was killed; call it only while holding the RunLock that every writer there holds."""
+    if not directory.is_dir():
+        return []
+    prefix = "." if name is None else f".{name[:100]}."
+    stale = [p for p in directory.iterdir() if p.name.startswith(prefix) and _TEMP_RE.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def numbered_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:

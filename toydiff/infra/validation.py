@@ -176,5 +176,8 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     ok = {"cpu": lambda: True, "cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
           "mps": lambda: torch.backends.mps.is_available()}.get(dev.type, lambda: False)()
     if not ok:
-        raise ValueError(f"{name} {device!r} is not available on this machine")
+        why = {"cuda": "CUDA is not available on this machine" if not torch.cuda.is_available() else
+               f"this machine has {torch.cuda.device_count()} CUDA device(s)",
+               "mps": "MPS is not available on this machine"}.get(dev.type, "not available on this machine")
+        raise ValueError(f"{name} {str(device)!r}: {why}")
     return dev

@@ -8,7 +8,11 @@ so every quantity a diffusion model learns is known in closed form (Karras et al
 The 2x2 algebra is closed-form (no eigendecomposition, no batched inverse), evaluated in float64, and every sum
 over components is a log-sum-exp, so results (float64 or float32) stay finite over the stated range
 |x| <= X_LIMIT = 1e15 (each coordinate) and 0 <= sigma <= SIGMA_LIMIT = 1e15; inputs beyond it raise a ValueError
-(past ~1e77 the float64 terms sigma^4 and |x|^2 sigma^2 themselves overflow).
+saying why. The range is a property of floating point, not of the mixture: (1) D = x + sigma^2 s is evaluated as
+written, so D carries float64's rounding of x, an absolute error of about |x| 2^-53 (1e-7 at |x| = sigma = 1e9,
+0.1 at 1e15, while the exact D there is ~0.5 / sigma: at large sigma D tends to the mixture mean); (2) log p ~
+-|x|^2 / (2 (C + sigma^2)) leaves float32 past |x| ~ 1e19; (3) past ~1e77 the float64 terms sigma^4 and
+|x|^2 sigma^2 themselves overflow. sigma = inf (D = the mixture mean, s = 0) is outside it too.
 """
 from __future__ import annotations
 
@@ -139,10 +143,12 @@ class GaussianMixture:
         c = as_cond(cond, n, self.num_classes, device=x.device)
         if x.abs().max() > X_LIMIT:
             raise ValueError(f"x lies outside the mixture's finite range |x| <= {X_LIMIT:g}: max |x| = "
-                             f"{x.abs().max().item():g}")
+                             f"{x.abs().max().item():g} (a limit of floating point, see toydiff.distributions: "
+                             f"float64 rounding of x in D, float32 log-densities)")
         if s.max() > SIGMA_LIMIT:
             raise ValueError(f"sigma lies outside the mixture's finite range 0 <= sigma <= {SIGMA_LIMIT:g}: "
-                             f"got {s.max().item():g}")
+                             f"got {s.max().item():g} (a limit of floating point, see toydiff.distributions: "
+                             f"float64 rounding of x in D, float32 log-densities)")
         return x, s, c
 
     def _prior(self, cond) -> Tensor:

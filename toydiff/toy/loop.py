@@ -3,7 +3,7 @@
 Each step t: the caller's `batch_loss(t)` (it draws its batch from its own seeded generator), a check that the loss
 is finite before any update, Adam's learning rate lr_t = lr / sqrt(max(t / t_decay, 1)) (the inverse square-root
 decay of Karras et al. 2024's toy), one optimizer step, the loss recorded, then the caller's `after_step(t)` (EMA,
-checkpoints, stop signals).
+checkpoints, stop signals), which returns True to end the loop after this step.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def optimize(opt: torch.optim.Optimizer,
              lr: float,
              lr_decay_steps: int,
              start: int = 0,
-             after_step: Callable[[int], None] | None = None,
+             after_step: Callable[[int], bool | None] | None = None,
              checkpoint: Any = None,
              progress: bool = True,
              desc: str = "train") -> None:
@@ -45,8 +45,8 @@ def optimize(opt: torch.optim.Optimizer,
             losses[step] = loss.detach()
             if progress and step % 64 == 0:
                 bar.set_postfix(loss=f"{losses[step].item():.4f}")
-            if after_step is not None:
-                after_step(step)
+            if after_step is not None and after_step(step):
+                break
     finally:
         bar.close()
 

@@ -143,10 +143,11 @@ class MLPDenoiser(_NoiseConditionedMLP):
         return F.silu(h, inplace=inplace)
 
     def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        """D(x; sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)  (EDM eq. 7)."""
+        """D(x; sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)  (EDM eq. 7), in x's dtype (float16 and
+        bfloat16 inputs too, though F runs in the weights' dtype)."""
         x, s, idx = self._args(x, sigma, cond)
         c_skip, c_out, c_in, c_noise = self._precond(s)
-        return c_skip * x + c_out * self.out(self._trunk(c_in * x, c_noise, idx))
+        return (c_skip * x + c_out * self.out(self._trunk(c_in * x, c_noise, idx))).to(x.dtype)
 
 
 class EnergyMLPDenoiser(MLPDenoiser):
@@ -182,7 +183,7 @@ class EnergyMLPDenoiser(MLPDenoiser):
                 x_in = x_in.detach().requires_grad_(True)
             f = self.out(self._trunk(x_in, c_noise, idx))
             (grad,) = torch.autograd.grad(f.sum(), x_in, create_graph=create_graph)
-        return c_skip * x + c_out * grad
+        return (c_skip * x + c_out * grad).to(x.dtype)
 
 
 class TwinHeadMLPDenoiser(MLPDenoiser):
@@ -221,7 +222,7 @@ class TwinHeadMLPDenoiser(MLPDenoiser):
         null = idx == self.num_classes
         f_c = self.out_c(F.silu(self.lin_c(h) + self.emb(idx.masked_fill(null, 0))))
         f_u = self.out_u(F.silu(self.lin_u(h)))
-        return c_skip * x + c_out * f_c, c_skip * x + c_out * f_u, null
+        return (c_skip * x + c_out * f_c).to(x.dtype), (c_skip * x + c_out * f_u).to(x.dtype), null
 
     def denoise_pair(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor]:
         """(D(x | cond), D(x | null)) from one trunk forward; rows with cond == -1 get the null head in both."""

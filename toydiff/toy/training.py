@@ -29,7 +29,7 @@ from .nets import MLPDenoiser, VelocityMLP, build_model
 __all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "TrainResult", "train",
            "ToyTrainConfig",
-           "load_model", "denoiser_error", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
+           "load_model", "model_from_checkpoint", "denoiser_error", "DEFAULT_STEPS", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_STEPS = 4096
 DEFAULT_BATCH_SIZE = 1024
@@ -96,6 +96,7 @@ class ToyTrainConfig:
     force_resume: bool = False
     threads: int | None = 1
     objective: str = "edm"
+    meta: dict | None = None            # what the model is, stored in its checkpoints (toydiff.core.checkpoint)
 
     def __post_init__(self) -> None:
         checked = dict(steps=check_positive_int(self.steps, "steps"),
@@ -138,9 +139,11 @@ def train(model: MLPDenoiser, data: Any, config: ToyTrainConfig | None = None, *
     ``(x [N, dim], y integer [N])`` / ``x`` (unconditional).
     Every step draws indices, dropout, sigma and noise from one torch.Generator seeded with ``seed``, so the
     same seed gives bit-identical weights. ``checkpoint``: a path written atomically every
-    ``checkpoint_every`` steps and at the end, locked against a second run for the duration (toydiff.runs);
-    SIGTERM/SIGINT write it at the current step, then end the run as the signal would. ``resume=True``
-    continues from it (if it exists) and ends bit-identical to an uninterrupted run; it refuses a checkpoint
+    ``checkpoint_every`` steps and at the end, locked against a second run for the duration (toydiff.runs), with
+    ``meta`` (what the model is: toydiff.core.checkpoint); SIGTERM/SIGINT write it at the current step, release the
+    lock, then end the run as the signal would. An existing checkpoint is never overwritten by a fresh run
+    (FileExistsError: another run's work): ``resume=True``
+    continues from it and ends bit-identical to an uninterrupted run; it refuses a checkpoint
     of other data (a fingerprint of the training pool), model or settings, naming the key, unless
     ``force_resume=True``, and one beyond ``steps``. A non-finite loss stops training with FloatingPointError
     (the last checkpoint stays as it was). ``threads``: torch intra-op threads while training (restored
@@ -177,13 +180,17 @@ def train(model: MLPDenoiser, data: Any, config: ToyTrainConfig | None = None, *
     path = config.checkpoint
     lock = RunLock(path, directory=False, name="checkpoint").acquire() if path is not None else None
     try:
-        if path is not None and config.resume and os.path.exists(path):
+        if path is not None and os.path.exists(path):
+            if not config.resume:
+                raise FileExistsError(f"checkpoint {path} already exists (another run's, or an earlier one's); "
+                                      f"resume=True continues it, or delete it to start over")
             start = _resume(path, model, ema, opt, gen, losses, recorded, config.force_resume)
         with torch_threads(config.threads), StopSignals() as stop:
             _loop(model, ema, opt, gen, losses, start, (pool_x, pool_y, pool_k), mixture, config, recorded, stop)
     finally:
         if lock is not None:
             lock.release()
+    stop.exit()                                   # after a signal: the checkpoint is written, the lock released
     model.eval()
     return TrainResult(model, ema, losses, time.perf_counter() - t0)
 
@@ -191,7 +198,7 @@ def train(model: MLPDenoiser, data: Any, config: ToyTrainConfig | None = None, *
 def _resume(path: Any, model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen: torch.Generator,
             losses: Tensor, config: dict, force: bool) -> int:
     """Load a train() checkpoint into model, ema, opt, gen and losses after checking it belongs to this run."""
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, resumable=True)
     check_resume({"model_class": ck["model_class"], **ck["model_config"]},
                  {"model_class": type(model).__name__, **model.config}, path, None)
     if not force:
@@ -212,7 +219,8 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
           start: int, pool: tuple[Tensor, Tensor, Any], mixture: Any, config: ToyTrainConfig, recorded: dict,
           stop: StopSignals) -> None:
     """Steps start..steps of train() (see there) through toydiff.toy.loop.optimize; updates model, ema, opt, gen and
-    losses in place. `recorded`: the config a checkpoint stores."""
+    losses in place. `recorded`: the config a checkpoint stores. Returns early, after writing the checkpoint, when
+    `stop` has caught a signal."""
     params, ema_params = list(model.parameters()), list(ema.parameters())
     pool_x, pool_y, pool_k = pool                           # samples, labels, components (None for tensor data)
     n, flow = config.batch_size, config.objective != "edm"
@@ -238,16 +246,15 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
         x_t = (1 - t[:, None]) * y + t[:, None] * noise                             # x_t = (1 - t) y + t n
         return flow_matching_loss(model(x_t, t, c), y, noise, t, None if config.loss == "dsm" else target).mean()
 
-    def after_step(step: int) -> None:
+    def after_step(step: int) -> bool:
         ema_update(ema_params, params, ema_beta_power(step, config.ema_std))
         due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
         if config.checkpoint is not None and (due or stop.requested):
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 diverged("non-finite weights", step + 1, config.lr, config.checkpoint)
             save_checkpoint(config.checkpoint, model, ema, opt, step + 1, recorded, rng_state=gen.get_state(),
-                            losses=losses)
-        if stop.requested:
-            stop.exit()
+                            losses=losses, meta=config.meta)
+        return stop.requested                           # train() re-delivers the signal once the lock is released
 
     optimize(opt, losses, batch_loss, steps=config.steps, lr=config.lr, lr_decay_steps=config.lr_decay_steps,
              start=start, after_step=after_step, checkpoint=config.checkpoint, progress=config.progress)
@@ -264,12 +271,17 @@ def denoiser_error(denoiser: Any, mixture: Any, sigma: float, *, n: int = 1024, 
     return float(err * edm_weight(sigma, getattr(denoiser, "sigma_data", 0.5)))
 
 
-def load_model(path: str | os.PathLike) -> MLPDenoiser:
-    """Rebuild the model from a checkpoint's class name and config and return its EMA weights (eval mode)."""
-    ck = load_checkpoint(path)
+def load_model(path: str | os.PathLike, expect: dict | None = None) -> MLPDenoiser:
+    """Rebuild the model from a checkpoint's class name and config and return its EMA weights (a model file: its
+    weights) in eval mode; `expect`: the `meta` it must carry (toydiff.core.checkpoint.load_checkpoint)."""
+    return model_from_checkpoint(load_checkpoint(path, expect=expect), path)
+
+
+def model_from_checkpoint(ck: dict, path: str | os.PathLike) -> MLPDenoiser:
+    """The model of a checkpoint dict read from `path` (load_model's work once the file is read)."""
     try:
         model = build_model(ck["model_class"], ck["model_config"])
-        model.load_state_dict(ck["ema"])
+        model.load_state_dict(ck["model"] if ck["ema"] is None else ck["ema"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path}: stored weights do not fit {ck['model_class']}"
                          f"{ck['model_config']}: {e}") from e

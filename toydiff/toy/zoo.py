@@ -25,29 +25,31 @@ through `flow_models()` as the same ToyModels of denoisers (toydiff.core.flow.Ve
 """
 from __future__ import annotations
 
-import copy
-import multiprocessing
+import dataclasses
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 
 from . import datasets
 from ..core import guidance, samplers
 from ..core.denoiser import Denoiser, SeparateNull
 from ..core.flow import VelocityDenoiser
-from .distributions import GaussianMixture
-from .classifier import train_classifier
-from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
-from .training import load_model, save_checkpoint, train
+from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..infra.runs import check_resume
 from ..infra.validation import check_positive_int
+from ..infra.workers import Interrupted, run_jobs
+from .classifier import train_classifier
+from .degraded import Degraded
+from .distributions import GaussianMixture
+from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
+from .training import model_from_checkpoint, train
 
 __all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "TREE_MODELS", "ToyModels",
-           "training_data", "train_model", "train_models", "save_model", "save_models", "load_models", "thin_models",
+           "training_data", "train_model", "train_models", "save_model", "save_models", "load_named", "load_models",
+           "thin_models",
            "FLOW_MODELS", "flow_models",
            "pretrained", "WEIGHTS",
            "guided_denoiser", "draw", "Degraded"]
@@ -131,53 +133,91 @@ def training_data(spec: ModelSpec, dist: GaussianMixture | None = None) -> Gauss
     return GaussianMixture(dist.weights[keep], dist.means[keep], dist.covs[keep], relabel, len(spec.classes))
 
 
+def _meta(name: str, spec: ModelSpec, seed: int, config: dict) -> dict:
+    """What a zoo checkpoint says it is (toydiff.core.checkpoint): role, dataset, architecture, recipe (spec + seed)."""
+    return dict(role=name, dataset=spec.dataset, architecture={"class": spec.architecture, **config},
+                recipe={**dataclasses.asdict(spec), "seed": seed})
+
+
 def train_model(name: str | ModelSpec, seed: int | None = None, progress: bool = True,
-                dist: GaussianMixture | None = None) -> MLPDenoiser | NoiseAwareClassifier:
+                dist: GaussianMixture | None = None, directory: str | os.PathLike | None = None,
+                resume: bool = False) -> MLPDenoiser | NoiseAwareClassifier:
     """Train the model of MODEL_SPECS[name] (or the ModelSpec `name`) from scratch (seed: the spec's by default)
     and return its EMA (a classifier: its weights; seeded, bit-reproducible). `dist`: a dataset in place of the
-    spec's (the same recipe on a distribution it was not tuned on)."""
+    spec's. `directory`: train with the checkpoint `<directory>/<name>.pt` (every 1024 steps and at SIGTERM/SIGINT),
+    replaced by the model file (`save_model`) once trained; `resume=True` continues an interrupted one, or keeps a
+    finished one of the same recipe and seed."""
     if not isinstance(name, ModelSpec) and name not in MODEL_SPECS:
         raise ValueError(f"name must be one of {sorted(MODEL_SPECS)} or a ModelSpec, got {name!r}")
-    spec = name if isinstance(name, ModelSpec) else MODEL_SPECS[name]
-    seed = spec.seed if seed is None else seed
+    spec, name = (name, None) if isinstance(name, ModelSpec) else (MODEL_SPECS[name], name)
+    if directory is not None and name is None:
+        raise ValueError("directory needs a MODEL_SPECS name (the checkpoint is <directory>/<name>.pt)")
+    return _train_job(name, spec, spec.seed if seed is None else seed, progress, dist, directory, resume)
+
+
+def _train_job(name: str | None, spec: ModelSpec, seed: int, progress: bool, dist: GaussianMixture | None,
+               directory: str | os.PathLike | None, resume: bool) -> MLPDenoiser | NoiseAwareClassifier:
+    """train_model's work, given the spec itself (worker processes get the specs as they are in the parent)."""
     data = training_data(spec, dist)
     config = dict(num_classes=data.num_classes if spec.conditional else 0, width=spec.width, depth=spec.depth,
                   seed=seed, **({"position_freqs": spec.position_freqs} if spec.position_freqs else {}))
+    path = None if directory is None else Path(directory) / f"{name}.pt"
+    if path is not None and resume and path.exists():
+        ck = load_checkpoint(path, expect={"role": name})
+        check_resume(ck["meta"].get("recipe", {}), _meta(name, spec, seed, {})["recipe"], path, None)
+        if ck["optimizer"] is None:                          # a finished model file of this recipe: keep it
+            return model_from_checkpoint(ck, path)
     model = build_model(spec.architecture, config)
     settings = dict(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, p_mean=spec.p_mean,
                     pool_size=spec.pool_size, seed=seed, progress=progress)
     if isinstance(model, NoiseAwareClassifier):
-        return train_classifier(model, data, target=spec.loss, **settings).model
-    return train(model, data, loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std,
-                 objective=spec.objective, **settings).ema
+        trained = train_classifier(model, data, target=spec.loss, **settings).model
+    else:
+        trained = train(model, data, loss=spec.loss, p_uncond=spec.p_uncond, ema_std=spec.ema_std,
+                        objective=spec.objective, checkpoint=path, resume=resume,
+                        meta=_meta(name, spec, seed, model.config), **settings).ema
+    if path is not None:
+        save_model(name, trained, directory, seed, spec)
+    return trained
 
 
 def train_models(seed: int | None = None, progress: bool = True, workers: int | None = None,
-                 dist: GaussianMixture | None = None) -> ToyModels:
+                 dist: GaussianMixture | None = None, directory: str | os.PathLike | None = None,
+                 resume: bool = False) -> ToyModels:
     """Train the tree models (TREE_MODELS) from scratch, in `workers` processes of one thread each (default: one
-    per CPU core, at most 2; no progress bars then). Every model is seeded on its own: the same bits either way.
-    `dist`: a two-class dataset in place of tree() (the same recipe on another distribution)."""
+    per CPU core, at most 2; no progress bars then; toydiff.infra.workers: a SIGINT/SIGTERM stops them within a
+    step and raises workers.Interrupted). Every model is seeded on its own: the same bits either way. `dist`: a
+    two-class dataset in place of tree(); `directory`, `resume`: as in `train_model`, for each model."""
     workers = min(2, os.cpu_count() or 1) if workers is None else check_positive_int(workers, "workers")
+    seeds = {name: MODEL_SPECS[name].seed if seed is None else seed for name in TREE_MODELS}
+    jobs = [(name, MODEL_SPECS[name], seeds[name], progress and workers == 1, dist, directory, resume)
+            for name in TREE_MODELS]                   # the specs as they are here, also when edited
     if workers == 1:
-        return ToyModels(*(train_model(name, seed, progress, dist) for name in TREE_MODELS))
-    # TREE_MODELS's order puts main and dropout (7/8 of the work) in different processes
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        specs = [MODEL_SPECS[name] for name in TREE_MODELS]            # as they are here, also when edited
-        n = len(specs)
-        return ToyModels(*pool.map(train_model, specs, [seed] * n, [False] * n, [dist] * n))
+        return ToyModels(*(_train_job(*job) for job in jobs))
+    try:                                                # job i runs in process i mod 2: main + uncond, guide + dropout
+        return ToyModels(*run_jobs(_train_job, jobs, workers))
+    except Interrupted as e:
+        e.report = _saved(e, directory)
+        raise
+
+
+def _saved(stop: Interrupted, directory: str | os.PathLike | None) -> str:
+    """What an interrupted train_models left: each model's file and step, or why there is none."""
+    paths = [Path(directory or ".") / f"{name}.pt" for name in TREE_MODELS]
+    return "nothing saved (no models directory)" if directory is None else "; ".join(
+        f"{p} finished" if i in stop.done else f"{p.stem} not started" if i not in stop.stopped or not p.exists()
+        else f"{p} saved at step {load_checkpoint(p)['step']} of {MODEL_SPECS[p.stem].steps}"
+        for i, p in enumerate(paths))
 
 
 def save_model(name: str, model: MLPDenoiser | NoiseAwareClassifier, directory: str | os.PathLike = CHECKPOINT_DIR,
                seed: int = 0, spec: ModelSpec | None = None) -> Path:
-    """Write a model's float32 EMA weights (only) as the toydiff checkpoint `<directory>/<name>.pt`, with the
-    settings of its recipe (`spec`; default MODEL_SPECS[name])."""
+    """Write a model's float32 EMA weights as the model file `<directory>/<name>.pt` (toydiff.core.checkpoint:
+    weights only, meta = role `name`, dataset, architecture and recipe: `spec`, default MODEL_SPECS[name])."""
     os.makedirs(directory, exist_ok=True)
     path, spec = Path(directory) / f"{name}.pt", MODEL_SPECS[name] if spec is None else spec
-    empty = torch.optim.Adam(model.parameters())              # no moments: the shipped file holds weights only
-    save_checkpoint(path, model, model, empty, spec.steps, dict(steps=spec.steps, batch_size=spec.batch_size,
-                                                                p_uncond=spec.p_uncond, seed=seed, dataset=spec.dataset,
-                                                                classes=spec.classes))
-    return path                                               # (model is its own EMA: one copy of the tensors)
+    save_checkpoint(path, model, None, None, spec.steps, None, meta=_meta(name, spec, seed, model.config))
+    return path
 
 
 def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR, seed: int = 0) -> list[Path]:
@@ -185,22 +225,33 @@ def save_models(models: ToyModels, directory: str | os.PathLike = CHECKPOINT_DIR
     return [save_model(name, getattr(models, name.removeprefix("tree_")), directory, seed) for name in TREE_MODELS]
 
 
+def load_named(name: str, directory: str | os.PathLike = CHECKPOINT_DIR) -> MLPDenoiser:
+    """The model file `<directory>/<name>.pt`; ValueError (one line naming the file) if it is another model's
+    (its meta's role differs, e.g. tree_guide.pt renamed tree_main.pt) or an interrupted training checkpoint."""
+    path = Path(directory) / f"{name}.pt"
+    ck = load_checkpoint(path, expect={"role": name})
+    if ck["optimizer"] is not None:                         # finished runs replace it with the model file
+        raise ValueError(f"{path} is the checkpoint of an interrupted training run (step {ck['step']} of "
+                         f"{ck['meta']['recipe']['steps']}): finish it with `toydiff train --out {directory} --resume`")
+    return model_from_checkpoint(ck, path)
+
+
 def load_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
-    """Load <name>.pt of every tree model (FileNotFoundError / ValueError from toydiff.training when bad)."""
-    return ToyModels(*(load_model(Path(directory) / f"{name}.pt") for name in TREE_MODELS))
+    """Load <name>.pt of every tree model (`load_named`; FileNotFoundError / ValueError when bad)."""
+    return ToyModels(*(load_named(name, directory) for name in TREE_MODELS))
 
 
 def flow_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> ToyModels:
     """The tree's flow-matching models (FLOW_MODELS) as denoisers (`toydiff.core.flow.VelocityDenoiser` around each
     VelocityMLP): main and guide of class A, the unconditional D_0 of CFG; no condition-dropout network (None).
     `.main.velocity` is the velocity model itself."""
-    return ToyModels(*(VelocityDenoiser(load_model(Path(directory) / f"{name}.pt")) for name in FLOW_MODELS), None)
+    return ToyModels(*(VelocityDenoiser(load_named(name, directory)) for name in FLOW_MODELS), None)
 
 
 def thin_models(directory: str | os.PathLike = CHECKPOINT_DIR) -> tuple[MLPDenoiser, MLPDenoiser]:
     """The shipped (main, guide) of the thin tree: class-conditional with condition dropout, so CFG uses the main
     model's own null label."""
-    return load_model(Path(directory) / "thin_main.pt"), load_model(Path(directory) / "thin_guide.pt")
+    return load_named("thin_main", directory), load_named("thin_guide", directory)
 
 
 def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True,
@@ -252,52 +303,3 @@ def draw(denoiser: Callable, n: int, cls: int | None, seed: int, trajectory: boo
     return samplers.sample(denoiser, (n, 2), cond, method=method, steps=STEPS,
                            sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(seed),
                            return_trajectory=trajectory)
-
-
-class Degraded:
-    """A synthetically degraded copy of a network (Karras et al. 2024, Sec. 5).
-
-    `kind="dropout"`: a fixed random share `amount` of the hidden units is switched off (the rest scaled by
-    1 / (1 - amount)); the units are ranked by one draw from `seed`, so with the same seed a stronger dropout
-    removes a superset of the units of a weaker one, "the same kind of error, only more".
-    `kind="input_noise"`: D(x + amount * sigma * n; sigma) with fresh noise n on every call of a sampling run: a
-    model that sees noisier inputs than it is told. The noise is the run's own, drawn from `seed` anew in each
-    run's copy (`start_run`, which samplers call), so a run's samples do not depend on what ran before; with the
-    same seed, two such models (main and guide) see the same n at the same call, scaled by their own amounts.
-    """
-
-    def __init__(self, model: MLPDenoiser, kind: str, amount: float, seed: int = 0):
-        if kind not in ("dropout", "input_noise"):
-            raise ValueError(f"kind must be 'dropout' or 'input_noise', got {kind!r}")
-        if not 0 <= amount < 1:
-            raise ValueError(f"amount must lie in [0, 1), got {amount}")
-        self.kind, self.amount, self.seed = kind, float(amount), seed
-        self.model = copy.deepcopy(model)
-        self._noise: torch.Generator | None = None          # input_noise's generator of one run: start_run's copy
-        if kind == "dropout":
-            gen = torch.Generator().manual_seed(seed)
-            for layer in self.model.hidden:
-                keep = torch.rand(layer.out_features, generator=gen) >= self.amount
-                layer.register_forward_hook(lambda mod, inp, out, keep=keep: out * keep / (1 - self.amount))
-
-    def start_run(self, sigmas: Tensor | None) -> Degraded:
-        """This model for one sampling run: input noise from a generator seeded with `seed` (the dropout kind has
-        no per-run state and returns itself)."""
-        if self.kind != "input_noise":
-            return self
-        run = copy.copy(self)
-        run._noise = torch.Generator().manual_seed(self.seed)
-        return run
-
-    def __call__(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        if self.kind == "input_noise":
-            if self._noise is None:
-                raise ValueError("Degraded(input_noise) draws its noise per sampling run: sample with "
-                                 "toydiff.samplers.sample, or call toydiff.denoiser.start_run(model, sigmas) and use "
-                                 "what it returns")
-            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
-            x = x + self.amount * s * torch.randn(x.shape, generator=self._noise, dtype=x.dtype)   # x + a sigma n
-        return self.model(x, sigma, cond)
-
-    def __repr__(self) -> str:
-        return f"Degraded({self.kind}={self.amount})"

@@ -111,7 +111,11 @@ class Guidance:
     def weight(self, sigma: Tensor) -> Tensor:
         """The effective weight per sample [N]: the schedule, set to 1 outside the guidance interval."""
         if callable(self.w):
-            w = torch.as_tensor(self.w(sigma), dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
+            w = torch.as_tensor(self.w(sigma), dtype=sigma.dtype, device=sigma.device)
+            if w.shape not in ((), (1,), sigma.shape):
+                raise ValueError(f"the weight schedule w(sigma) must return a number or a tensor shaped like sigma "
+                                 f"{tuple(sigma.shape)}, got shape {tuple(w.shape)}")
+            w = w.expand_as(sigma)
             if not torch.isfinite(w).all() or (w < 0).any():
                 raise ValueError("the weight schedule w(sigma) must return finite values >= 0")
         else:                                                  # via float64: a w beyond float32's range becomes inf
@@ -150,11 +154,17 @@ class Guidance:
         w = self.weight(s)
         if bool((w == 1).all()):
             return self.finish(self.unguided(denoiser, x, s, cond), x, s)
-        d1, delta = torch.broadcast_tensors(*self.branches(denoiser, x, s, cond))
+        # a guide of another dtype (float64 beside a float32 model) must not change the output's: x's dtype
+        d1, delta = torch.broadcast_tensors(*(t.to(x.dtype) for t in self.branches(denoiser, x, s, cond)))
         k = d1.numel() // x.numel()                                          # predictions per row: 1, or K stacked
         rows = lambda t: t.reshape(k * x.shape[0], *x.shape[1:])              # [K, N, ...] -> [K N, ...]
         out = self.combine(rows(d1), rows(delta), w.repeat(k), rows(x.expand_as(d1)), s.repeat(k))
         if not torch.isfinite(out).all():
+            for what, t in (("the main branch D_1", d1), ("the guidance direction D_1 - D_0 (the unconditional "
+                                                          "branch or the guide D_0, or their difference)", delta)):
+                if not torch.isfinite(t).all():
+                    raise ValueError(f"{type(self).__name__}: {what} is inf/NaN (before the weight w = {self.w!r} "
+                                     f"is applied)")
             raise ValueError(f"the guided output overflowed to inf/NaN in {out.dtype}: w = {self.w!r} is too large")
         return self.finish(out.reshape(d1.shape), x, s)
 

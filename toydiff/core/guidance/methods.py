@@ -129,8 +129,13 @@ class ClassifierGuidance(Guidance):
             if logp.ndim != 2 or logp.shape[0] != x.shape[0] or cond.max() >= logp.shape[1]:
                 raise ValueError(f"classifier must return log-probabilities [N, C] covering the labels, "
                                  f"got shape {tuple(logp.shape)}")
-            picked = logp.gather(1, cond.clamp_min(0)[:, None]).squeeze(1) * (cond >= 0)  # no term for null rows
+            picked = torch.where(cond >= 0, logp.gather(1, cond.clamp_min(0)[:, None]).squeeze(1), 0)  # null: none
+            if not torch.isfinite(picked).all():
+                raise ValueError(f"classifier returned inf/NaN log-probabilities for the labels of rows "
+                                 f"{torch.nonzero(~torch.isfinite(picked))[:5, 0].tolist()} (first 5 shown)")
             (grad,) = torch.autograd.grad(picked.sum(), xg)
+            if not torch.isfinite(grad).all():
+                raise ValueError("the classifier's gradient grad_x log p(c | x) is inf/NaN")
         return d1, sigma_like(sigma, x) ** 2 * grad.to(x.dtype)
 
 
