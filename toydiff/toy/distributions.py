@@ -23,27 +23,14 @@ import torch
 from torch import Tensor
 
 from ..infra.validation import as_cond, as_sigma, check_points, check_positive_int
+from .mixture_kernels import block_logits, blocks, features, logsumexp_, shifted_exp_
 
 __all__ = ["GaussianMixture", "fingerprint", "X_LIMIT", "SIGMA_LIMIT"]
 
 X_LIMIT = 1e15      # |x| and sigma where every method is still finite in float32 too (see the module docstring)
 SIGMA_LIMIT = 1e15
 
-_LOG_2PI = math.log(2.0 * math.pi)
-_CHUNK_ELEMENTS = 1 << 18  # points x components per block: 2 MB per [n, K] float64 array
-_EXP_FLOOR = -708.0        # exp(-708) = 3.3e-308, the smallest normal float64 is 2.2e-308 (see _shifted_exp_)
 
-
-def _scratch(cache: dict, name: str, a: Tensor, b: Tensor) -> dict[str, Tensor]:
-    """{"out": a reusable [n, k] buffer} for the product a [n, m] @ b [m, k], kept in `cache` for one call (a fresh
-    1 MB array per block costs the kernel's page faults every time); {} where autograd records a or b."""
-    if a.requires_grad or b.requires_grad:
-        return {}
-    n, k = a.shape[0], b.shape[1]
-    flat = cache.get(name)
-    if flat is None or flat.numel() < n * k:
-        flat = cache[name] = torch.empty(max(n * k, _CHUNK_ELEMENTS), dtype=a.dtype, device=a.device)
-    return {"out": flat[:n * k].view(n, k)}
 
 
 class GaussianMixture:
@@ -105,7 +92,7 @@ class GaussianMixture:
         cond_logw = torch.where(onehot, logw - class_mass.log(), torch.full_like(logw, -math.inf))
         self._logw_table = torch.cat([cond_logw, logw[None]], 0)                   # [C+1, K] (for sample)
         self._log_class_mass = class_mass[:, 0].log()                              # [C] = log W_c
-        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see _block_logits and _score), over the
+        # Closed-form 2x2 algebra, arranged so the [N, K] work is two matmuls (see mixture_kernels.block_logits and _score), over the
         # components sorted by class (the columns of class c are the contiguous slice self._cols[c]).
         # C = [[A, B], [B, D]], adj C = [[D, -B], [-B, A]], S = C + s^2 I:
         #   det S = det C + s^2 tr C + s^4                     -> [1, s^2, s^4] @ [det C; tr C; 1]
@@ -156,97 +143,14 @@ class GaussianMixture:
         c = as_cond(cond, 1, self.num_classes)
         return self._logw_table[-1 if c is None or int(c[0]) < 0 else int(c[0])].exp()
 
-    def _blocks(self, n: int, s2: Tensor, cond: Tensor | None):
-        """Row blocks of a batch of n points, each (rows, component columns, prior log-weights, sigma^2 or None).
-
-        Points x components per block stay below _CHUNK_ELEMENTS (the block's arrays stay in cache). A block whose
-        points share one label c >= 0 needs only the columns of class c (the others have weight 0 in p(x | c));
-        a block of mixed labels takes every component with a prior row per point [n, K]. sigma^2 is a float where
-        the block shares one sigma (the sampler's case: then S_k = C_k + s^2 I is one matrix per component)."""
-        step = max(1, _CHUNK_ELEMENTS // len(self))
-        one_sigma = float(s2[0]) if bool((s2 == s2[0]).all()) else None          # checked once for the batch
-        one_label = cond is None or bool((cond == cond[0]).all())
-        for i in range(0, n, step):
-            rows = slice(i, min(i + step, n))
-            cols, logw = slice(0, len(self)), self._logw
-            if cond is not None:
-                c = cond[rows]
-                first = int(c[0])
-                if not (one_label or bool((c == first).all())):
-                    logw = self._sorted_table[torch.where(c < 0, torch.full_like(c, self.num_classes), c).cpu()]
-                elif first >= 0:
-                    cols = self._cols[first]
-                    logw = self._cond_logw[cols]
-            s = s2[rows]
-            yield rows, cols, logw, (one_sigma if one_sigma is not None or not bool((s == s[0]).all())
-                                     else float(s[0]))
-
-    @staticmethod
-    def _features(x: Tensor) -> Tensor:
-        """[x0^2, x0 x1, x1^2, x0, x1, 1] [N, 6] of points x [N, 2]."""
-        x0, x1 = x[:, 0], x[:, 1]
-        return torch.stack([x0 * x0, x0 * x1, x1 * x1, x0, x1, torch.ones_like(x0)], 1)
-
-    def _block_logits(self, feats: Tensor, s2: Tensor, cols: slice, logw: Tensor, uniform: float | None,
-                      cache: dict) -> tuple[Tensor, Tensor]:
-        """log(w_k N(x; mu_k, C_k + s^2 I)) [n, k] over the columns `cols` (prior log-weights logw [k] or [n, k])
-        from the `_features` of x, and det S: [k] where the block shares sigma^2 = `uniform`, else [n, k].
-
-        log N = -(r^T S^-1 r)/2 - log(2 pi) - log(det S)/2,  r = x - mu  (float64 throughout)
-        One sigma: S_k is fixed, so 1/det S_k goes into the quadratic form's weights and log det S_k into the
-        bias: one matmul [n, 6] @ [6, k] gives the logits (tables kept in `cache` for the call).
-        """
-        dev = feats.device
-        if uniform is not None:
-            key = (uniform, cols.start, cols.stop)
-            if key not in cache:
-                det = self._det_w[0, cols] + uniform * self._det_w[1, cols] + uniform * uniform        # [k]
-                weight = (self._quad_w[:6, cols] + uniform * self._quad_w1[:, cols]) / det * -0.5    # [6, k]
-                cache[key] = det.to(dev), weight.to(dev), det.log().mul_(-0.5).sub_(_LOG_2PI).to(dev)
-            det, weight, log_norm = cache[key]
-            if logw.ndim == 1:                    # one prior row for the block: the bias is cached with the weights
-                if key + ("bias",) not in cache:
-                    cache[key + ("bias",)] = logw.to(dev) + log_norm
-                bias = cache[key + ("bias",)]
-            else:
-                bias = logw.to(dev) + log_norm
-            return torch.addmm(bias, feats, weight, **_scratch(cache, "logits", feats, weight)), det
-        s2_powers = torch.stack([torch.ones_like(s2), s2, s2 * s2], 1)
-        det_w = self._det_w[:, cols].to(dev)
-        det = torch.matmul(s2_powers, det_w, **_scratch(cache, "det", s2_powers, det_w))                  # [n, k]
-        feats = torch.cat([feats, s2[:, None] * torch.stack([feats[:, 0] + feats[:, 2], feats[:, 3], feats[:, 4],
-                                                             feats[:, 5]], 1)], 1)
-        quad_w = self._quad_w[:, cols].to(dev)
-        if feats.requires_grad:                                                  # autograd: no in-place updates
-            return -0.5 * (feats @ quad_w / det + det.log()) + (logw.to(dev) - _LOG_2PI), det
-        quad = torch.matmul(feats, quad_w, **_scratch(cache, "logits", feats, quad_w)).div_(det)
-        return quad.add_(det.log()).mul_(-0.5).add_(logw.to(dev) - _LOG_2PI), det
-
-    @staticmethod
-    def _logsumexp_(logits: Tensor) -> Tensor:
-        """log sum_k exp(logits) [n] over dim 1, overwriting `logits` (each row has a finite entry)."""
-        top = logits.amax(1, keepdim=True)
-        if logits.requires_grad:
-            return torch.logsumexp(logits, 1)
-        return GaussianMixture._shifted_exp_(logits, top).sum(1).log_().add_(top[:, 0])
-
-    @staticmethod
-    def _shifted_exp_(logits: Tensor, top: Tensor) -> Tensor:
-        """exp(logits - top) in place, with logits - top clamped at _EXP_FLOOR: each row's largest term is 1, so the
-        terms below exp(_EXP_FLOOR) ~ 3e-308 change no sum or product, and exp of a far smaller number (the thin
-        components of tree() give logits of -1e5) takes float64 exp off its vectorized path, 5x slower (measured)."""
-        if logits.requires_grad:                                                 # autograd: no in-place updates
-            return (logits - top.detach()).clamp(min=_EXP_FLOOR).exp()
-        return logits.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
-
     # ------------------------------------------------------------------ public API
     def log_prob(self, x: Tensor, sigma=0.0, cond=None) -> Tensor:
         """Normalized log p(x | c; sigma) [N] of the mixture convolved with N(0, sigma^2 I) (c = -1/None: p(x; sigma))."""
         x, s, c = self._prepare(x, sigma, cond)
         xd, s2 = x.double(), s.double() ** 2
-        out, cache, feats = torch.empty(x.shape[0], dtype=torch.float64, device=x.device), {}, self._features(xd)
-        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
-            out[rows] = self._logsumexp_(self._block_logits(feats[rows], s2[rows], cols, logw, uniform, cache)[0])
+        out, cache, feats = torch.empty(x.shape[0], dtype=torch.float64, device=x.device), {}, features(xd)
+        for rows, cols, logw, uniform in blocks(self, x.shape[0], s2, c):
+            out[rows] = logsumexp_(block_logits(self, feats[rows], s2[rows], cols, logw, uniform, cache)[0])
         return out.to(x.dtype)
 
     def score(self, x: Tensor, sigma, cond=None) -> Tensor:
@@ -256,11 +160,11 @@ class GaussianMixture:
 
     def _score(self, x: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         xd, s2 = x.double(), s.double() ** 2
-        out, cache, feats = torch.empty_like(xd), {}, self._features(xd)
-        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, c):
+        out, cache, feats = torch.empty_like(xd), {}, features(xd)
+        for rows, cols, logw, uniform in blocks(self, x.shape[0], s2, c):
             xs, s2s = xd[rows], s2[rows]
-            logits, det = self._block_logits(feats[rows], s2s, cols, logw, uniform, cache)
-            e = self._shifted_exp_(logits, logits.amax(1, keepdim=True))  # r_k up to a factor per point
+            logits, det = block_logits(self, feats[rows], s2s, cols, logw, uniform, cache)
+            e = shifted_exp_(logits, logits.amax(1, keepdim=True))  # r_k up to a factor per point
             z = self._score_z[cols].to(x.device)
             if uniform is not None:                                               # [Z / det S | 1]: sum_k r_k too
                 key = ("z", uniform, cols.start, cols.stop)
@@ -317,11 +221,11 @@ class GaussianMixture:
         its (contiguous) columns of the marginal logits."""
         xd, s2 = x.double(), s.double() ** 2
         out, cache, feats = torch.empty(x.shape[0], self.num_classes, dtype=torch.float64, device=x.device), {}, \
-            self._features(xd)
-        for rows, cols, logw, uniform in self._blocks(x.shape[0], s2, None):
-            logits = self._block_logits(feats[rows], s2[rows], cols, logw, uniform, cache)[0]
+            features(xd)
+        for rows, cols, logw, uniform in blocks(self, x.shape[0], s2, None):
+            logits = block_logits(self, feats[rows], s2[rows], cols, logw, uniform, cache)[0]
             for c, class_cols in enumerate(self._cols):
-                out[rows, c] = self._logsumexp_(logits[:, class_cols])
+                out[rows, c] = logsumexp_(logits[:, class_cols])
         return out
 
     def sample(self, n: int, cond=None, sigma=0.0, generator: torch.Generator | None = None,
