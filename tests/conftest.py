@@ -80,7 +80,8 @@ def server(tmp_path):
 # here (trains, runs a CLI end to end, starts processes), listed in SLOW by file or by test; `unit`: all the rest.
 NOTEBOOK_FILES = ("tests/test_assignments.py", "tests/test_notebooks_execute.py", "tests/test_wheel_install.py")
 SLOW = ("tests/test_imagenet_multinode.py", "tests/test_imagenet_sample_fid.py", "tests/test_imagenet_train.py",
-        "tests/test_tree_recipe.py", "tests/test_crash.py", "tests/test_widgets.py", "tests/test_cli.py",
+        "tests/test_tree_recipe.py", "tests/test_crash.py", "tests/test_signals.py", "tests/test_widgets.py",
+        "tests/test_cli.py",
         "tests/test_digits.py::test_export_is_deterministic",
         "tests/test_guidance_modifiers.py::test_measured_effect_on_thin_tree",
         "tests/test_bad_input.py::test_cases_reach_every_validating_module",
