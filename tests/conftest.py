@@ -8,6 +8,7 @@ from hypothesis import settings
 from threadpoolctl import threadpool_limits  # ships with scikit-learn (a test extra)
 
 from toydiff import datasets
+from toydiff.infra.workers import stop
 
 # Property tests explore new examples on a developer's machine; under CI they replay a fixed set, so a red run
 # is always reproducible and never a coin toss.
@@ -66,13 +67,7 @@ def server(tmp_path):
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, grace=30)
 
 
 # Test tiers (README, "Tests"): every test gets exactly one marker. `notebooks`: nbval over the notebooks and the

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..core import guidance, samplers
 from ..core.denoiser import SeparateNull
 from ..core.guidance import Guidance, NoGuidance, guided, to_ho_salimans
+from ..infra.workers import stop
 from ..toy import datasets, density, metrics, zoo
 from ..toy.distributions import GaussianMixture
 from . import figures, plot
@@ -285,12 +286,6 @@ def serve(port: int = 0, *, open_browser: bool = False) -> int:
     except KeyboardInterrupt:                   # Ctrl-C reached Voila too (same process group): let it finish
         return 0
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace=10)
         if forward:
             signal.signal(signal.SIGTERM, previous)

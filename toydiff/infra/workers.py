@@ -11,6 +11,7 @@ i mod workers, in order) and returns the results in job order. The guarantees:
     SIGTERM at its parent's death (prctl PR_SET_PDEATHSIG, via ctypes), so it still writes its checkpoint; on other
     systems a watcher thread polls os.getppid() once a second and does the same.
   * A job that raises stops every worker, and the parent re-raises the job's exception.
+`stop(proc, grace)` ends a child process the polite way: SIGTERM, then SIGKILL after `grace` seconds.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +28,7 @@ from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any, Callable, Sequence
 
-__all__ = ["Interrupted", "run_jobs"]
+__all__ = ["Interrupted", "run_jobs", "stop"]
 
 _PR_SET_PDEATHSIG = 1                           # <linux/prctl.h>
 
@@ -166,3 +168,15 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], workers: int) -> list:
     if errors:
         raise errors[0]
     return [results[i] for i in range(len(jobs))]
+
+
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    """Terminate `proc` if it still runs (SIGTERM: a `toydiff explore` passes it on to Voila), wait up to `grace`
+    seconds, then kill it (SIGKILL) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
