@@ -293,6 +293,7 @@ CASES = {
                                  "guide"),
     "a weight for guidance none": (lambda p: _zoo().guided_denoiser(_zoo().ToyModels(*[_model()] * 4), "none", 3.0),
                                    ValueError, r"w=3 would be unused"),
+    "an unknown zoo model name": (lambda p: _zoo().train_model("tree_mian"), ValueError, "name must be one of"),
     # ---- issue 11: CLIs (one line, exit 2, the flag named) ----
     "cli --seed 2**64": (lambda p: _cli("sample", "--seed", str(2 ** 64)), SystemExit, "--seed"),
     "cli --w 1e308": (lambda p: _cli("sample", "--guidance", "cfg", "--w", "1e308", "--n", "4", "--out",
@@ -356,7 +357,8 @@ VALIDATING = {"toydiff/core/denoiser.py", "toydiff/toy/nets.py", "toydiff/core/g
               "toydiff/app/cli.py", "toydiff/bench/sweep.py", "toydiff/bench/models.py", "toydiff/toy/histogram.py",
               "imagenet_ext/sample.py", "imagenet_ext/fid.py", "toydiff/toy/distributions.py",
               "toydiff/toy/datasets.py", "toydiff/infra/runs.py", "toydiff/infra/clitools.py",
-              "toydiff/core/checkpoint.py", "toydiff/toy/zoo.py", "imagenet_ext/data.py", "imagenet_ext/inception.py",
+              "toydiff/core/checkpoint.py", "toydiff/toy/zoo.py", "toydiff/toy/sampling.py", "imagenet_ext/data.py",
+              "imagenet_ext/image_files.py", "imagenet_ext/inception.py",
               "imagenet_ext/config.py", "imagenet_ext/train.py", "imagenet_ext/unet.py"}
 
 

@@ -2,10 +2,8 @@
 
 Each named model is a `ModelSpec` (dataset, class subset, architecture, size, loss and training settings): edit
 a spec and `train_model` / `scripts/make_checkpoints.py` follow. The shipped checkpoints in toydiff/checkpoints/
-are these specs trained with seed 0 (bit-reproducible). Sampling settings of every toy figure: EDM Heun, STEPS
-steps, sigma in [0.002, SIGMA_MAX], rho = 7 (Karras et al. 2022). SIGMA_MAX = 5 = 10 sigma_data, the value of
-the autoguidance paper's toy: the data's std 0.5 changes the std of p(x; 5) by 0.5%, so starting from
-N(0, 5^2 I) is exact for all practical purposes, while 80 (the image value) would spend steps where nothing happens.
+are these specs trained with seed 0 (bit-reproducible). The sampling settings of every toy figure (SIGMA_MAX,
+STEPS, WEIGHTS) and the guided denoisers (`guided_denoiser`, `draw`) live in toydiff.toy.sampling, re-exported here.
 
 The tree recipe (benchmarks/tree_recipe.py measured the alternatives; RESULTS.md has the tables): the setup of
 Karras et al. 2024's toy on the same tree: a main model of class A alone, 4 x 64, 4096 steps at batch 4096; the
@@ -29,13 +27,11 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from . import datasets
-from ..core import guidance, samplers
-from ..core.denoiser import Denoiser, SeparateNull
+from ..core.denoiser import Denoiser
 from ..core.flow import VelocityDenoiser
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..infra.runs import check_resume
@@ -45,6 +41,7 @@ from .classifier import train_classifier
 from .degraded import Degraded
 from .distributions import GaussianMixture
 from .nets import MLPDenoiser, NoiseAwareClassifier, build_model
+from .sampling import SIGMA_MAX, STEPS, WEIGHTS, draw, guided_denoiser
 from .training import model_from_checkpoint, train
 
 __all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "TREE_MODELS", "ToyModels",
@@ -54,8 +51,6 @@ __all__ = ["SIGMA_MAX", "STEPS", "CHECKPOINT_DIR", "ModelSpec", "MODEL_SPECS", "
            "pretrained", "WEIGHTS",
            "guided_denoiser", "draw", "Degraded"]
 
-SIGMA_MAX = 5.0
-STEPS = 32
 CHECKPOINT_DIR = Path(__file__).parents[1] / "checkpoints"
 
 
@@ -261,45 +256,3 @@ def pretrained(retrain: bool = False, seed: int = 0, progress: bool = True,
     if retrain and directory is not None:
         raise ValueError("retrain=True and a models directory exclude each other")
     return train_models(seed, progress) if retrain else load_models(CHECKPOINT_DIR if directory is None else directory)
-
-
-# the paper's toy weights (Karras et al. 2024): CFG 4, autoguidance 3; score scaling 1.5 (the registry's defaults);
-# "cfg_dropout" is the recipe "cfg" on the condition-dropout network
-WEIGHTS = {k: guidance.default_weight(k) for k in ("none", "cfg", "score_scaling", "autoguidance")}
-WEIGHTS = {**WEIGHTS, "cfg_dropout": WEIGHTS["cfg"]}
-
-
-def guided_denoiser(models: ToyModels, name: str, w: float | None = None, *, uncond: Callable | None = None,
-                    **modifiers: Any) -> Callable:
-    """The main model under the guidance recipe `name` of toydiff.guidance's registry, with the models it needs:
-    the guide for autoguidance; for CFG and the recipes built on it the main model's null label is the separate
-    unconditional model (`SeparateNull`: the setup of Karras et al. 2024's toy, where the main model knows class A
-    only), or `uncond` when given (e.g. `datasets.tree()`: the exact unconditional denoiser, to see what the small
-    learned D_0's own errors do). "cfg_dropout": CFG on the condition-dropout network (its own null label as D_0;
-    Ho & Salimans 2022). w defaults to the recipe's; "none" or w = 1: the main model itself."""
-    if name != "cfg_dropout" and name not in guidance.names():
-        raise ValueError(f"guidance must be one of {guidance.names() + ['cfg_dropout']}, got {name!r}")
-    if name == "cfg_dropout" and models.dropout is None:
-        raise ValueError("guidance 'cfg_dropout' needs a condition-dropout network; these models have none "
-                         "(zoo.flow_models): use 'cfg' (the separate unconditional model as D_0)")
-    if uncond is not None and name in ("none", "cfg_dropout"):
-        raise ValueError(f"uncond would be unused: guidance {name!r} takes no separate D_0")
-    if name == "cfg_dropout":
-        return guidance.guided(models.dropout, guidance.make("cfg", w, **modifiers))
-    w = guidance.weight(name, w)                                   # the recipe's default; "none": 1 or refused
-    if not callable(w) and w == 1:
-        return models.main
-    d0 = models.uncond if uncond is None else uncond
-    return guidance.guided(SeparateNull(models.main, d0), guidance.make(name, w, guide=models.guide,
-                                                                                    **modifiers))
-
-
-def draw(denoiser: Callable, n: int, cls: int | None, seed: int, trajectory: bool = False,
-         method: str = "heun") -> Any:
-    """n samples of class `cls` (None: an unconditional denoiser) with the toy sampler (`method`, STEPS steps
-    down from SIGMA_MAX), start noise from `seed`."""
-    n = check_positive_int(n, "n")
-    cond = None if cls is None else torch.full((n,), cls, dtype=torch.long)
-    return samplers.sample(denoiser, (n, 2), cond, method=method, steps=STEPS,
-                           sigma_max=SIGMA_MAX, generator=torch.Generator().manual_seed(seed),
-                           return_trajectory=trajectory)
