@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from toydiff.core.checkpoint import load_checkpoint, save_checkpoint
@@ -39,14 +38,14 @@ def recipe(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
 
 def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike = PRETRAINED["digits"]) -> Path:
-    """Write the EMA weights of a training checkpoint, as float16, as a weights-only checkpoint in toydiff's one
-    format (what ships): model and EMA are the same tensors and the optimizer is empty. float16 halves the file;
-    the denoiser's outputs change by rounding only (tests/test_digits.py)."""
+    """Write the EMA weights of a training checkpoint, as float16, as a model file in toydiff's one format (what
+    ships: the weights only, no EMA copy and no optimizer, as toydiff.core.checkpoint.save_checkpoint writes with
+    ema = optimizer = None). float16 halves the file; the denoiser's outputs change by rounding only
+    (tests/test_digits.py)."""
     ck = load_checkpoint(ckpt)
     model = load_denoiser(ck).half()
-    empty = torch.optim.Adam(model.parameters())                 # no moments: the shipped file holds weights only
     config = {k: v for k, v in ck["config"].items() if k != "out"}    # the run directory is no part of the model
-    save_checkpoint(out, model, model, empty, ck["step"], config, model_config=ck["model_config"],
+    save_checkpoint(out, model, None, None, ck["step"], config, model_config=ck["model_config"],
                     extra={"data": ck["data"]})
     return Path(out)
 
