@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..infra.allocator import keep_freed_memory
 from ..infra.clitools import Parser, UserError, check_output, nonnegative_float, positive_int, seed, user_errors
 
 __all__ = ["main", "build_parser"]
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()                 # warm pages for the repeated large tensors (toydiff.infra.allocator)
     if args.command == "explore":
         from . import explore
         try:
