@@ -89,3 +89,42 @@ def test_one_metric_vocabulary(tree):
     m = metrics.evaluate(_draw(tree, 200, 0, seed=1), tree, 0, bins=8)
     assert list(m) == list(metrics.DEFINITIONS) == list(metrics.LABELS)
     assert bench.METRICS == tuple(metrics.DEFINITIONS)
+
+
+def _energy_one_sort(x, y, directions=64):
+    """energy_distance as one torch.sort of both sets' projections (the reference computation)."""
+    import math
+    x, y = x.double(), y.double()
+    theta = torch.arange(directions, dtype=torch.float64) * (math.pi / directions)
+    proj = torch.cat([x, y]) @ torch.stack([theta.cos(), theta.sin()])
+    step = torch.cat([torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64),
+                      torch.full((y.shape[0],), -1.0 / y.shape[0], dtype=torch.float64)])
+    t, order = proj.T.sort(dim=1)
+    gap = step[order].cumsum(1)[:, :-1]
+    return float(math.pi / 2 * (2 * (gap.square() * t.diff(dim=1)).sum(1)).mean())
+
+
+def test_energy_distance_is_the_one_sort_bits_with_a_cached_reference(tree):
+    """The merge of the reference's cached sorted run with the sample's is the one-sort result, bit for bit: for
+    float32 samples (ties within and across the sets), shared points (the sort's own tie order: the fallback),
+    unequal sizes, and a reference changed in place (its cache entry is not used)."""
+    ref = _draw(tree, 1000, 0, seed=1)
+    for seed, m in ((2, 1000), (3, 1000), (4, 777), (5, 1000)):
+        y = _draw(tree, m, 0, seed=seed)
+        if seed == 3:
+            y[:40] = ref[:40]
+        if seed == 5:
+            y = y.half().float()                       # coarse values: many ties within y
+        assert metrics.energy_distance(ref, y) == _energy_one_sort(ref, y)
+    ref[:10] += 0.05                                   # in place: a new version of the same tensor object
+    assert metrics.energy_distance(ref, y) == _energy_one_sort(ref, y)
+
+
+def test_precision_recall_with_a_cached_reference_equals_a_fresh_one(tree):
+    ref = _draw(tree, 1500, 0, seed=1)
+    for seed in (2, 3):
+        fake = _draw(tree, 1500, 0, seed=seed) + 0.01
+        cached = metrics.precision_recall(ref, fake)
+        assert cached == metrics.precision_recall(ref.clone(), fake)           # a new object: computed afresh
+    ref[:500] = fake[:500]                                                     # changed in place: recomputed
+    assert metrics.precision_recall(ref, fake) == metrics.precision_recall(ref.clone(), fake)

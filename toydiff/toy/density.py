@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import histogram
 from ..core.denoiser import Denoiser, start_run
 from .distributions import GaussianMixture
+from .mlp_jacobian import denoise_and_divergence, has_exact_divergence
 from ..core.samplers import edm_sigmas
 from ..infra.validation import as_cond, as_sigma, check_nonnegative, check_points, check_positive_int
 
@@ -161,7 +162,11 @@ def _drift_and_divergence(denoiser: Denoiser, x: Tensor, sigma: float, cond: Any
                           ) -> tuple[Tensor, Tensor]:
     """PF-ODE drift dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3) [N, 2] and, in u = log sigma,
     d log p(x(u); e^u) / du = -div_x(x - D) = tr(dD/dx) - 2 [N]. The trace of the 2x2 Jacobian is exact: one
-    vector-Jacobian product per output coordinate (each row of a batch depends only on its own point)."""
+    vector-Jacobian product per output coordinate (each row of a batch depends only on its own point); for an
+    MLPDenoiser, forward-mode tangents instead (`mlp_jacobian`: the same trace, ~3x cheaper)."""
+    if has_exact_divergence(denoiser):
+        d, div = denoise_and_divergence(denoiser, x.to(dtype), sigma, cond)
+        return (x - d.double()) / sigma, div.double() - 2
     with torch.enable_grad():
         xg = x.detach().to(dtype).requires_grad_(True)
         d = denoiser(xg, sigma, cond)

@@ -114,10 +114,14 @@ class MLPDenoiser(_NoiseConditionedMLP):
         return edm_preconditioning(s, self.sigma_data)
 
     def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]) with Fourier features of c_noise. Inputs of
-        another float dtype (float64 samples) run in the weights' dtype; the preconditioning keeps x's dtype.
-        The features are written into one array of the weights' dtype; where every row has the same sigma (a
-        sampler's step), the features of sigma alone are computed once and broadcast (the same numbers)."""
+        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]): `inp` of `_features`."""
+        return self.inp(self._features(x_in, c_noise))
+
+    def _features(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        """The first layer's input [N, dim + num_freqs + 2P]: c_in x, the Fourier features of c_noise, then the
+        damped cos and sin position features. Inputs of another float dtype (float64 samples) run in the weights'
+        dtype; the preconditioning keeps x's dtype. Written into one array of the weights' dtype; where every row
+        has the same sigma (a sampler's step), the features of sigma alone are computed once and broadcast."""
         n, dim = x_in.shape
         feats = torch.empty(n, self.inp.in_features, dtype=self.inp.weight.dtype, device=x_in.device)
         feats[:, :dim] = x_in
@@ -132,7 +136,7 @@ class MLPDenoiser(_NoiseConditionedMLP):
             p, start = z.shape[1], dim + self.freqs.numel()
             feats[:, start:start + p] = (torch.cos(z) * damp).to(x_in.dtype)
             feats[:, start + p:] = (torch.sin(z) * damp).to(x_in.dtype)
-        return self.inp(feats)
+        return feats
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
