@@ -173,15 +173,13 @@ def test_position_features_are_their_mean_under_the_input_noise():
     assert "position_b" not in MLPDenoiser().state_dict()          # plain models (and their checkpoints) as before
     rebuilt = build_model("MLPDenoiser", model.config)
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), rebuilt.state_dict().values()))
-    model.inp = torch.nn.Linear(2 + 16 + 12, 2 + 16 + 12, bias=False)   # the identity: _input returns the features
-    torch.nn.init.eye_(model.inp.weight)
     sigma, sd, y = 0.04, model.sigma_data, torch.tensor([[0.3, -0.2]])
     c_in = (sigma ** 2 + sd ** 2) ** -0.5
     pos = slice(2 + 16, None)                                       # after x_in and the 16 noise features
-    damped = model._input(c_in * y, torch.tensor([[math.log(sigma) / 4]]))[0, pos]
+    damped = model._features(c_in * y, torch.tensor([[math.log(sigma) / 4]]))[0, pos]
     # Monte Carlo: the undamped features (sigma 1e-9: damping 1) of the noisy input c_in (y + sigma n), averaged
     n = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0))
-    noisy = model._input(c_in * (y + sigma * n), torch.full((200_000, 1), math.log(1e-9) / 4))[:, pos].mean(0)
+    noisy = model._features(c_in * (y + sigma * n), torch.full((200_000, 1), math.log(1e-9) / 4))[:, pos].mean(0)
     torch.testing.assert_close(damped, noisy, rtol=0, atol=0.01)
     assert (damped.abs() < 0.9).any() and noisy.abs().max() > 0.05   # the damping is not trivially 1 or 0 here
     with pytest.raises(ValueError, match="position_freqs"):

@@ -163,7 +163,7 @@ def _drift_and_divergence(denoiser: Denoiser, x: Tensor, sigma: float, cond: Any
     """PF-ODE drift dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3) [N, 2] and, in u = log sigma,
     d log p(x(u); e^u) / du = -div_x(x - D) = tr(dD/dx) - 2 [N]. The trace of the 2x2 Jacobian is exact: one
     vector-Jacobian product per output coordinate (each row of a batch depends only on its own point); for an
-    MLPDenoiser, forward-mode tangents instead (`mlp_jacobian`: the same trace, ~3x cheaper)."""
+    MLPDenoiser, forward-mode tangents instead (`mlp_jacobian`: the same trace, ~30% less CPU, no graph)."""
     if has_exact_divergence(denoiser):
         d, div = denoise_and_divergence(denoiser, x.to(dtype), sigma, cond)
         return (x - d.double()) / sigma, div.double() - 2

@@ -113,20 +113,14 @@ class MLPDenoiser(_NoiseConditionedMLP):
     def _precond(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return edm_preconditioning(s, self.sigma_data)
 
-    def _input(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        """First layer [N, width] of (c_in x [N, dim], c_noise [N, 1]): `inp` of `_features`."""
-        return self.inp(self._features(x_in, c_noise))
-
     def _features(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        """The first layer's input [N, dim + num_freqs + 2P]: c_in x, the Fourier features of c_noise, then the
-        damped cos and sin position features. Inputs of another float dtype (float64 samples) run in the weights'
-        dtype; the preconditioning keeps x's dtype. Written into one array of the weights' dtype; where every row
-        has the same sigma (a sampler's step), the features of sigma alone are computed once and broadcast."""
+        """The first layer's input [N, dim + num_freqs + 2P]: c_in x, Fourier features of c_noise, the damped cos and
+        sin position features, in one array of the weights' dtype (float64 samples run in it; the preconditioning
+        keeps x's). Where all rows share sigma (a sampler's step) the features of sigma are computed once."""
         n, dim = x_in.shape
         feats = torch.empty(n, self.inp.in_features, dtype=self.inp.weight.dtype, device=x_in.device)
         feats[:, :dim] = x_in
-        one = bool((c_noise == c_noise[:1]).all())
-        noise = c_noise[:1] if one else c_noise                                # [1 or N, 1]
+        noise = c_noise[:1] if bool((c_noise == c_noise[:1]).all()) else c_noise     # [1 or N, 1]
         feats[:, dim:dim + self.freqs.numel()] = self._fourier(noise)
         if hasattr(self, "position_b"):                     # see the class docstring; s = exp(4 c_noise)
             s = (4 * noise).exp()
@@ -140,7 +134,7 @@ class MLPDenoiser(_NoiseConditionedMLP):
 
     def _trunk(self, x_in: Tensor, c_noise: Tensor, idx: Tensor) -> Tensor:
         """Hidden features [N, width] of (c_in x [N, dim], c_noise [N, 1], label index [N])."""
-        h = self._input(x_in, c_noise).add_(self.emb(idx))          # a fresh array: added to in place
+        h = self.inp(self._features(x_in, c_noise)).add_(self.emb(idx))          # a fresh array: added to in place
         inplace = not h.requires_grad                               # no autograd graph (sampling): no copies
         for layer in self.hidden:
             h = layer(F.silu(h, inplace=inplace))
@@ -219,7 +213,7 @@ class TwinHeadMLPDenoiser(MLPDenoiser):
     def _pair(self, x: Tensor, sigma: Any, cond: Any) -> tuple[Tensor, Tensor, Tensor]:
         x, s, idx = self._args(x, sigma, cond)
         c_skip, c_out, c_in, c_noise = self._precond(s)
-        h = self._input(c_in * x, c_noise)
+        h = self.inp(self._features(c_in * x, c_noise))
         for layer in self.hidden:
             h = layer(F.silu(h))
         h = F.silu(h)
