@@ -73,3 +73,20 @@ def test_beats_is_the_margin_shifted_non_domination():
 def test_design_check_names_the_missing_registration():
     with pytest.raises(AssertionError, match="no guidance recipe 'not_registered_here'"):
         grading.check_guidance_design("not_registered_here")
+
+
+def test_design_samples_the_recipe_first_and_computes_no_sampler_table(monkeypatch):
+    """The recipe is sampled before the built-ins, so an unfinished stub (its branches raise) fails at once in a4's
+    autograde; the sampler table, which nothing scores, is off."""
+    from toydiff.bench import sweep
+    sampled = []
+
+    def stub(name, models, config):
+        sampled.append(name)
+        raise NotImplementedError(name)
+
+    monkeypatch.setattr(sweep, "run_method", stub)
+    with pytest.raises(NotImplementedError, match="cfg"):
+        grading.check_guidance_design("cfg")
+    assert sampled == ["cfg"]
+    assert grading.design.DESIGN_CONFIG.samplers is False
