@@ -1,11 +1,13 @@
 """Every `interact` of the walkthrough notebooks, driven over its sliders: the notebook's code runs in-process up to
-its last `interact` call, which is recorded instead of displayed; ipywidgets itself turns each abbreviation into its
+its last `interact` call, which is recorded instead of displayed (only the cells the `interact` calls need: the others
+draw or print for the reader, and nbval runs them); ipywidgets itself turns each abbreviation into its
 widget (the same ranges a student gets), and the callback then runs at every corner of the sliders' box and at the
 middle, and with one control at a time moved to each end (dropdowns: every option). No call may raise, and moving any
 single control must change the rendered figure (nbval only ever runs the defaults)."""
 from __future__ import annotations
 
 import itertools
+import symtable
 from pathlib import Path
 
 import matplotlib
@@ -29,15 +31,43 @@ def run_until_interacts(path: Path, monkeypatch) -> list[tuple]:
     monkeypatch.setattr(plot, "interact", lambda f, **kw: recorded.append((f, kw)))
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
     monkeypatch.chdir(path.parent)
-    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
-    last = max(i for i, src in enumerate(cells) if "interact(" in src)
+    cells = [_python(c.source) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     ns: dict = {"__name__": "__main__"}
-    for i, src in enumerate(cells[:last + 1]):
-        code = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
-        exec(compile(code, f"{path.name} cell {i}", "exec"), ns)
+    for i in needed_cells(cells):
+        exec(compile(cells[i], f"{path.name} cell {i}", "exec"), ns)
         plt.close("all")
     assert recorded, f"{path.name}: no interact call was recorded"
     return recorded
+
+
+def _python(source: str) -> str:
+    """A code cell without its IPython magics and shell lines."""
+    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
+def _names(code: str) -> tuple[set[str], set[str]]:
+    """(names a cell binds at module level, global names it reads anywhere, inside its functions included)."""
+    top = symtable.symtable(code, "cell", "exec")
+    binds = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    reads, tables = {s.get_name() for s in top.get_symbols() if s.is_referenced()}, list(top.get_children())
+    while tables:
+        table = tables.pop()
+        reads |= {s.get_name() for s in table.get_symbols() if s.is_global()}
+        tables += table.get_children()
+    return binds, reads
+
+
+def needed_cells(cells: list[str]) -> list[int]:
+    """Indices of the code cells, up to the last one calling `interact`, that the `interact` calls need: every cell
+    calling `interact`, and (walking back) every cell binding a name that a needed cell reads."""
+    last = max(i for i, src in enumerate(cells) if "interact(" in src)
+    keep, wanted = [], set()
+    for i in range(last, -1, -1):
+        binds, reads = _names(cells[i])
+        if "interact(" in cells[i] or binds & wanted:
+            keep.append(i)
+            wanted |= reads
+    return keep[::-1]
 
 
 def control_values(abbreviations: dict) -> dict[str, tuple[object, list]]:
@@ -92,6 +122,18 @@ def test_interact_callbacks_over_slider_ranges(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "agg")
     for f, abbreviations in run_until_interacts(path, monkeypatch):
         check_callback(f, abbreviations, path.name)
+
+
+def test_needed_cells_are_the_interact_cells_and_what_they_read():
+    """A cell is skipped only when no needed cell reads a name it binds; a function's own locals read nothing."""
+    cells = ["import torch\nfrom toydiff import plot",          # read by the callback and the interact cell
+             "data = torch.zeros(3)",                           # read inside the callback
+             "x = 5\nfig = draw(data)",                         # binds only names the callback has as locals
+             "def f(a=1):\n    x = data * a\n    fig = plot.figure(1, 1)\n    return fig",
+             "f(2);",                                           # binds nothing
+             "plot.interact(f, a=(0, 2, 1))",
+             "after = 1"]
+    assert needed_cells(cells) == [0, 1, 3, 5]
 
 
 def test_check_callback_catches_a_dead_slider_and_a_crash():
