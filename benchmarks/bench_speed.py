@@ -66,15 +66,14 @@ def _setup(row: str):
                             generator=torch.Generator().manual_seed(0))
         return contract, 1
     if row == "explore":         # one redraw after a slider move: update and the page's PNG (plot.show_figure)
-        import io
-        from toydiff import explore
-        ex = explore.Explorer()
-        ex.update("tree", "autoguidance", 3.0)                               # the page's first draw
+        from types import SimpleNamespace
+        from toydiff import explore, plot
+        ex, output = explore.Explorer(), SimpleNamespace(outputs=())          # an Output widget's stand-in
+        plot.show_figure(output, ex.update("tree", "autoguidance", 3.0)[0])   # the page's first draw
         weights = iter([2.0, 2.5, 3.5, 4.0, 2.0, 2.5, 3.5, 4.0] * 10)
 
         def redraw():
-            fig, _ = ex.update("tree", "autoguidance", next(weights))
-            fig.savefig(io.BytesIO(), format="png", dpi=100, bbox_inches="tight")
+            plot.show_figure(output, ex.update("tree", "autoguidance", next(weights))[0])
         return redraw, 4
     if row == "train":           # tree_main's recipe (4 x 64, batch 4096), 64 steps
         from dataclasses import replace

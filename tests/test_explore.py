@@ -212,3 +212,27 @@ def test_terminating_explore_stops_voila_its_kernels_and_frees_the_port(free_por
     with socket.socket() as s:                          # the port is free again for a server (which, like Voila,
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)       # reuses it past TIME_WAIT; a listener still
         s.bind(("127.0.0.1", port))                     # holding it makes bind fail)
+
+
+def test_a_redraw_equals_a_fresh_explorers_first_draw():
+    """What the explorer keeps per problem (the reference sample, the figure with its density, laid out once) changes
+    nothing: after other settings, a redraw gives the metrics `metrics.evaluate` computes without a reference and
+    the pixels of a fresh explorer's first draw."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from toydiff import metrics
+
+    def pixels(fig):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    ex = explore.Explorer(n=300, steps=6)
+    ex.update("tree", "autoguidance", 3.0)
+    ex.update("three_gaussians", "cfg", 2.0)
+    for problem, method, w in (("tree", "cfg", 4.0), ("tree", "none", 1.0), ("three_gaussians", "cfg_interval", 5.0)):
+        fig, m = ex.update(problem, method, w)
+        p, x = ex.problem(problem), ex.sample(problem, method, w, (0.0, explore.SIGMA_MAX), "heun")
+        assert m == {k: v for k, v in metrics.evaluate(x, p.data, p.cls, seed=0).items() if k in m}
+        fresh, m_fresh = explore.Explorer(n=300, steps=6).update(problem, method, w)
+        assert m_fresh == m and np.array_equal(pixels(fig), pixels(fresh))

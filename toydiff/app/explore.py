@@ -30,6 +30,7 @@ from torch import Tensor
 from ..core import guidance, samplers
 from ..core.denoiser import SeparateNull
 from ..core.guidance import Guidance, NoGuidance, guided, to_ho_salimans
+from ..infra.allocator import keep_freed_memory
 from ..infra.workers import stop
 from ..toy import datasets, density, metrics, zoo
 from ..toy.distributions import GaussianMixture
@@ -154,18 +155,27 @@ def make_guidance(method: str, w: float, interval: tuple[float, float], guide: C
 class Explorer:
     """The state behind the page: `update(...)` samples with the chosen settings and returns the figure and metrics.
 
-    Problems are built on first use and kept (the tree's models load once); the start noise is fixed by `seed`, so
-    moving one control changes only what that control does."""
+    Problems are built on first use and kept (the tree's models load once) with what depends on them only: the true
+    samples the metrics compare with (those `metrics.evaluate` would draw: their k-NN radii, ... are computed once)
+    and a figure with the density, laid out once; a redraw replaces the samples and the title. The start noise is
+    fixed by `seed`, so moving one control changes only what that control does."""
 
     def __init__(self, n: int = 1500, steps: int = zoo.STEPS, seed: int = 0):
+        keep_freed_memory()                    # the page's process: warm pages for every redraw (infra.allocator)
         self.n, self.steps, self.seed = n, steps, seed
         self._problems: dict[str, Problem] = {}
-        self._logp: dict[str, Tensor] = {}
+        self._reference, self._figures = {}, {}          # by problem: [n, 2] true samples; (Figure, Axes, scatter)
 
     def problem(self, name: str) -> Problem:
         if name not in self._problems:
             p = self._problems[name] = problem(name)
-            self._logp[name] = p.data.log_prob(p.grid.points, 0.0, p.cls)
+            self._reference[name], _ = p.data.sample(self.n, p.cls, generator=torch.Generator().manual_seed(self.seed + 1))
+            fig = Figure(figsize=(6.0, 6.6), dpi=plot.NOTEBOOK_DPI, layout="constrained")
+            ax = fig.add_subplot(aspect="equal", xticks=[], yticks=[])
+            plot.samples_panel(torch.empty(0, 2), ax, size=2.0, grid=p.grid, title="a\n$w$ = 1, $\\sigma \\in (0, 1]$\nb",
+                               log_density=p.data.log_prob(p.grid.points, 0.0, p.cls))
+            fig.draw_without_rendering(), fig.set_layout_engine("none")    # laid out for 3-line titles, once
+            self._figures[name] = fig, ax, ax.collections[-1]          # the (empty) scatter of the samples
         return self._problems[name]
 
     def sample(self, name: str, method: str, w: float, interval: tuple[float, float], sampler: str) -> Tensor:
@@ -183,8 +193,7 @@ class Explorer:
         """Sample, measure against the exact density (toydiff.metrics.evaluate) and draw the samples over it."""
         x = self.sample(problem, method, w, interval, sampler)
         p = self.problem(problem)
-        m = metrics.evaluate(x, p.data, p.cls, seed=self.seed)
-        fig = Figure(figsize=(6.0, 6.6), dpi=plot.NOTEBOOK_DPI, layout="constrained")
+        m = metrics.evaluate(x, p.data, p.cls, reference=self._reference[problem], seed=self.seed)
         g = make_guidance(method, w, interval, p.guide)
         if isinstance(g, NoGuidance):
             setting = "no guidance"
@@ -195,9 +204,8 @@ class Explorer:
                      f"$\\sigma \\in ({g.interval[0]:g}, {g.interval[1]:g}]$")
             setting = f"{label.split(' (')[0]} = {w:g}{hs}, guidance on {where}"
         name = f"{problem} ({p.class_name}), {method}, {sampler}\n{setting}"
-        ax = fig.add_subplot(aspect="equal", xticks=[], yticks=[])
-        plot.samples_panel(x, ax, grid=p.grid, log_density=self._logp[problem], size=2.0,
-                           title=plot.title_with_metrics(name, m))
+        fig, ax, dots = self._figures[problem]
+        dots.set_offsets(x.detach().cpu().numpy()), ax.set_title(plot.title_with_metrics(name, m), fontsize=plot.TITLE_SIZE)
         return fig, {k: m[k] for k in METRICS}
 
 
