@@ -34,3 +34,14 @@ def test_outliers_mask_is_what_outlier_fraction_counts():
     assert mask.dtype == torch.bool and mask[-2:].all()
     assert float(mask.double().mean()) == metrics.outlier_fraction(x, tree, 0)
     assert int(mask[:-2].sum()) < 20                                          # true samples: about 1%
+
+
+def test_sweep_continues_cfg_interval_from_the_unguided_path(models):
+    """The sweep runs cfg_interval from the main model's trajectory where its interval begins (the steps before call
+    the main model alone): the samples of a whole run, bit for bit; a method without an interval is drawn whole."""
+    from toydiff.app import figures
+    from toydiff.toy.zoo import draw, guided_denoiser
+    _, path = draw(models.main, 300, 0, 5, trajectory=True)
+    for method, w in (("cfg_interval", 2.0), ("cfg_interval", 6.0), ("cfg", 3.0)):
+        den = guided_denoiser(models, method, w)
+        assert torch.equal(figures._draw_after(den, path, 0, 5), draw(den, 300, 0, 5))

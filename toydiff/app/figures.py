@@ -216,11 +216,13 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
     tree = datasets.tree()
     ref = _reference(tree, n, seed)
     table: dict[str, dict[str, dict[str, float]]] = {"cfg": {}, "autoguidance": {}, "cfg_interval": {}}
-    unguided = metrics.evaluate(draw(models.main, n, CLASS_A, seed), tree, CLASS_A, reference=ref, seed=seed)
+    x1, path = draw(models.main, n, CLASS_A, seed, trajectory=True)
+    unguided = metrics.evaluate(x1, tree, CLASS_A, reference=ref, seed=seed)
     for method in table:
         for w in ws:
             table[method][f"{w:g}"] = unguided if w == 1 else metrics.evaluate(
-                draw(guided_denoiser(models, method, w), n, CLASS_A, seed), tree, CLASS_A, reference=ref, seed=seed)
+                _draw_after(guided_denoiser(models, method, w), path, CLASS_A, seed), tree, CLASS_A, reference=ref,
+                seed=seed)
     keys = ("outlier_fraction", "precision", "recall", "class_accuracy")
     fig, axes = plot.figure(1, len(keys), size=3.0)
     for ax, key in zip(axes[0], keys):
@@ -237,6 +239,20 @@ def sweep(models: ToyModels, *, ws: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=plot.FONT, frameon=False)
     fig.suptitle("Guidance weight sweep on tree(), class A (metrics: toydiff.metrics.DEFINITIONS)", fontsize=plot.TITLE_SIZE + 1)
     return fig, table
+
+
+def _draw_after(den: Any, path: Tensor, cls: int, seed: int) -> Tensor:
+    """`draw(den, n, cls, seed)`, given `path`, the trajectory of `draw(main, n, cls, seed, trajectory=True)`: where
+    `den`'s guidance has an interval (cfg_interval's), its steps before the interval call the main model alone
+    (weight 1), so the run continues from the main model's x at the first step that calls the guidance (step i
+    evaluates D at sigma_i and sigma_{i+1}): the same arithmetic, bit for bit, without repeating those steps."""
+    interval = getattr(getattr(den, "guidance", None), "interval", None)
+    if interval is None:
+        return draw(den, path.shape[1], cls, seed)
+    levels = samplers.SCHEDULES["edm"](STEPS, sigma_max=SIGMA_MAX)                # draw()'s levels, ending in 0
+    active = (levels > interval[0]) & (levels <= interval[1])
+    i = int((active[:-1] | active[1:]).nonzero()[0])
+    return samplers.sample(den, path[i], torch.full((path.shape[1],), cls), sigmas=levels[i:])
 
 
 def degradation_study(models: ToyModels, *, n: int = 4000, seed: int = 0, w: float = 2.0,
