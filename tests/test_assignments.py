@@ -11,6 +11,7 @@
 The solution notebooks themselves also run under nbval (the README test command)."""
 from __future__ import annotations
 
+import functools
 import html
 import importlib.util
 import shutil
@@ -27,6 +28,16 @@ from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "notebooks" / "assignments"
 IDS = sorted(p.name for p in (COURSE / "source").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def alembic_head_asked_once():
+    """nbgrader asks `alembic heads` (a subprocess, ~3 s CPU) for its schema version each time it creates a gradebook,
+    five times in this module; the answer is fixed by the installed nbgrader, so the first answer is kept."""
+    import nbgrader.api
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nbgrader.api, "get_alembic_version", functools.cache(nbgrader.api.get_alembic_version))
+        yield
 
 
 def _script():
