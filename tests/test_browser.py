@@ -1,5 +1,6 @@
 """Widgets in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium; nothing
-is downloaded at run time) opens JupyterLab on 127.0.0.1, runs notebook 04, moves a slider and must see the rendered
+is downloaded at run time) opens JupyterLab on 127.0.0.1, runs notebook 04 (the cells its `interact` needs: the
+others only print and draw, and nbval runs them), moves a slider and must see the rendered
 figure change; then `toydiff explore` (Voila) must render its page and redraw figure and metrics when w moves. This
 catches what nbval cannot: a widget that does not render in JupyterLab ("Error displaying widget", mismatched widget
 versions), or a slider whose callback never reaches the page. `.ci/run` installs the browser; where none can be
@@ -15,7 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
+
+from notebook_cells import interact_only
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,7 +104,8 @@ def _errors(driver) -> list[str]:
 def test_jupyterlab_runs_notebook_04_and_a_slider_redraws_the_figure(browser, tmp_path, free_port, server):
     work = tmp_path / "nb"
     work.mkdir()
-    shutil.copy(ROOT / "notebooks" / "04_outliers_and_autoguidance.ipynb", work / "04.ipynb")   # autosave stays here
+    nb = interact_only(nbformat.read(ROOT / "notebooks" / "04_outliers_and_autoguidance.ipynb", as_version=4))
+    nbformat.write(nb, work / "04.ipynb")                                       # a copy: autosave stays here
     port, token = free_port, "toydiff-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}

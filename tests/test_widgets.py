@@ -7,13 +7,14 @@ single control must change the rendered figure (nbval only ever runs the default
 from __future__ import annotations
 
 import itertools
-import symtable
 from pathlib import Path
 
 import matplotlib
 import nbformat
 import numpy as np
 import pytest
+
+from notebook_cells import code_cells, interact_only, needed_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("0*.ipynb") if "interact(" in p.read_text())
@@ -31,43 +32,13 @@ def run_until_interacts(path: Path, monkeypatch) -> list[tuple]:
     monkeypatch.setattr(plot, "interact", lambda f, **kw: recorded.append((f, kw)))
     monkeypatch.setattr(plt, "show", lambda *a, **k: None)
     monkeypatch.chdir(path.parent)
-    cells = [_python(c.source) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    cells = code_cells(nbformat.read(path, as_version=4))
     ns: dict = {"__name__": "__main__"}
     for i in needed_cells(cells):
         exec(compile(cells[i], f"{path.name} cell {i}", "exec"), ns)
         plt.close("all")
     assert recorded, f"{path.name}: no interact call was recorded"
     return recorded
-
-
-def _python(source: str) -> str:
-    """A code cell without its IPython magics and shell lines."""
-    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
-
-
-def _names(code: str) -> tuple[set[str], set[str]]:
-    """(names a cell binds at module level, global names it reads anywhere, inside its functions included)."""
-    top = symtable.symtable(code, "cell", "exec")
-    binds = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
-    reads, tables = {s.get_name() for s in top.get_symbols() if s.is_referenced()}, list(top.get_children())
-    while tables:
-        table = tables.pop()
-        reads |= {s.get_name() for s in table.get_symbols() if s.is_global()}
-        tables += table.get_children()
-    return binds, reads
-
-
-def needed_cells(cells: list[str]) -> list[int]:
-    """Indices of the code cells, up to the last one calling `interact`, that the `interact` calls need: every cell
-    calling `interact`, and (walking back) every cell binding a name that a needed cell reads."""
-    last = max(i for i, src in enumerate(cells) if "interact(" in src)
-    keep, wanted = [], set()
-    for i in range(last, -1, -1):
-        binds, reads = _names(cells[i])
-        if "interact(" in cells[i] or binds & wanted:
-            keep.append(i)
-            wanted |= reads
-    return keep[::-1]
 
 
 def control_values(abbreviations: dict) -> dict[str, tuple[object, list]]:
@@ -134,6 +105,9 @@ def test_needed_cells_are_the_interact_cells_and_what_they_read():
              "plot.interact(f, a=(0, 2, 1))",
              "after = 1"]
     assert needed_cells(cells) == [0, 1, 3, 5]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# title")]
+                                  + [nbformat.v4.new_code_cell(src) for src in cells])
+    assert [c.source for c in interact_only(nb).cells] == ["# title"] + [cells[i] for i in (0, 1, 3, 5)]
 
 
 def test_check_callback_catches_a_dead_slider_and_a_crash():
