@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..infra.validation import as_cond, as_sigma, check_points, check_positive_int
-from .mixture_kernels import block_logits, blocks, features, logsumexp_, shifted_exp_
+from .mixture_kernels import block_logits, blocks, component_mean, features, logsumexp_, shifted_exp_
 
 __all__ = ["GaussianMixture", "fingerprint", "X_LIMIT", "SIGMA_LIMIT"]
 
@@ -195,11 +195,8 @@ class GaussianMixture:
         if not isinstance(k, Tensor) or k.dtype != torch.long or k.shape != x.shape[:1] \
                 or (k < 0).any() or (k >= len(self)).any():
             raise ValueError(f"k must be an int64 tensor [{x.shape[0]}] of component indices in [0, {len(self)})")
-        cov, mu, s2 = self.covs.index_select(0, k), self.means.index_select(0, k), s.double() ** 2
-        r = x.double() - mu
-        a, b, d = cov[:, 0, 0] + s2, cov[:, 0, 1], cov[:, 1, 1] + s2                  # S = C + s^2 I
-        u = torch.stack([d * r[:, 0] - b * r[:, 1], a * r[:, 1] - b * r[:, 0]], 1) / (a * d - b * b)[:, None]
-        return (mu + (cov @ u[:, :, None])[:, :, 0]).to(x.dtype)                      # S^-1 r by the 2x2 adjugate
+        return component_mean(x, s.double() ** 2, self.covs.index_select(0, k), self.means.index_select(0, k)
+                              ).to(x.dtype)
 
     def class_posterior(self, x: Tensor, sigma) -> Tensor:
         """Exact p(c | x; sigma) [N, C]: the components' responsibilities summed per class (differentiable in x)."""

@@ -117,3 +117,13 @@ def shifted_exp_(logits: Tensor, top: Tensor) -> Tensor:
     if logits.requires_grad:                                                 # autograd: no in-place updates
         return (logits - top.detach()).clamp(min=EXP_FLOOR).exp()
     return logits.sub_(top).clamp_(min=EXP_FLOOR).exp_()
+
+
+def component_mean(x: Tensor, s2: Tensor, cov: Tensor, mu: Tensor) -> Tensor:
+    """E[x0 | x, k; s] = mu_k + C_k (C_k + s^2 I)^-1 (x - mu_k) [N, 2] float64, row i with its component's covariance
+    cov [N, 2, 2] and mean mu [N, 2] (float64) at s2 = sigma^2 [N] (float64): GaussianMixture.component_denoise's
+    arithmetic, unchecked, for callers that gather a pool's components once (toydiff.toy.training)."""
+    r = x.double() - mu
+    a, b, d = cov[:, 0, 0] + s2, cov[:, 0, 1], cov[:, 1, 1] + s2                      # S = C + s^2 I
+    u = torch.stack([d * r[:, 0] - b * r[:, 1], a * r[:, 1] - b * r[:, 0]], 1) / (a * d - b * b)[:, None]
+    return mu + (cov @ u[:, :, None])[:, :, 0]                                        # S^-1 r by the 2x2 adjugate

@@ -24,6 +24,7 @@ from ..core.training import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, edm_loss, ed
 from ..infra.runs import RunLock, StopSignals, check_resume, fingerprint
 from ..infra.validation import check_positive_int, check_real, check_seed
 from .loop import diverged, optimize
+from .mixture_kernels import component_mean
 from .nets import MLPDenoiser, VelocityMLP, build_model
 
 __all__ = ["edm_weight", "edm_loss", "ema_beta_power", "ema_beta_halflife", "ema_update", "torch_threads",
@@ -224,25 +225,29 @@ def _loop(model: MLPDenoiser, ema: MLPDenoiser, opt: torch.optim.Optimizer, gen:
     params, ema_params = list(model.parameters()), list(ema.parameters())
     pool_x, pool_y, pool_k = pool                           # samples, labels, components (None for tensor data)
     n, flow = config.batch_size, config.objective != "edm"
+    if config.loss == "component":          # each pool sample's component (C_k, mu_k), gathered once, not per step
+        pool_cov, pool_mu = mixture.covs.index_select(0, pool_k), mixture.means.index_select(0, pool_k)
 
     def batch_loss(step: int) -> Tensor:
         idx = torch.randint(pool_x.shape[0], (n,), generator=gen)
-        y, c = pool_x[idx], pool_y[idx]                                             # [B, dim], [B]
+        y, c = pool_x.index_select(0, idx), pool_y.index_select(0, idx)             # [B, dim], [B]
         c = c.masked_fill(torch.rand(n, generator=gen) < config.p_uncond, -1)       # condition dropout
         if config.objective == "flow_uniform":
             t = torch.rand(n, generator=gen)                                        # t ~ U[0, 1)
             sigma = t_to_sigma(t)
         else:
             sigma = (torch.randn(n, generator=gen) * config.p_std + config.p_mean).exp()   # ln s ~ N(P_mean, P_std^2)
-            t = sigma_to_t(sigma)                                                   # (flow: logit-normal t)
         noise = torch.randn(y.shape, generator=gen)
         x, target = y + sigma[:, None] * noise, y                                   # x = y + s n
         if config.loss == "exact":
             target = mixture.denoise(x, sigma, None if model.num_classes == 0 else c).to(x.dtype)
-        elif config.loss == "component":
-            target = mixture.component_denoise(x, sigma, pool_k[idx]).to(x.dtype)
+        elif config.loss == "component":        # GaussianMixture.component_denoise on the gathered components
+            target = component_mean(x, sigma.double() ** 2, pool_cov.index_select(0, idx),
+                                    pool_mu.index_select(0, idx)).to(x.dtype)
         if not flow:
             return edm_loss(model(x, sigma, c), target, sigma, model.sigma_data).mean()
+        if config.objective == "flow":
+            t = sigma_to_t(sigma)                                                   # logit-normal t
         x_t = (1 - t[:, None]) * y + t[:, None] * noise                             # x_t = (1 - t) y + t n
         return flow_matching_loss(model(x_t, t, c), y, noise, t, None if config.loss == "dsm" else target).mean()
 
