@@ -9,7 +9,9 @@ medians over the repeats, and the ratio old / new of the CPU medians.
 
 The `score` row also prints its arithmetic floor, measured here on the same data and blocks: per (point,
 component) element, the two small matmuls that give det S and the quadratic form, one division, one log, one exp
-and the [n, K] @ [K, 9] matmul, each as one pass over an in-cache block, with nothing else.
+and the [n, K] @ [K, 9] matmul, each as one pass over an in-cache block, with nothing else. The `train` row prints
+its matmul floor: the 14 float32 matmuls of one step's forward and backward (5 layers forward, 5 weight gradients,
+4 input gradients: the first layer's input needs none; 391 MFLOP at batch 4096), timed alone, times 64 steps.
 """
 from __future__ import annotations
 
@@ -114,6 +116,29 @@ def _score_floor() -> float:
     return (time.process_time() - t) / 5
 
 
+def _train_floor() -> float:
+    """CPU seconds of the train row's matmuls alone (see the module docstring): 64 steps of tree_main's 4 x 64 MLP at
+    batch 4096 (input 2 + 16 + 2 x 32 = 82 features)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    n, layers = 4096, [(82, 64), (64, 64), (64, 64), (64, 64), (64, 2)]
+    acts = [torch.randn(n, i, generator=g) for i, _ in layers]
+    grads = [torch.randn(n, o, generator=g) for _, o in layers]
+    weights = [torch.randn(o, i, generator=g) for i, o in layers]
+
+    def step():
+        for j, (a, gr, w) in enumerate(zip(acts, grads, weights)):
+            a @ w.T                                              # forward
+            gr.T @ a                                             # weight gradient
+            if j:
+                gr @ w                                           # input gradient
+    step()
+    t = time.process_time()
+    for _ in range(64):
+        step()
+    return time.process_time() - t
+
+
 def worker(row: str) -> None:
     import torch
     torch.set_num_threads(1)
@@ -123,8 +148,8 @@ def worker(row: str) -> None:
     for _ in range(inner):
         fn()
     out = dict(cpu=(time.process_time() - c0) / inner, wall=(time.perf_counter() - w0) / inner)
-    if row == "score":
-        out["floor"] = _score_floor()
+    if row in ("score", "train"):
+        out["floor"] = _score_floor() if row == "score" else _train_floor()
     print(json.dumps(out))
 
 
@@ -175,9 +200,10 @@ def main() -> None:
             med = {k: {m: statistics.median(r[m] for r in v) for m in ("cpu", "wall")} for k, v in runs.items()}
             print(f"{row:15s} {med['old']['cpu']:10.4f} {med['new']['cpu']:10.4f} {med['old']['wall']:9.4f} "
                   f"{med['new']['wall']:9.4f} {med['old']['cpu'] / med['new']['cpu']:8.1f}x")
-            if row == "score":
+            if row in ("score", "train"):
                 floor = statistics.median(r["floor"] for r in runs["new"])
-                print(f"{'  score floor':15s} {'':10s} {floor:10.4f}   new / floor = {med['new']['cpu'] / floor:.1f}")
+                print(f"{'  ' + row + ' floor':15s} {'':10s} {floor:10.4f}   new / floor = "
+                      f"{med['new']['cpu'] / floor:.1f}")
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
