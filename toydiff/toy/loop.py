@@ -5,26 +5,22 @@ is finite before any update, Adam's learning rate lr_t = lr / sqrt(max(t / t_dec
 decay of Karras et al. 2024's toy), one optimizer step, the loss recorded, then the caller's `after_step(t)` (EMA,
 checkpoints, stop signals), which returns True to end the loop after this step.
 
-Every step allocates and frees ~20 MB of activations. glibc's malloc (Linux) returns the freed top of its heap to
-the system and maps it again on the next step: ~300 page faults per step of the tree recipe, 7% of its CPU
-(measured). `keep_heap` (called by `optimize`) raises its trim threshold so the process keeps that memory instead.
+Every step allocates and frees ~20 MB of activations. glibc's malloc (Linux) returned the freed top of its heap to
+the system and mapped it again on the next step: 300-500 page faults per step of the tree recipe, ~7% of its CPU
+(measured); `optimize` has the process keep freed memory (toydiff.infra.allocator; numbers unchanged).
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import sys
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["optimize", "diverged", "keep_heap"]
+from ..infra.allocator import keep_freed_memory
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3                  # mallopt parameters, <malloc.h>
-HEAP_TRIM_BYTES, HEAP_MMAP_BYTES = 64 << 20, 32 << 20
+__all__ = ["optimize", "diverged"]
 
 
 def optimize(opt: torch.optim.Optimizer,
@@ -41,7 +37,7 @@ def optimize(opt: torch.optim.Optimizer,
              desc: str = "train") -> None:
     """Steps start..steps-1 (module docstring); `losses` [steps] is filled in place. A non-finite loss raises
     FloatingPointError naming the step (`checkpoint`: the file that then stays as it was, or None)."""
-    keep_heap()
+    keep_freed_memory()                             # no page faults for each step's activations
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=desc, leave=False)
     try:
         for step in bar:
@@ -68,15 +64,3 @@ def diverged(what: str, step: int, lr: float, checkpoint: Any) -> None:
     raise FloatingPointError(f"training diverged: {what} at step {step} (lr {lr:g}); {kept}, no weights with NaN or "
                              f"inf were written")
 
-
-@functools.cache
-def keep_heap() -> bool:
-    """glibc only (elsewhere a no-op, False): the process keeps up to HEAP_TRIM_BYTES of freed heap instead of
-    returning it to the system, and allocations below HEAP_MMAP_BYTES come from the heap (glibc's own ceilings for
-    its adaptive thresholds, fixed from the start: the adaptive rule re-trimmed the heap every training step, see
-    the module docstring). Process-wide and once per process; the numbers computed do not change."""
-    libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-    if libc is None or not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                         HEAP_TRIM_BYTES))
