@@ -186,11 +186,22 @@ SIGNALLED = textwrap.dedent("""
 """)
 
 
+SIGNALLED_STEPS = 1500
+SIGNALLED_KW = dict(steps=SIGNALLED_STEPS, batch_size=256, pool_size=4096, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def straight_signalled():
+    """The uninterrupted run both signals' resumed runs must equal (computed once for the two)."""
+    return training.train(nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0), datasets.three_gaussians(),
+                          **SIGNALLED_KW)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_write_a_checkpoint_then_resume_is_bit_identical(tmp_path, sig):
+def test_sigterm_and_sigint_write_a_checkpoint_then_resume_is_bit_identical(tmp_path, sig, straight_signalled):
     """No periodic checkpoint before the end (checkpoint_every = 10**6): the file exists only because the signal
     made the run write one at the step it had reached; the run then ends as the signal asks."""
-    steps, path = 1500, tmp_path / "run.pt"
+    steps, path = SIGNALLED_STEPS, tmp_path / "run.pt"
     proc = _spawn(SIGNALLED, path, steps)
     while b"train" not in proc.stderr.read1(4096):              # the progress bar: the loop (and handlers) are live
         assert proc.poll() is None, "the child exited before training"
@@ -200,10 +211,8 @@ def test_sigterm_and_sigint_write_a_checkpoint_then_resume_is_bit_identical(tmp_
     stopped_at = training.load_checkpoint(path)["step"]
     assert 0 < stopped_at < steps
     model = nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0)
-    kw = dict(steps=steps, batch_size=256, pool_size=4096, seed=0, progress=False)
-    resumed = training.train(model, datasets.three_gaussians(), checkpoint=path, resume=True, **kw)
-    straight = training.train(nets.MLPDenoiser(num_classes=3, width=32, depth=3, seed=0), datasets.three_gaussians(),
-                              **kw)
+    resumed = training.train(model, datasets.three_gaussians(), checkpoint=path, resume=True, **SIGNALLED_KW)
+    straight = straight_signalled
     assert torch.equal(resumed.losses, straight.losses)
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema.state_dict().values(), straight.ema.state_dict().values()))
 
