@@ -90,7 +90,7 @@ def test_every_import_statement_points_down_the_layers():
 # module loaded.
 _PROBE = """
 import json, os, sys
-import matplotlib, numpy, scipy, torch, tqdm
+import matplotlib.pyplot, numpy, scipy.spatial, scipy.special, torch, tqdm.auto
 results = {}
 for name in sys.argv[1:]:
     r, w = os.pipe()
