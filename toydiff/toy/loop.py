@@ -63,4 +63,3 @@ def diverged(what: str, step: int, lr: float, checkpoint: Any) -> None:
     kept = f"the last checkpoint {checkpoint} is kept" if checkpoint else "nothing was saved"
     raise FloatingPointError(f"training diverged: {what} at step {step} (lr {lr:g}); {kept}, no weights with NaN or "
                              f"inf were written")
-
